@@ -1,0 +1,12 @@
+"""Hierarchical Self-Attention for PyTorch Geometric."""
+from pyg_hsa.tree import Tree
+from pyg_hsa.functional import hsa_attention, hsa_dense
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'Tree',
+    'hsa_attention',
+    'hsa_dense',
+    '__version__',
+]

@@ -1,0 +1,441 @@
+r"""Compiled hierarchies: the bookkeeping every HSA forward pass shares.
+
+A :class:`Tree` is built once per batch (from a parent vector or from a
+:class:`~torch_geometric.data.HeteroData` nesting graph) and then reused by
+every stacked :class:`~pyg_hsa.nn.HSAConv`. Building it validates the input and
+renumbers the nodes in *level order*: all roots first, then depth 1, depth 2,
+and so on, and inside each level sorted by parent. In that order
+
+* every depth level is one contiguous slice, so the dynamic program runs one
+  vectorised step per level and never loops over nodes;
+* every family (the children of one parent) is one contiguous slice, so
+  child-to-parent reductions are CSR segment reductions;
+* sibling edges sorted by their source are again CSR, so the per-family
+  softmax is a segment softmax.
+"""
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from torch_geometric.data import HeteroData
+from torch_geometric.typing import EdgeType
+
+NESTING_RELATION = 'in'
+
+
+def _cumsum(x: Tensor) -> Tensor:
+    """Exclusive-start cumulative sum: ``[0, x0, x0+x1, ...]``."""
+    return torch.cat([x.new_zeros(1), x.cumsum(0)])
+
+
+class Tree:
+    r"""A forest of hierarchies, compiled for :func:`~pyg_hsa.hsa_attention`.
+
+    Nodes ``0 .. N-1`` are the leaves, in the order of the leaf features;
+    nodes ``N .. M-1`` are internal groups. ``parent[r] == -1`` marks a root;
+    every root is an independent example.
+
+    Use :meth:`from_parent` or :meth:`from_hetero` to build one.
+
+    Attributes:
+        parent (LongTensor): ``[M]`` parent of every node in the user's
+            numbering, ``-1`` for roots.
+        num_leaves (int): ``N``.
+        num_nodes (int): ``M``.
+        num_roots (int): number of independent examples.
+        depth (int): the largest number of edges between a leaf and its root.
+        batch (LongTensor): ``[N]`` index of the example (root, ordered by
+            root id) that each leaf belongs to; use it for graph-level pooling.
+        node_slices (dict): for trees built with :meth:`from_hetero`, the
+            ``(start, stop)`` range of every node type in the global numbering.
+        leaf_types (list): for trees built with :meth:`from_hetero`, the leaf
+            node types in the order their nodes occupy ``0 .. N-1``.
+    """
+    def __init__(self, *, parent: Tensor, num_leaves: int, perm: Tensor,
+                 level_ptr: Tuple[int, ...], num_children: Tensor,
+                 size: Tensor, batch: Tensor, num_roots: int,
+                 node_slices: Optional[Dict[str, Tuple[int, int]]] = None,
+                 leaf_types: Optional[List[str]] = None):
+        # Use the ``from_*`` constructors: they validate and compile.
+        self.parent = parent
+        self.num_leaves = num_leaves
+        self.num_nodes = parent.numel()
+        self.num_roots = num_roots
+        self.level_ptr = level_ptr
+        self.depth = len(level_ptr) - 2
+        self.batch = batch
+        self.node_slices = node_slices
+        self.leaf_types = leaf_types
+        # Level-order internals (``perm[new] = old``):
+        self.perm = perm
+        self.size = size  # leaves below each node, level order, float
+        self.num_children = num_children  # level order
+        self._edge_cache: Dict[bool, Tuple[Tensor, Tensor, Tensor]] = {}
+
+    # Construction ##########################################################
+
+    @classmethod
+    def from_parent(cls, parent: Tensor,
+                    num_leaves: Optional[int] = None) -> 'Tree':
+        r"""Validates and compiles a parent vector.
+
+        Args:
+            parent (LongTensor): ``[M]``, the parent of every node, ``-1`` for
+                roots.
+            num_leaves (int, optional): ``N``. Nodes ``0 .. N-1`` must be
+                exactly the nodes without children. If :obj:`None`, ``N`` is
+                the number of childless nodes, which must come first.
+        """
+        return cls._compile(parent, num_leaves, describe=_describe_global)
+
+    @classmethod
+    def from_hetero(
+        cls,
+        data: Union[HeteroData, Mapping[EdgeType, Tensor]],
+        num_nodes_dict: Optional[Mapping[str, int]] = None,
+    ) -> 'Tree':
+        r"""Compiles the nesting edges of a hierarchy stored as
+        :class:`~torch_geometric.data.HeteroData`.
+
+        Nesting edges have edge type ``(child_type, 'in', parent_type)`` and
+        point from child to parent; every non-root node has exactly one
+        outgoing ``'in'`` edge. Leaf node types are those that receive no
+        ``'in'`` edge type; their nodes come first in the global numbering,
+        in the order of :obj:`data.node_types`, followed by the internal node
+        types. All other relations are ignored.
+
+        Args:
+            data (HeteroData or dict): a (batched) hierarchy, or its
+                :obj:`edge_index_dict`.
+            num_nodes_dict (dict, optional): number of nodes per type; taken
+                from :obj:`data` when it is a :class:`HeteroData`. For an
+                :obj:`edge_index_dict`, types missing here are counted from
+                the edge indices (largest index + 1).
+        """
+        if isinstance(data, HeteroData):
+            node_types = list(data.node_types)
+            edge_index_dict = {
+                et: data[et].edge_index
+                for et in data.edge_types if et[1] == NESTING_RELATION
+                and 'edge_index' in data[et]
+            }
+            if num_nodes_dict is None:
+                num_nodes_dict = {}
+                for nt in node_types:
+                    num = data[nt].num_nodes
+                    if num is None:
+                        raise ValueError(
+                            f"Cannot tell how many nodes of type '{nt}' the "
+                            f"hierarchy has; set data['{nt}'].num_nodes")
+                    num_nodes_dict[nt] = num
+        elif isinstance(data, Mapping):
+            edge_index_dict = {
+                et: ei
+                for et, ei in data.items() if et[1] == NESTING_RELATION
+            }
+            given = dict(num_nodes_dict or {})
+            node_types = list(given)
+            for src, _, dst in edge_index_dict:
+                node_types += [nt for nt in (src, dst) if nt not in node_types]
+            # Counts not given are read off the edges (max index + 1).
+            num_nodes_dict = {nt: 0 for nt in node_types}
+            for (src, _, dst), ei in edge_index_dict.items():
+                if isinstance(ei, Tensor) and ei.dim() == 2 and ei.numel():
+                    for nt, row in ((src, ei[0]), (dst, ei[1])):
+                        num_nodes_dict[nt] = max(num_nodes_dict[nt],
+                                                 int(row.max()) + 1)
+            num_nodes_dict.update(given)
+        else:
+            raise TypeError(f"'data' must be a HeteroData or an "
+                            f"edge_index_dict (got {type(data).__name__})")
+
+        for (src, rel, dst), ei in edge_index_dict.items():
+            for role, nt in (('source', src), ('destination', dst)):
+                if nt not in num_nodes_dict:
+                    raise ValueError(
+                        f"Nesting edge type {(src, rel, dst)} has {role} node "
+                        f"type '{nt}', which the hierarchy does not have")
+            if not (isinstance(ei, Tensor) and ei.dim() == 2
+                    and ei.size(0) == 2):
+                raise ValueError(f"edge_index of {(src, rel, dst)} must have "
+                                 f"shape [2, E] (got {_shape(ei)})")
+
+        internal = {dst for _, _, dst in edge_index_dict}
+        leaf_types = [nt for nt in node_types if nt not in internal]
+        order = leaf_types + [nt for nt in node_types if nt in internal]
+        node_slices, start = {}, 0
+        for nt in order:
+            node_slices[nt] = (start, start + int(num_nodes_dict[nt]))
+            start += int(num_nodes_dict[nt])
+        num_nodes = start
+        num_leaves = sum(node_slices[nt][1] - node_slices[nt][0]
+                         for nt in leaf_types)
+
+        device = None
+        for ei in edge_index_dict.values():
+            device = ei.device
+        parent = torch.full((num_nodes, ), -1, dtype=torch.long,
+                            device=device)
+        out_degree = torch.zeros(num_nodes, dtype=torch.long, device=device)
+        for (src, _, dst), ei in edge_index_dict.items():
+            ei = ei.long()
+            (s0, s1), (d0, d1) = node_slices[src], node_slices[dst]
+            for row, (lo, hi), nt in ((ei[0], (s0, s1), src),
+                                      (ei[1], (d0, d1), dst)):
+                bad = (row < 0) | (row >= hi - lo)
+                if bool(bad.any()):
+                    i = int(bad.nonzero()[0])
+                    raise ValueError(
+                        f"Nesting edge type {(src, 'in', dst)} refers to node "
+                        f"{int(row[i])} of type '{nt}', which has only "
+                        f"{hi - lo} nodes")
+            child, par = ei[0] + s0, ei[1] + d0
+            parent[child] = par
+            out_degree.index_add_(0, child, torch.ones_like(child))
+
+        twice = (out_degree > 1).nonzero()
+        if twice.numel():
+            node = int(twice[0])
+            nt, i = _describe(node, node_slices)
+            raise ValueError(f"Node {i} of type '{nt}' has "
+                             f"{int(out_degree[node])} outgoing "
+                             f"'{NESTING_RELATION}' edges; a node can have at "
+                             f"most one parent")
+
+        def describe(node: int) -> str:
+            nt, i = _describe(node, node_slices)
+            return f"node {i} of type '{nt}'"
+
+        tree = cls._compile(parent, num_leaves, describe=describe)
+        tree.node_slices = node_slices
+        tree.leaf_types = leaf_types
+        return tree
+
+    @classmethod
+    def _compile(cls, parent: Tensor, num_leaves: Optional[int],
+                 describe) -> 'Tree':
+        if not isinstance(parent, Tensor):
+            raise TypeError(f"'parent' must be a LongTensor "
+                            f"(got {type(parent).__name__})")
+        if parent.dim() != 1:
+            raise ValueError(f"'parent' must be one-dimensional "
+                             f"(got shape {tuple(parent.shape)})")
+        if parent.dtype.is_floating_point or parent.dtype == torch.bool \
+                or parent.is_complex():
+            raise TypeError(f"'parent' must be an integer tensor "
+                            f"(got {parent.dtype})")
+        parent = parent.long()
+        num_nodes = parent.numel()
+        if num_nodes == 0:
+            raise ValueError("The hierarchy is empty (it has no nodes)")
+        device = parent.device
+        if num_leaves is not None and num_leaves > num_nodes:
+            raise ValueError(f"'parent' has {num_nodes} entries, fewer than "
+                             f"the {num_leaves} leaves; it needs one entry "
+                             f"per leaf and per internal node")
+
+        bad = (parent < -1) | (parent >= num_nodes)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"The parent of {describe(i)} is "
+                             f"{int(parent[i])}; expected -1 (a root) or a "
+                             f"node index in [0, {num_nodes})")
+        arange = torch.arange(num_nodes, device=device)
+        own = parent == arange
+        if bool(own.any()):
+            raise ValueError(f"{_cap(describe(int(own.nonzero()[0])))} is its "
+                             f"own parent")
+
+        has_parent = parent >= 0
+        num_children = torch.zeros(num_nodes, dtype=torch.long, device=device)
+        num_children.index_add_(0, parent[has_parent],
+                                torch.ones_like(parent[has_parent]))
+        childless = num_children == 0
+        if num_leaves is None:
+            num_leaves = int(childless.long().cumprod(0).sum())
+        if not 0 < num_leaves <= num_nodes:
+            raise ValueError(f"The hierarchy must have between 1 and "
+                             f"{num_nodes} leaves (got num_leaves="
+                             f"{num_leaves}, and 'parent' has only "
+                             f"{num_nodes} entries)")
+        if bool((~childless[:num_leaves]).any()):
+            i = int((~childless[:num_leaves]).nonzero()[0])
+            c = int((parent == i).nonzero()[0])
+            raise ValueError(f"Leaves cannot have children, but leaf "
+                             f"{describe(i)} is the parent of {describe(c)}")
+        if bool(childless[num_leaves:].any()):
+            i = num_leaves + int(childless[num_leaves:].nonzero()[0])
+            raise ValueError(f"Internal {describe(i)} has no children; "
+                             f"every group needs at least one leaf below it "
+                             f"(leaves are nodes 0..{num_leaves - 1})")
+
+        depth = _depth_by_pointer_jumping(parent, describe)
+
+        # Level order: roots by id, then each level sorted by parent's new id.
+        levels = []
+        num_levels = int(depth.max()) + 1
+        by_depth = torch.argsort(depth, stable=True)
+        counts = torch.bincount(depth, minlength=num_levels).tolist()
+        new_id = torch.empty(num_nodes, dtype=torch.long, device=device)
+        start = 0
+        for count in counts:
+            nodes = by_depth[start:start + count]
+            if start > 0:  # Not the roots: sort by the parent's new id.
+                nodes = nodes[torch.argsort(new_id[parent[nodes]],
+                                            stable=True)]
+            new_id[nodes] = torch.arange(start, start + count, device=device)
+            levels.append(nodes)
+            start += count
+        perm = torch.cat(levels)
+        level_ptr = tuple([0] + torch.tensor(counts).cumsum(0).tolist())
+
+        # Leaf counts, deepest level first.
+        size = torch.zeros(num_nodes, dtype=torch.long, device=device)
+        size[new_id[:num_leaves]] = 1
+        parent_new = torch.where(has_parent[perm], new_id[parent[perm]], -1)
+        for d in range(num_levels - 1, 0, -1):
+            lo, hi = level_ptr[d], level_ptr[d + 1]
+            size.index_add_(0, parent_new[lo:hi], size[lo:hi].clone())
+
+        # Example index of every leaf: propagate the root index downwards.
+        root_of = torch.empty(num_nodes, dtype=torch.long, device=device)
+        root_of[:level_ptr[1]] = torch.arange(level_ptr[1], device=device)
+        for d in range(1, num_levels):
+            lo, hi = level_ptr[d], level_ptr[d + 1]
+            root_of[lo:hi] = root_of[parent_new[lo:hi]]
+        batch = root_of[new_id[:num_leaves]]
+
+        tree = cls(parent=parent, num_leaves=num_leaves, perm=perm,
+                   level_ptr=level_ptr, num_children=num_children[perm],
+                   size=size, batch=batch, num_roots=level_ptr[1])
+        tree.parent_new = parent_new
+        tree.leaf_pos = new_id[:num_leaves]
+        return tree
+
+    # Derived structure ####################################################
+
+    def level_slice(self, d: int) -> slice:
+        """The level-order slice of the nodes at depth :obj:`d`."""
+        return slice(self.level_ptr[d], self.level_ptr[d + 1])
+
+    def level_child_ptr(self, d: int) -> Tensor:
+        """CSR pointer from the nodes at depth :obj:`d` into their children,
+        which are the nodes at depth ``d + 1`` (relative to that level)."""
+        return _cumsum(self.num_children[self.level_slice(d)])
+
+    def level_parent(self, d: int) -> Tensor:
+        """Parents of the nodes at depth :obj:`d >= 1`, relative to the
+        start of level ``d - 1``."""
+        return self.parent_new[self.level_slice(d)] - self.level_ptr[d - 1]
+
+    @property
+    def is_leaf(self) -> Tensor:
+        """``[M]`` leaf mask in level order."""
+        return self.num_children == 0
+
+    def sibling_edges(self, self_loops: bool = False
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""The sibling edges ``A -> B`` in level order, sorted by ``A``.
+
+        Every ordered pair of distinct children of one parent is an edge
+        (``sum_f b_f (b_f - 1)`` in all); roots have none. With
+        :obj:`self_loops`, every leaf also has the edge ``i -> i``.
+
+        Returns:
+            ``(src, dst, ptr)`` where ``ptr`` is the CSR pointer of ``src``
+            over all ``M`` nodes.
+        """
+        self_loops = bool(self_loops)
+        if self_loops not in self._edge_cache:
+            self._edge_cache[self_loops] = self._build_sibling_edges(
+                self_loops)
+        return self._edge_cache[self_loops]
+
+    def _build_sibling_edges(self, self_loops: bool
+                             ) -> Tuple[Tensor, Tensor, Tensor]:
+        device = self.perm.device
+        arange = torch.arange(self.num_nodes, device=device)
+        first_child = self.num_roots + _cumsum(self.num_children)[:-1]
+        is_root = self.parent_new < 0
+        parent = self.parent_new.clamp(min=0)
+        family_start = torch.where(is_root, arange, first_child[parent])
+        family_size = torch.where(is_root, 1, self.num_children[parent])
+        loop = self.is_leaf & self_loops
+        count = family_size - 1 + loop.long()
+        ptr = _cumsum(count)
+        src = torch.repeat_interleave(arange, count,
+                                      output_size=int(ptr[-1]))
+        offset = torch.arange(src.numel(), device=device) - ptr[src]
+        # Without a self loop, skip the node's own slot in its family.
+        own = src - family_start[src]
+        offset = offset + (~loop[src] & (offset >= own)).long()
+        dst = family_start[src] + offset
+        return src, dst, ptr
+
+    # Utilities ############################################################
+
+    def to(self, *args, **kwargs) -> 'Tree':
+        """Moves every tensor of the tree (e.g. :obj:`tree.to('cuda')`)."""
+        out = object.__new__(Tree)
+        for key, value in self.__dict__.items():
+            if isinstance(value, Tensor):
+                value = value.to(*args, **kwargs)
+            elif key == '_edge_cache':
+                value = {
+                    k: tuple(t.to(*args, **kwargs) for t in v)
+                    for k, v in value.items()
+                }
+            out.__dict__[key] = value
+        return out
+
+    @property
+    def device(self) -> torch.device:
+        return self.parent.device
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_nodes={self.num_nodes}, '
+                f'num_leaves={self.num_leaves}, num_roots={self.num_roots}, '
+                f'depth={self.depth})')
+
+
+def _depth_by_pointer_jumping(parent: Tensor, describe) -> Tensor:
+    """Depth of every node in ``O(M log depth)``; raises on cycles."""
+    num_nodes = parent.numel()
+    jump = parent.clone()
+    depth = (parent >= 0).long()
+    # After k rounds ``jump`` points 2**k levels up; a node that still has a
+    # target after ceil(log2(M)) + 1 rounds lies on or above a cycle.
+    for _ in range(max(1, num_nodes.bit_length()) + 1):
+        active = jump >= 0
+        if not bool(active.any()):
+            return depth
+        target = jump.clamp(min=0)
+        depth = torch.where(active, depth + depth[target], depth)
+        jump = torch.where(active, jump[target], jump)
+    i = int((jump >= 0).nonzero()[0])
+    chain = [i]
+    while len(chain) <= num_nodes and int(parent[chain[-1]]) not in chain:
+        chain.append(int(parent[chain[-1]]))
+    raise ValueError(f"The nesting contains a cycle: {describe(chain[-1])} "
+                     f"is its own ancestor")
+
+
+def _describe(node: int,
+              node_slices: Dict[str, Tuple[int, int]]) -> Tuple[str, int]:
+    for nt, (lo, hi) in node_slices.items():
+        if lo <= node < hi:
+            return nt, node - lo
+    return '?', node
+
+
+def _describe_global(node: int) -> str:
+    return f'node {node}'
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__

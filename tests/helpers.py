@@ -1,0 +1,91 @@
+"""Random hierarchies for the tests (test-only code: loops are fine here)."""
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+
+def random_forest(rng: np.random.Generator, max_depth: int = 4,
+                  max_branch: int = 4, num_roots: int = 1,
+                  max_leaves: int = 48, unary_prob: float = 0.15,
+                  leaf_prob: float = 0.25) -> Tuple[torch.Tensor, int]:
+    """A random forest as ``(parent, num_leaves)`` in the library's
+    numbering (leaves first), with shuffled node ids."""
+    parents: List[int] = []  # creation order, -1 for roots
+    is_leaf: List[bool] = []
+    budget = [max_leaves]
+
+    def grow(par: int, depth: int):
+        node = len(parents)
+        parents.append(par)
+        stop = depth >= max_depth or budget[0] <= 1 or (
+            depth > 0 and rng.random() < leaf_prob)
+        if stop:
+            is_leaf.append(True)
+            budget[0] -= 1
+            return
+        is_leaf.append(False)
+        if rng.random() < unary_prob:
+            num_children = 1
+        else:
+            num_children = int(rng.integers(2, max_branch + 1))
+        for _ in range(num_children):
+            grow(node, depth + 1)
+
+    for _ in range(num_roots):
+        budget[0] = max(budget[0], 2)
+        grow(-1, 0)
+    return relabel(parents, is_leaf, rng)
+
+
+def relabel(parents: List[int], is_leaf: List[bool],
+            rng: Optional[np.random.Generator]) -> Tuple[torch.Tensor, int]:
+    """Leaves get ids ``0..N-1`` and internal nodes ``N..M-1``, each in a
+    random order (or in creation order without ``rng``)."""
+    leaves = [i for i, leaf in enumerate(is_leaf) if leaf]
+    internal = [i for i, leaf in enumerate(is_leaf) if not leaf]
+    if rng is not None:
+        leaves = list(rng.permutation(leaves))
+        internal = list(rng.permutation(internal))
+    new = {old: new for new, old in enumerate(leaves + internal)}
+    parent = torch.full((len(parents), ), -1, dtype=torch.long)
+    for old, par in enumerate(parents):
+        if par >= 0:
+            parent[new[old]] = new[par]
+    return parent, len(leaves)
+
+
+def nested_to_forest(roots, rng=None) -> Tuple[torch.Tensor, int]:
+    """A forest from nested lists: ``'leaf'`` is a leaf, a list is a group
+    of its items; ``roots`` is a list of trees."""
+    parents, is_leaf = [], []
+
+    def add(item, par):
+        node = len(parents)
+        parents.append(par)
+        is_leaf.append(item == 'leaf')
+        if item != 'leaf':
+            for child in item:
+                add(child, node)
+
+    for root in roots:
+        add(root, -1)
+    return relabel(parents, is_leaf, rng)
+
+
+def random_qkv(num_leaves: int, heads: int = 2, channels: int = 3,
+               value_channels: int = 4, dtype=torch.float64, seed: int = 0,
+               magnitude: float = 1.0):
+    gen = torch.Generator().manual_seed(seed)
+    q = magnitude * torch.randn(num_leaves, heads, channels, generator=gen,
+                                dtype=dtype)
+    k = magnitude * torch.randn(num_leaves, heads, channels, generator=gen,
+                                dtype=dtype)
+    v = torch.randn(num_leaves, heads, value_channels, generator=gen,
+                    dtype=dtype)
+    return q, k, v
+
+
+def dense_output(theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out_i = sum_j theta_ij v_j`` per head, as ``[N, H, Cv]``."""
+    return torch.einsum('hij,jhc->ihc', theta, v)

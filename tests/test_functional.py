@@ -1,0 +1,324 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import dense_output, random_forest, random_qkv
+from pyg_hsa import Tree, hsa_attention, hsa_dense
+
+POS_KINDS = [None, 'shared', 'per_head']
+
+
+def make_pos(kind, num_nodes, heads, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    if kind is None:
+        return None
+    shape = (num_nodes, 3) if kind == 'shared' else (num_nodes, heads, 3)
+    return 0.7 * torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def random_case(seed):
+    """Forest i of the 200-forest sweep: depth 1-8, branching 1-16."""
+    rng = np.random.default_rng(seed)
+    max_depth = 1 + seed % 8
+    max_branch = 1 + int(rng.integers(1, 16))
+    parent, num_leaves = random_forest(
+        rng, max_depth=max_depth, max_branch=max_branch,
+        num_roots=1 + seed % 3, max_leaves=int(rng.integers(2, 80)),
+        unary_prob=0.2)
+    return parent, num_leaves
+
+
+@pytest.mark.parametrize('seed', range(200))
+def test_dynamic_program_matches_dense(seed, scatter_backend):
+    parent, num_leaves = random_case(seed)
+    pos_kind = POS_KINDS[seed % 3]
+    self_loops = bool(seed % 2)
+    q, k, v = random_qkv(num_leaves, heads=2, seed=seed)
+    pos = make_pos(pos_kind, parent.numel(), heads=2, seed=seed)
+    tree = Tree.from_parent(parent, num_leaves)
+    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+    assert out.shape == (num_leaves, 2, 4)
+    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
+                               atol=1e-10)
+
+
+@pytest.mark.parametrize('seed', range(40))
+def test_rows_are_stochastic(seed):
+    parent, num_leaves = random_case(seed)
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, _ = random_qkv(num_leaves, seed=seed)
+    ones = torch.ones(num_leaves, 2, 1, dtype=torch.float64)
+    leaves_per_root = torch.bincount(tree.batch)[tree.batch]
+    for self_loops in (False, True):
+        out = hsa_attention(q, k, ones, tree, self_loops=self_loops)[..., 0]
+        expected = (leaves_per_root > 1) | self_loops
+        expected = expected.to(out.dtype).unsqueeze(-1).expand_as(out)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+        theta = hsa_dense(q, k, tree, self_loops=self_loops)
+        assert bool((theta >= 0).all())
+
+
+def test_flat_tree_with_self_loops_is_sdpa():
+    q, k, v = random_qkv(37, heads=3, channels=8, value_channels=5)
+    parent = torch.tensor([37] * 37 + [-1])
+    out = hsa_attention(q, k, v, parent, self_loops=True)
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1),
+                                         v.transpose(0, 1)).transpose(0, 1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_flat_tree_without_self_loops_masks_the_diagonal():
+    q, k, v = random_qkv(20, heads=2, channels=4, value_channels=3)
+    parent = torch.tensor([20] * 20 + [-1])
+    logits = torch.einsum('ihc,jhc->hij', q, k) / 2.0
+    logits = logits.masked_fill(torch.eye(20, dtype=torch.bool), -math.inf)
+    theta = logits.softmax(dim=-1)
+    torch.testing.assert_close(hsa_dense(q, k, parent), theta, rtol=0,
+                               atol=1e-12)
+    torch.testing.assert_close(hsa_attention(q, k, v, parent),
+                               dense_output(theta, v), rtol=0, atol=1e-12)
+
+
+def test_custom_scale_and_positions_on_flat_tree():
+    q, k, v = random_qkv(6, heads=1, channels=2)
+    pos = torch.randn(7, 3, dtype=torch.float64)
+    parent = torch.tensor([6] * 6 + [-1])
+    logits = 0.3 * torch.einsum('ihc,jhc->hij', q, k) + pos[:6] @ pos[:6].t()
+    theta = logits.softmax(dim=-1)
+    out = hsa_attention(q, k, v, parent, pos=pos, self_loops=True, scale=0.3)
+    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize('seed', range(10))
+def test_constant_on_sibling_blocks(seed):
+    # (That Theta depends on the leaf logits only through block means is
+    # tested against the brute-force KL minimiser in test_dense.py.)
+    rng = np.random.default_rng(seed)
+    parent, num_leaves = random_forest(rng, max_depth=3, max_branch=4)
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, _ = random_qkv(num_leaves, seed=seed)
+    theta = hsa_dense(q, k, tree)
+    # Sibling block of every ordered leaf pair from its root-to-leaf paths.
+    paths = []
+    for leaf in range(num_leaves):
+        path = [leaf]
+        while int(parent[path[-1]]) >= 0:
+            path.append(int(parent[path[-1]]))
+        paths.append(path[::-1])
+    blocks = {}
+    for i in range(num_leaves):
+        for j in range(num_leaves):
+            if i == j or paths[i][0] != paths[j][0]:
+                continue
+            depth = 0
+            while paths[i][depth] == paths[j][depth]:
+                depth += 1
+            blocks.setdefault((paths[i][depth], paths[j][depth]),
+                              []).append((i, j))
+    for pairs in blocks.values():
+        values = torch.stack([theta[:, i, j] for i, j in pairs])
+        torch.testing.assert_close(values, values[:1].expand_as(values),
+                                   rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_batching_invariance(seed, scatter_backend):
+    rng = np.random.default_rng(seed)
+    trees = [random_forest(rng, max_depth=4, max_branch=5) for _ in range(3)]
+    outs, qs, ks, vs = [], [], [], []
+    for t, (parent, num_leaves) in enumerate(trees):
+        q, k, v = random_qkv(num_leaves, seed=100 * seed + t)
+        outs.append(hsa_attention(q, k, v, parent, self_loops=seed % 2 == 0))
+        qs.append(q)
+        ks.append(k)
+        vs.append(v)
+    # Batch: all leaves first, then all internal nodes (shifted indices).
+    num_leaves = [n for _, n in trees]
+    num_internal = [p.numel() - n for p, n in trees]
+    leaf_offset = np.cumsum([0] + num_leaves)
+    internal_offset = sum(num_leaves) + np.cumsum([0] + num_internal)
+    parts = []
+    for t, (parent, n) in enumerate(trees):
+        shift = torch.where(parent < n, parent + int(leaf_offset[t]),
+                            parent - n + int(internal_offset[t]))
+        parts.append(torch.where(parent < 0, -1, shift))
+    batch_parent = torch.cat([p[:n] for p, (_, n) in zip(parts, trees)] +
+                             [p[n:] for p, (_, n) in zip(parts, trees)])
+    out = hsa_attention(torch.cat(qs), torch.cat(ks), torch.cat(vs),
+                        batch_parent, self_loops=seed % 2 == 0)
+    torch.testing.assert_close(out, torch.cat(outs), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_equivariance_to_renumbering(seed):
+    rng = np.random.default_rng(seed)
+    parent, num_leaves = random_forest(rng, max_depth=5, max_branch=5,
+                                       num_roots=2)
+    num_nodes = parent.numel()
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    pos = make_pos('per_head', num_nodes, heads=2, seed=seed)
+    out = hsa_attention(q, k, v, parent, pos=pos)
+    # new ids: a random permutation of the leaves and of the internal nodes
+    # (which also reorders children inside every family).
+    perm = torch.cat([
+        torch.from_numpy(rng.permutation(num_leaves)),
+        num_leaves + torch.from_numpy(rng.permutation(num_nodes -
+                                                       num_leaves))
+    ])  # perm[new] = old
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(num_nodes)
+    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    leaf_perm = perm[:num_leaves]
+    out_new = hsa_attention(q[leaf_perm], k[leaf_perm], v[leaf_perm],
+                            new_parent, pos=pos[perm])
+    torch.testing.assert_close(out_new, out[leaf_perm], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_unary_chains_and_single_leaf_trees(self_loops):
+    # Root 5 -> 6 -> 7 -> leaf 0 (a lone leaf under a chain); root 8 with
+    # leaves 1, 2 and a unary node 9 above leaf 3; leaf 4 is its own root.
+    parent = torch.tensor([7, 8, 8, 9, -1, -1, 5, 6, -1, 8])
+    q, k, v = random_qkv(5, seed=3)
+    q.requires_grad_()
+    out = hsa_attention(q, k, v, parent, self_loops=self_loops)
+    theta = hsa_dense(q, k, parent, self_loops=self_loops)
+    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
+                               atol=1e-12)
+    lone = out[[0, 4]].detach()
+    if self_loops:  # A lone leaf attends only to itself.
+        torch.testing.assert_close(lone, v[[0, 4]], rtol=0, atol=1e-12)
+    else:
+        assert bool((lone == 0).all())
+    out.sum().backward()
+    assert bool(q.grad.isfinite().all())
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_gradcheck_on_trees_with_unary_chains(self_loops):
+    parent = torch.tensor([6, 6, 7, 8, 8, 9, 10, 10, 11, 11, 11, -1])
+    # Leaves 0..5; 6 = {0,1}; 7 = {2} (unary); 8 = {3,4}; 9 = {5} (unary);
+    # 10 = {6,7}; 11 = root {8,9,10}.
+    q, k, v = random_qkv(6, heads=2, channels=2, value_channels=2, seed=5)
+    pos = make_pos('shared', 12, 2, seed=7).requires_grad_()
+    inputs = tuple(t.clone().requires_grad_() for t in (q, k, v)) + (pos, )
+    tree = Tree.from_parent(parent, 6)
+
+    def fn(q, k, v, pos):
+        return hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_huge_logits_keep_outputs_and_gradients_finite(self_loops):
+    rng = np.random.default_rng(0)
+    parent, num_leaves = random_forest(rng, max_depth=5, max_branch=6,
+                                       num_roots=2, unary_prob=0.3)
+    for dtype in (torch.float64, torch.float32):
+        q, k, v = random_qkv(num_leaves, channels=1, dtype=dtype, seed=1,
+                             magnitude=100.0)  # logits of magnitude ~1e4
+        pos = make_pos('shared', parent.numel(), 2).to(dtype) * 100
+        q.requires_grad_(), k.requires_grad_(), pos.requires_grad_()
+        out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
+        assert bool(out.isfinite().all())
+        out.square().sum().backward()
+        for grad in (q.grad, k.grad, pos.grad):
+            assert bool(grad.isfinite().all())
+        if dtype == torch.float64:
+            theta = hsa_dense(q.detach(), k.detach(), parent,
+                              pos=pos.detach(), self_loops=self_loops)
+            torch.testing.assert_close(out.detach(), dense_output(theta, v),
+                                       rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5),
+                                       (torch.bfloat16, 5e-2),
+                                       (torch.float16, 1e-2)])
+def test_low_precision_inputs(dtype, tol):
+    rng = np.random.default_rng(1)
+    parent, num_leaves = random_forest(rng, max_depth=4, max_branch=6)
+    q, k, v = random_qkv(num_leaves, seed=2)
+    ref = hsa_attention(q, k, v, parent)
+    out = hsa_attention(q.to(dtype), k.to(dtype), v.to(dtype), parent)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+def test_autocast_bfloat16():
+    rng = np.random.default_rng(2)
+    parent, num_leaves = random_forest(rng, max_depth=3, max_branch=5)
+    x = torch.randn(num_leaves, 8)
+    lin = torch.nn.Linear(8, 3 * 2 * 4)
+    ref_q, ref_k, ref_v = lin(x).view(num_leaves, 3, 2, 4).unbind(1)
+    ref = hsa_attention(ref_q, ref_k, ref_v, parent)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        q, k, v = lin(x).view(num_leaves, 3, 2, 4).unbind(1)
+        out = hsa_attention(q, k, v, parent)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_attention_weights_are_per_family_softmax(self_loops):
+    rng = np.random.default_rng(4)
+    parent, num_leaves = random_forest(rng, max_depth=3, max_branch=5,
+                                       num_roots=2)
+    q, k, v = random_qkv(num_leaves, seed=4)
+    out, (edge_index, alpha) = hsa_attention(q, k, v, parent,
+                                             self_loops=self_loops,
+                                             return_attention_weights=True)
+    src, dst = edge_index
+    # Sibling edges: same parent, never roots, self loops only on leaves.
+    assert bool((parent[src] == parent[dst]).all())
+    assert bool((parent[src] >= 0).all() | self_loops)
+    loops = src == dst
+    assert bool((loops.sum() == (num_leaves if self_loops else 0)))
+    sums = torch.zeros(parent.numel(), 2, dtype=alpha.dtype)
+    sums.index_add_(0, src, alpha)
+    has_edges = torch.bincount(src, minlength=parent.numel()) > 0
+    torch.testing.assert_close(sums[has_edges],
+                               torch.ones_like(sums[has_edges]))
+    num_children = torch.bincount(parent[parent >= 0],
+                                  minlength=parent.numel())
+    expected = int((num_children * (num_children - 1)).sum())
+    assert src.numel() == expected + (num_leaves if self_loops else 0)
+
+
+def test_dropout_only_changes_training_output():
+    parent = torch.tensor([4, 4, 4, 4, -1])
+    q, k, v = random_qkv(4, seed=0)
+    ref = hsa_attention(q, k, v, parent)
+    torch.testing.assert_close(hsa_attention(q, k, v, parent, dropout=0.0),
+                               ref)
+    torch.manual_seed(0)
+    dropped = hsa_attention(q, k, v, parent, dropout=0.5)
+    assert not torch.allclose(dropped, ref)
+
+
+def test_input_errors():
+    parent = torch.tensor([3, 3, 3, -1])
+    q, k, v = random_qkv(3)
+    with pytest.raises(ValueError, match="'q' has 2 rows but the tree has 3"):
+        hsa_attention(q[:2], k[:2], v[:2], Tree.from_parent(parent))
+    with pytest.raises(ValueError, match="'q' and 'k' must have the same"):
+        hsa_attention(q, k[..., :2], v, parent)
+    with pytest.raises(ValueError, match="'v' has 1 heads but 'q' has 2"):
+        hsa_attention(q, k, v[:, :1], parent)
+    with pytest.raises(ValueError, match=r"'q' must have shape \[N, H, C\]"):
+        hsa_attention(q[:, 0], k[:, 0], v[:, 0], parent)
+    with pytest.raises(ValueError, match="'pos' must have shape"):
+        hsa_attention(q, k, v, parent, pos=torch.randn(3, 2).double())
+    with pytest.raises(ValueError, match="'pos' has 3 heads"):
+        hsa_attention(q, k, v, parent, pos=torch.randn(4, 3, 2).double())
+    with pytest.raises(TypeError, match="'q' must be a floating-point"):
+        hsa_attention(q.long(), k, v, parent)
+    with pytest.raises(TypeError, match="'tree' must be a pyg_hsa.Tree"):
+        hsa_attention(q, k, v, [3, 3, 3, -1])
+    with pytest.raises(ValueError, match="2 entries, fewer than the 3"):
+        hsa_attention(q, k, v, torch.tensor([2, -1]))
