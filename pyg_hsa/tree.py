@@ -375,15 +375,15 @@ class Tree:
 
     # Utilities ############################################################
 
-    def to(self, *args, **kwargs) -> 'Tree':
-        """Moves every tensor of the tree (e.g. :obj:`tree.to('cuda')`)."""
+    def to(self, device: Union[str, torch.device]) -> 'Tree':
+        """The same tree with every tensor on :obj:`device`."""
         out = object.__new__(Tree)
         for key, value in self.__dict__.items():
             if isinstance(value, Tensor):
-                value = value.to(*args, **kwargs)
+                value = value.to(device)
             elif key == '_edge_cache':
                 value = {
-                    k: tuple(t.to(*args, **kwargs) for t in v)
+                    k: tuple(t.to(device) for t in v)
                     for k, v in value.items()
                 }
             out.__dict__[key] = value

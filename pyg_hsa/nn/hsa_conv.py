@@ -181,9 +181,9 @@ class HSAConv(MessagePassing):
 
         num_leaves, heads, channels = tree.num_leaves, self.heads, \
             self.out_channels
-        q = self._apply(self.lin_query, x, hetero, tree)
-        k = self._apply(self.lin_key, x, hetero, tree)
-        v = self._apply(self.lin_value, x, hetero, tree)
+        q = self._project(self.lin_query, x, hetero, tree)
+        k = self._project(self.lin_key, x, hetero, tree)
+        v = self._project(self.lin_value, x, hetero, tree)
         if q.size(0) != num_leaves:
             raise ValueError(f"'x' has {q.size(0)} rows but the tree has "
                              f"{num_leaves} leaves")
@@ -204,7 +204,7 @@ class HSAConv(MessagePassing):
         out = out.reshape(num_leaves, heads * channels) if self.concat \
             else out.mean(dim=1)
         if self.root_weight:
-            out = out + self._apply(self.lin_skip, x, hetero, tree)
+            out = out + self._project(self.lin_skip, x, hetero, tree)
 
         if hetero:
             out = {
@@ -228,7 +228,7 @@ class HSAConv(MessagePassing):
                                  f"type '{nt}'")
 
     @staticmethod
-    def _apply(lin, x, hetero: bool, tree: Tree) -> Tensor:
+    def _project(lin, x, hetero: bool, tree: Tree) -> Tensor:
         if not hetero:
             return lin(x)
         if isinstance(lin, HeteroDictLinear):

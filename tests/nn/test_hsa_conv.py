@@ -1,0 +1,210 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from torch_geometric.data import HeteroData
+from torch_geometric.loader import DataLoader
+
+from helpers import dense_output, random_forest
+from pyg_hsa import Tree, hsa_dense
+from pyg_hsa.nn import HSAConv
+
+
+def hierarchy(num_atoms, groups, num_tokens, seed):
+    """Two leaf types (atoms of width 6, tokens of width 4) under fragments
+    and one molecule, with position vectors on atoms and fragments."""
+    gen = torch.Generator().manual_seed(seed)
+    num_frags = max(groups) + 1
+    data = HeteroData()
+    data['atom'].x = torch.randn(num_atoms, 6, generator=gen, dtype=torch.float64)
+    data['atom'].pe = torch.randn(num_atoms, 3, generator=gen, dtype=torch.float64)
+    data['token'].x = torch.randn(num_tokens, 4, generator=gen, dtype=torch.float64)
+    data['fragment'].num_nodes = num_frags
+    data['fragment'].pe = torch.randn(num_frags, 3, generator=gen, dtype=torch.float64)
+    data['molecule'].num_nodes = 1
+    data['atom', 'in', 'fragment'].edge_index = torch.stack(
+        [torch.arange(num_atoms), torch.tensor(groups)])
+    data['fragment', 'in', 'molecule'].edge_index = torch.stack(
+        [torch.arange(num_frags),
+         torch.zeros(num_frags, dtype=torch.long)])
+    data['token', 'in', 'molecule'].edge_index = torch.stack(
+        [torch.arange(num_tokens),
+         torch.zeros(num_tokens, dtype=torch.long)])
+    return data
+
+
+def test_hsa_conv_matches_manual_computation():
+    parent, num_leaves = random_forest(np.random.default_rng(0), max_depth=3,
+                                       max_branch=5)
+    x = torch.randn(num_leaves, 8, dtype=torch.float64)
+    pe = torch.randn(parent.numel(), 5, dtype=torch.float64)
+    conv = HSAConv(8, 4, heads=3, pos_channels=5).double()
+    assert str(conv) == 'HSAConv(8, 4, heads=3)'
+    out = conv(x, parent, pe=pe)
+    assert out.shape == (num_leaves, 12)
+
+    q = conv.norm_query(conv.lin_query(x).view(-1, 3, 4))
+    k = conv.norm_key(conv.lin_key(x).view(-1, 3, 4))
+    v = conv.lin_value(x).view(-1, 3, 4)
+    pos = conv.lin_pos(pe).view(-1, 3, 4)
+    theta = hsa_dense(q, k, parent, pos=pos)
+    expected = dense_output(theta, v).reshape(-1, 12) + conv.lin_skip(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('concat', [True, False])
+@pytest.mark.parametrize('root_weight', [True, False])
+def test_hsa_conv_shapes_and_options(concat, root_weight, scatter_backend):
+    parent = torch.tensor([5, 5, 6, 6, 6, 7, 7, -1])
+    x = torch.randn(5, 16)
+    conv = HSAConv(-1, 8, heads=2, concat=concat, root_weight=root_weight,
+                   qk_norm=False, self_loops=True)
+    out = conv(x, Tree.from_parent(parent))
+    assert out.shape == (5, 16 if concat else 8)
+    assert bool(out.isfinite().all())
+    assert conv.norm_query is None and conv.lin_pos is None
+    assert (conv.lin_skip is None) == (not root_weight)
+
+
+def test_hsa_conv_attention_weights():
+    parent = torch.tensor([4, 4, 5, 5, 6, 6, -1])
+    conv = HSAConv(3, 2, heads=2)
+    out, (edge_index, alpha) = conv(torch.randn(4, 3), parent,
+                                    return_attention_weights=True)
+    assert out.shape == (4, 4)
+    pairs = sorted(zip(*edge_index.tolist()))
+    assert pairs == [(0, 1), (1, 0), (2, 3), (3, 2), (4, 5), (5, 4)]
+    # Every node has one sibling: its only softmax weight is 1.
+    torch.testing.assert_close(alpha, torch.ones(6, 2))
+
+
+def test_hsa_conv_reset_parameters_and_state_dict():
+    conv = HSAConv(6, 4, heads=2, pos_channels=3)
+    x, parent = torch.randn(3, 6), torch.tensor([3, 3, 3, -1])
+    pe = torch.randn(4, 3)
+    out = conv(x, parent, pe=pe)
+    other = HSAConv(6, 4, heads=2, pos_channels=3)
+    other.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(other(x, parent, pe=pe), out)
+    before = copy.deepcopy(conv.state_dict())
+    conv.reset_parameters()
+    assert not torch.equal(conv.lin_query.weight, before['lin_query.weight'])
+    assert set(conv.state_dict()) == set(before)
+
+
+def test_hsa_conv_renumbering_equivariance():
+    rng = np.random.default_rng(3)
+    parent, num_leaves = random_forest(rng, max_depth=4, max_branch=4,
+                                       num_roots=2)
+    num_nodes = parent.numel()
+    x = torch.randn(num_leaves, 5, dtype=torch.float64)
+    pe = torch.randn(num_nodes, 2, dtype=torch.float64)
+    conv = HSAConv(5, 3, heads=2, pos_channels=2).double()
+    out = conv(x, parent, pe=pe)
+    perm = torch.cat([
+        torch.from_numpy(rng.permutation(num_leaves)),
+        num_leaves + torch.from_numpy(rng.permutation(num_nodes -
+                                                       num_leaves))
+    ])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(num_nodes)
+    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    out_new = conv(x[perm[:num_leaves]], new_parent, pe=pe[perm])
+    torch.testing.assert_close(out_new, out[perm[:num_leaves]], rtol=0,
+                               atol=1e-12)
+
+
+def test_hsa_conv_hetero_batch_equals_each_example(scatter_backend):
+    examples = [
+        hierarchy(5, [0, 0, 1, 1, 1], 2, seed=0),
+        hierarchy(3, [0, 0, 0], 4, seed=1),
+        hierarchy(6, [0, 1, 1, 2, 2, 2], 1, seed=2),
+    ]
+    conv = HSAConv({'atom': 6, 'token': 4}, 4, heads=2,
+                   pos_channels={'atom': 3, 'fragment': 3}).double()
+    batch = next(iter(DataLoader(examples, batch_size=3)))
+    tree = Tree.from_hetero(batch)
+    pe = {'atom': batch['atom'].pe, 'fragment': batch['fragment'].pe}
+    out = conv(batch.x_dict, tree, pe=pe)
+    assert set(out) == {'atom', 'token'}
+    assert out['atom'].shape == (14, 8) and out['token'].shape == (7, 8)
+    atom_ptr, token_ptr = batch['atom'].ptr, batch['token'].ptr
+    for i, data in enumerate(examples):
+        alone = conv(data.x_dict, Tree.from_hetero(data), pe={
+            'atom': data['atom'].pe,
+            'fragment': data['fragment'].pe
+        })
+        torch.testing.assert_close(out['atom'][atom_ptr[i]:atom_ptr[i + 1]],
+                                   alone['atom'], rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            out['token'][token_ptr[i]:token_ptr[i + 1]], alone['token'],
+            rtol=0, atol=1e-12)
+    # The edge_index_dict form builds the same tree.
+    again = conv(batch.x_dict, batch.edge_index_dict, pe=pe)
+    torch.testing.assert_close(again['atom'], out['atom'])
+
+
+def test_hsa_conv_hetero_gradients_reach_every_leaf_type():
+    data = hierarchy(4, [0, 0, 1, 1], 3, seed=5)
+    conv = HSAConv({'atom': -1, 'token': -1}, 4, heads=2).double()
+    out = conv(data.x_dict, Tree.from_hetero(data))
+    (out['atom'].sum() + out['token'].sum()).backward()
+    for lin in conv.lin_value.lins.values():
+        assert lin.weight.grad is not None
+        assert bool(lin.weight.grad.abs().sum() > 0)
+
+
+def test_hsa_conv_errors():
+    parent = torch.tensor([3, 3, 3, -1])
+    conv = HSAConv(4, 2)
+    with pytest.raises(ValueError, match="'x' has 2 rows but the tree has 3"):
+        conv(torch.randn(2, 4), Tree.from_parent(parent))
+    with pytest.raises(ValueError, match='pos_channels=None'):
+        conv(torch.randn(3, 4), parent, pe=torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"'pe' must have shape \[M, P\]"):
+        HSAConv(4, 2, pos_channels=2)(torch.randn(3, 4), parent,
+                                      pe=torch.randn(3, 2))
+    with pytest.raises(TypeError, match="'tree' must be a pyg_hsa.Tree"):
+        conv(torch.randn(3, 4), [3, 3, 3, -1])
+    with pytest.raises(ValueError, match="'heads' must be a positive"):
+        HSAConv(4, 2, heads=0)
+    with pytest.raises(ValueError, match="'dropout' must lie in"):
+        HSAConv(4, 2, dropout=1.5)
+    data = hierarchy(3, [0, 0, 1], 2, seed=0)
+    hetero = HSAConv({'atom': 6, 'token': 4}, 2).double()
+    with pytest.raises(ValueError, match=r"no features for leaf node types "
+                       r"\['token'\]"):
+        hetero({'atom': data['atom'].x}, Tree.from_hetero(data))
+    with pytest.raises(ValueError, match='needs a tree built with '
+                       'Tree.from_hetero'):
+        hetero(data.x_dict, Tree.from_parent(parent))
+
+
+def test_hsa_conv_dropout_is_off_in_eval():
+    conv = HSAConv(4, 4, heads=2, dropout=0.5)
+    x, parent = torch.randn(6, 4), torch.tensor([6] * 6 + [-1])
+    conv.eval()
+    torch.testing.assert_close(conv(x, parent), conv(x, parent))
+    conv.train()
+    assert not torch.allclose(conv(x, parent), conv(x, parent))
+
+
+@pytest.mark.slow
+def test_hsa_conv_torch_compile_without_graph_breaks():
+    import torch._dynamo
+
+    parent, num_leaves = random_forest(np.random.default_rng(1), max_depth=3,
+                                       max_branch=4)
+    tree = Tree.from_parent(parent, num_leaves)
+    tree.sibling_edges(False)  # compiled with the tree, outside the graph
+    conv = HSAConv(8, 4, heads=2)
+    x = torch.randn(num_leaves, 8)
+    expected = conv(x, tree)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(conv)(x, tree)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(conv, fullgraph=True)
+    torch.testing.assert_close(compiled(x, tree), expected, rtol=1e-5,
+                               atol=1e-5)

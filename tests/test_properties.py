@@ -1,0 +1,108 @@
+"""Property-based tests (hypothesis) over random forests: spec section 5."""
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import dense_output, nested_to_forest, random_qkv
+from pyg_hsa import Tree, hsa_attention, hsa_dense
+
+trees = st.recursive(st.just('leaf'),
+                     lambda children: st.lists(children, min_size=1,
+                                               max_size=5), max_leaves=24)
+forests = st.lists(trees, min_size=1, max_size=3)
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+def build(roots, seed):
+    return nested_to_forest(roots, np.random.default_rng(seed))
+
+
+@SETTINGS
+@given(forests, st.integers(0, 2**16), st.booleans(),
+       st.sampled_from([None, 'shared', 'per_head']))
+def test_dynamic_program_equals_dense(roots, seed, self_loops, pos_kind):
+    parent, num_leaves = build(roots, seed)
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    pos = None if pos_kind is None else torch.randn(
+        (parent.numel(), 2) if pos_kind == 'shared' else
+        (parent.numel(), 2, 2), generator=gen, dtype=torch.float64)
+    tree = Tree.from_parent(parent, num_leaves)
+    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
+                               atol=1e-10)
+    # Rows are stochastic wherever a leaf has someone to attend to.
+    alone = torch.bincount(tree.batch)[tree.batch] == 1
+    expected = (~alone | self_loops).to(theta.dtype)
+    torch.testing.assert_close(theta.sum(-1), expected.expand_as(
+        theta.sum(-1)), rtol=0, atol=1e-12)
+
+
+@SETTINGS
+@given(forests, st.integers(0, 2**16), st.booleans())
+def test_each_root_alone_equals_the_batch(roots, seed, self_loops):
+    parent, num_leaves = build(roots, seed)
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    out = hsa_attention(q, k, v, parent, self_loops=self_loops)
+    tree = Tree.from_parent(parent, num_leaves)
+    assert tree.num_roots == len(roots)
+    for r in range(tree.num_roots):
+        mask = tree.batch == r
+        sub = hsa_attention(q[mask], k[mask], v[mask],
+                            _restrict(parent, num_leaves, mask),
+                            self_loops=self_loops)
+        torch.testing.assert_close(sub, out[mask], rtol=0, atol=1e-12)
+
+
+def _restrict(parent, num_leaves, leaf_mask):
+    """The sub-forest above the masked leaves, renumbered (leaves first)."""
+    keep = torch.zeros(parent.numel(), dtype=torch.bool)
+    node = torch.arange(num_leaves)[leaf_mask]
+    while node.numel():
+        keep[node] = True
+        node = parent[node]
+        node = node[node >= 0]
+    new = torch.full((parent.numel(), ), -1, dtype=torch.long)
+    new[keep] = torch.arange(int(keep.sum()))
+    kept = keep.nonzero().view(-1)
+    return torch.where(parent[kept] >= 0, new[parent[kept].clamp(min=0)], -1)
+
+
+@SETTINGS
+@given(forests, st.integers(0, 2**16), st.booleans())
+def test_equivariance_to_renumbering(roots, seed, self_loops):
+    rng = np.random.default_rng(seed)
+    parent, num_leaves = build(roots, seed)
+    num_nodes = parent.numel()
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    pos = torch.randn(num_nodes, 3, dtype=torch.float64)
+    out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
+    perm = torch.cat([
+        torch.from_numpy(rng.permutation(num_leaves)),
+        num_leaves + torch.from_numpy(rng.permutation(num_nodes -
+                                                       num_leaves))
+    ])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(num_nodes)
+    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    lp = perm[:num_leaves]
+    out_new = hsa_attention(q[lp], k[lp], v[lp], new_parent, pos=pos[perm],
+                            self_loops=self_loops)
+    torch.testing.assert_close(out_new, out[lp], rtol=0, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(forests, st.integers(0, 2**16), st.booleans(),
+       st.sampled_from([1.0, 100.0]))
+def test_outputs_and_gradients_are_finite(roots, seed, self_loops, mag):
+    parent, num_leaves = build(roots, seed)
+    q, k, v = random_qkv(num_leaves, channels=1, dtype=torch.float32,
+                         seed=seed, magnitude=mag)
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    out = hsa_attention(q, k, v, parent, self_loops=self_loops)
+    assert bool(out.isfinite().all())
+    out.sum().backward()
+    for grad in (q.grad, k.grad, v.grad):
+        assert bool(grad.isfinite().all())

@@ -1,0 +1,205 @@
+import numpy as np
+import pytest
+import torch
+
+from torch_geometric.data import HeteroData
+from torch_geometric.loader import DataLoader
+
+from helpers import random_forest, random_qkv
+from pyg_hsa import Tree, hsa_attention
+
+
+def molecule_like(num_atoms, groups, num_tokens=0):
+    """atoms -> fragments -> molecule, plus optional tokens directly in the
+    molecule (nesting that skips a level)."""
+    data = HeteroData()
+    data['atom'].x = torch.randn(num_atoms, 5)
+    data['fragment'].num_nodes = len(set(groups))
+    data['molecule'].num_nodes = 1
+    data['atom', 'in', 'fragment'].edge_index = torch.stack(
+        [torch.arange(num_atoms), torch.tensor(groups)])
+    data['fragment', 'in', 'molecule'].edge_index = torch.stack([
+        torch.arange(len(set(groups))),
+        torch.zeros(len(set(groups)), dtype=torch.long)
+    ])
+    data['atom', 'bond', 'atom'].edge_index = torch.tensor([[0, 1], [1, 0]])
+    if num_tokens:
+        data['token'].x = torch.randn(num_tokens, 3)
+        data['token', 'in', 'molecule'].edge_index = torch.stack([
+            torch.arange(num_tokens),
+            torch.zeros(num_tokens, dtype=torch.long)
+        ])
+    return data
+
+
+def test_from_parent_compiles_levels_and_sizes():
+    # Leaves 0..4, 5 = {0, 1, 2}, 6 = {3}, 7 = root {5, 6, 4}.
+    tree = Tree.from_parent(torch.tensor([5, 5, 5, 6, 7, 7, 7, -1]))
+    assert tree.num_leaves == 5 and tree.num_nodes == 8
+    assert tree.num_roots == 1 and tree.depth == 2
+    assert tree.level_ptr == (0, 1, 4, 8)
+    assert repr(tree) == ('Tree(num_nodes=8, num_leaves=5, num_roots=1, '
+                          'depth=2)')
+    size = torch.empty(8, dtype=torch.long)
+    size[tree.perm] = tree.size
+    assert size.tolist() == [1, 1, 1, 1, 1, 3, 1, 5]
+    assert tree.batch.tolist() == [0] * 5
+
+
+@pytest.mark.parametrize('seed', range(10))
+def test_level_order_keeps_families_contiguous(seed):
+    parent, num_leaves = random_forest(np.random.default_rng(seed),
+                                       max_depth=5, max_branch=6,
+                                       num_roots=3)
+    tree = Tree.from_parent(parent, num_leaves)
+    new_parent = tree.parent_new
+    non_root = new_parent[tree.num_roots:]
+    assert bool((new_parent[:tree.num_roots] == -1).all())
+    assert bool((non_root[1:] >= non_root[:-1]).all())  # sorted by parent
+    old = tree.perm
+    expected = torch.where(parent[old] < 0, -1, parent[old])
+    assert bool((torch.where(new_parent < 0, -1, old[new_parent.clamp(
+        min=0)]) == expected).all())
+    src, dst, ptr = tree.sibling_edges()
+    num_children = torch.bincount(parent[parent >= 0],
+                                  minlength=parent.numel())
+    assert src.numel() == int((num_children * (num_children - 1)).sum())
+    assert bool((new_parent[src] == new_parent[dst]).all())
+    assert bool((src != dst).all())
+    assert ptr[-1] == src.numel()
+    # Example index of each leaf: roots ordered by id.
+    roots = (parent < 0).nonzero().view(-1)
+    root_of = parent.clone()
+    node = torch.arange(parent.numel())
+    while bool((parent[node] >= 0).any()):
+        node = torch.where(parent[node] >= 0, parent[node], node)
+    root_of = node[:num_leaves]
+    assert tree.batch.tolist() == [
+        int((roots == r).nonzero()) for r in root_of.tolist()
+    ]
+
+
+@pytest.mark.parametrize('parent,num_leaves,match', [
+    ([2, 3, 3, 1], None, 'contains a cycle: node 1 is its own ancestor'),
+    ([2, 2, 2, -1], None, 'Node 2 is its own parent'),
+    ([3, 3, 7, -1], None, 'parent of node 2 is 7; expected -1'),
+    ([3, -3, 3, -1], None, 'parent of node 1 is -3'),
+    ([1, 3, 3, -1], 3, 'leaf node 1 is the parent of node 0'),
+    ([2, 2, -1, -1], 2, 'Internal node 3 has no children'),
+    ([1, -1], 3, "'parent' has 2 entries, fewer than the 3 leaves"),
+    ([], None, 'empty'),
+])
+def test_from_parent_errors(parent, num_leaves, match):
+    with pytest.raises(ValueError, match=match):
+        Tree.from_parent(torch.tensor(parent, dtype=torch.long), num_leaves)
+
+
+def test_from_parent_type_errors():
+    with pytest.raises(TypeError, match="'parent' must be an integer"):
+        Tree.from_parent(torch.tensor([1.0, -1.0]))
+    with pytest.raises(TypeError, match="'parent' must be a LongTensor"):
+        Tree.from_parent([1, -1])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        Tree.from_parent(torch.tensor([[1, -1]]))
+
+
+def test_long_unary_chain():
+    # A chain of depth 64 above one leaf, next to a second leaf.
+    parent = torch.tensor([2, 65] + list(range(3, 66)) + [-1])
+    tree = Tree.from_parent(parent, 2)
+    assert tree.depth == 64
+    q, k, v = random_qkv(2)
+    out = hsa_attention(q, k, v, tree)
+    # Each leaf attends only to the other one.
+    torch.testing.assert_close(out, v.flip(0))
+
+
+def test_from_hetero_schema_and_node_slices():
+    data = molecule_like(5, [0, 0, 1, 1, 1], num_tokens=2)
+    tree = Tree.from_hetero(data)
+    assert tree.leaf_types == ['atom', 'token']
+    assert tree.node_slices == {
+        'atom': (0, 5),
+        'token': (5, 7),
+        'fragment': (7, 9),
+        'molecule': (9, 10)
+    }
+    expected = [7, 7, 8, 8, 8, 9, 9, 9, 9, -1]
+    assert tree.parent.tolist() == expected
+    same = Tree.from_hetero(data.edge_index_dict)
+    assert same.parent.tolist() == expected
+    assert same.node_slices == tree.node_slices
+
+
+def test_from_hetero_batched_by_dataloader_equals_each_example():
+    examples = [
+        molecule_like(5, [0, 0, 1, 1, 1]),
+        molecule_like(3, [0, 0, 0], num_tokens=0),
+        molecule_like(6, [0, 1, 1, 2, 2, 2]),
+    ]
+    batch = next(iter(DataLoader(examples, batch_size=3)))
+    tree = Tree.from_hetero(batch)
+    assert tree.num_roots == 3
+    assert tree.batch.tolist() == [0] * 5 + [1] * 3 + [2] * 6
+    q, k, v = random_qkv(tree.num_leaves, seed=0)
+    out = hsa_attention(q, k, v, tree)
+    start = 0
+    for data in examples:
+        t = Tree.from_hetero(data)
+        n = t.num_leaves
+        alone = hsa_attention(q[start:start + n], k[start:start + n],
+                              v[start:start + n], t)
+        torch.testing.assert_close(out[start:start + n], alone, rtol=0,
+                                   atol=1e-12)
+        start += n
+
+
+def test_from_hetero_errors():
+    data = molecule_like(3, [0, 0, 1])
+    data['atom', 'in', 'molecule'].edge_index = torch.tensor([[1], [0]])
+    with pytest.raises(ValueError, match="Node 1 of type 'atom' has 2 "
+                       "outgoing 'in' edges"):
+        Tree.from_hetero(data)
+
+    data = molecule_like(3, [0, 0, 1])
+    data['fragment'].num_nodes = 3
+    with pytest.raises(ValueError, match="node 2 of type 'fragment' has no "
+                       "children"):
+        Tree.from_hetero(data)
+
+    data = molecule_like(3, [0, 0, 1])
+    data['atom', 'in', 'fragment'].edge_index = torch.tensor([[0, 1, 2],
+                                                              [0, 0, 5]])
+    with pytest.raises(ValueError, match="refers to node 5 of type "
+                       "'fragment', which has only 2 nodes"):
+        Tree.from_hetero(data)
+
+    data = molecule_like(3, [0, 0, 1])
+    data['molecule', 'in', 'ring'].edge_index = torch.tensor([[0], [0]])
+    assert 'ring' not in data.node_types
+    with pytest.raises(ValueError, match="has destination node type 'ring'"):
+        Tree.from_hetero(data)
+
+    data = molecule_like(3, [0, 0, 1])
+    data['fragment', 'in', 'molecule'].edge_index = torch.tensor([[0, 1],
+                                                                  [0, 1]])
+    data['molecule'].num_nodes = 2
+    data['molecule', 'in', 'fragment'].edge_index = torch.tensor([[0], [0]])
+    with pytest.raises(ValueError, match='cycle'):
+        Tree.from_hetero(data)
+
+    with pytest.raises(TypeError, match="HeteroData or an edge_index_dict"):
+        Tree.from_hetero(torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match='empty'):
+        Tree.from_hetero(HeteroData())
+
+
+def test_to_moves_every_tensor_and_keeps_results():
+    parent, num_leaves = random_forest(np.random.default_rng(0))
+    tree = Tree.from_parent(parent, num_leaves)
+    tree.sibling_edges(True)
+    moved = tree.to('cpu')
+    assert moved.device == torch.device('cpu')
+    q, k, v = random_qkv(num_leaves)
+    torch.testing.assert_close(hsa_attention(q, k, v, moved, self_loops=True),
+                               hsa_attention(q, k, v, tree, self_loops=True))
