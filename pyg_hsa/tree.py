@@ -71,6 +71,7 @@ class Tree:
         self.perm = perm
         self.size = size  # leaves below each node, level order, float
         self.num_children = num_children  # level order
+        self.num_sibling_pairs = int((num_children * (num_children - 1)).sum())
         self._edge_cache: Dict[bool, Tuple[Tensor, Tensor, Tensor]] = {}
 
     # Construction ##########################################################
@@ -364,8 +365,10 @@ class Tree:
         loop = self.is_leaf & self_loops
         count = family_size - 1 + loop.long()
         ptr = _cumsum(count)
-        src = torch.repeat_interleave(arange, count,
-                                      output_size=int(ptr[-1]))
+        # The edge count is known on the host, which keeps this traceable.
+        num_edges = self.num_sibling_pairs + (self.num_leaves
+                                              if self_loops else 0)
+        src = torch.repeat_interleave(arange, count, output_size=num_edges)
         offset = torch.arange(src.numel(), device=device) - ptr[src]
         # Without a self loop, skip the node's own slot in its family.
         own = src - family_start[src]

@@ -16,13 +16,17 @@ def hierarchy(num_atoms, groups, num_tokens, seed):
     """Two leaf types (atoms of width 6, tokens of width 4) under fragments
     and one molecule, with position vectors on atoms and fragments."""
     gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
     num_frags = max(groups) + 1
     data = HeteroData()
-    data['atom'].x = torch.randn(num_atoms, 6, generator=gen, dtype=torch.float64)
-    data['atom'].pe = torch.randn(num_atoms, 3, generator=gen, dtype=torch.float64)
-    data['token'].x = torch.randn(num_tokens, 4, generator=gen, dtype=torch.float64)
+    data['atom'].x = randn(num_atoms, 6)
+    data['atom'].pe = randn(num_atoms, 3)
+    data['token'].x = randn(num_tokens, 4)
     data['fragment'].num_nodes = num_frags
-    data['fragment'].pe = torch.randn(num_frags, 3, generator=gen, dtype=torch.float64)
+    data['fragment'].pe = randn(num_frags, 3)
     data['molecule'].num_nodes = 1
     data['atom', 'in', 'fragment'].edge_index = torch.stack(
         [torch.arange(num_atoms), torch.tensor(groups)])
@@ -197,14 +201,14 @@ def test_hsa_conv_torch_compile_without_graph_breaks():
 
     parent, num_leaves = random_forest(np.random.default_rng(1), max_depth=3,
                                        max_branch=4)
-    tree = Tree.from_parent(parent, num_leaves)
-    tree.sibling_edges(False)  # compiled with the tree, outside the graph
-    conv = HSAConv(8, 4, heads=2)
+    conv = HSAConv(8, 4, heads=2, self_loops=True)
     x = torch.randn(num_leaves, 8)
-    expected = conv(x, tree)
+    expected = conv(x, Tree.from_parent(parent, num_leaves))
     torch._dynamo.reset()
+    tree = Tree.from_parent(parent, num_leaves)  # fresh: nothing cached
     explanation = torch._dynamo.explain(conv)(x, tree)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     compiled = torch.compile(conv, fullgraph=True)
-    torch.testing.assert_close(compiled(x, tree), expected, rtol=1e-5,
-                               atol=1e-5)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x, tree), expected, rtol=1e-5,
+                                   atol=1e-5)
