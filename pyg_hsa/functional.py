@@ -100,7 +100,7 @@ def hsa_attention(
     if pos is not None:
         pos = pos.to(dtype)[tree.perm]
 
-    num_heads, channels = q.size(1), q.size(2)
+    channels = q.size(-1)
     rho = _pool_means(tree, torch.cat([q, k, v], dim=-1))
     rho_q = rho[..., :channels]
     rho_k = rho[..., channels:2 * channels]
@@ -148,7 +148,7 @@ def _pool_means(tree: Tree, x: Tensor) -> Tensor:
     for d in range(tree.depth - 1, -1, -1):
         nodes = tree.level_slice(d)
         children = tree.level_slice(d + 1)
-        total = segment(levels[-1] * size[children], tree.level_child_ptr(d),
+        total = segment(levels[-1] * size[children], tree.level_child_ptr[d],
                         reduce='sum')
         # Leaves have no children (total = 0) and internal nodes no own rows.
         levels.append(x_node[nodes] + total / size[nodes])
@@ -176,7 +176,7 @@ def _energy(tree: Tree, eta: Tensor,
         term = torch.where(fin_c & sib_c, both,
                            torch.where(fin_c, phi_c, eta_c))
         infinite = (~fin_c & ~sib_c).to(eta.dtype)
-        ptr = tree.level_child_ptr(d)
+        ptr = tree.level_child_ptr[d]
         total = segment(term * size[children], ptr, reduce='sum')
         num_infinite = segment(infinite, ptr, reduce='sum')
         finite = (~tree.is_leaf[nodes]).unsqueeze(-1) & (num_infinite == 0)
@@ -216,7 +216,7 @@ def _accumulate_down(tree: Tree, theta: Tensor, log_mu: Tensor,
     acc_levels = [acc]
     for d in range(1, tree.depth + 1):
         nodes, above = tree.level_slice(d), tree.level_slice(d - 1)
-        par = tree.level_parent(d)
+        par = tree.level_parent[d - 1]
         log_w = log_w[par] + log_mu[above][par]
         gain = (log_w + log_one_minus_mu[nodes]).exp().unsqueeze(-1)
         acc = acc[par] + gain * theta[nodes]

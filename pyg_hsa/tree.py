@@ -53,25 +53,40 @@ class Tree:
             node types in the order their nodes occupy ``0 .. N-1``.
     """
     def __init__(self, *, parent: Tensor, num_leaves: int, perm: Tensor,
-                 level_ptr: Tuple[int, ...], num_children: Tensor,
-                 size: Tensor, batch: Tensor, num_roots: int,
-                 node_slices: Optional[Dict[str, Tuple[int, int]]] = None,
-                 leaf_types: Optional[List[str]] = None):
+                 parent_new: Tensor, level_ptr: Tuple[int, ...],
+                 num_children: Tensor, size: Tensor, batch: Tensor):
         # Use the ``from_*`` constructors: they validate and compile.
         self.parent = parent
         self.num_leaves = num_leaves
         self.num_nodes = parent.numel()
-        self.num_roots = num_roots
+        self.num_roots = level_ptr[1]
         self.level_ptr = level_ptr
         self.depth = len(level_ptr) - 2
         self.batch = batch
-        self.node_slices = node_slices
-        self.leaf_types = leaf_types
-        # Level-order internals (``perm[new] = old``):
+        self.node_slices: Optional[Dict[str, Tuple[int, int]]] = None
+        self.leaf_types: Optional[List[str]] = None
+
+        # Level-order internals (``perm[new] = old``), all built once here
+        # so that stacked layers and torch.compile reuse them:
         self.perm = perm
-        self.size = size  # leaves below each node, level order, float
-        self.num_children = num_children  # level order
+        self.parent_new = parent_new
+        new_id = torch.empty_like(perm)
+        new_id[perm] = torch.arange(self.num_nodes, device=perm.device)
+        self.leaf_pos = new_id[:num_leaves]  # new id of every leaf
+        self.size = size  # number of leaves below every node
+        self.num_children = num_children
+        self.is_leaf = num_children == 0
         self.num_sibling_pairs = int((num_children * (num_children - 1)).sum())
+        # Per depth d: CSR pointer from level d into its children (level
+        # d + 1), and the parents of level d + 1 relative to level d.
+        self.level_child_ptr = [
+            _cumsum(num_children[level_ptr[d]:level_ptr[d + 1]])
+            for d in range(self.depth)
+        ]
+        self.level_parent = [
+            parent_new[level_ptr[d + 1]:level_ptr[d + 2]] - level_ptr[d]
+            for d in range(self.depth)
+        ]
         self._edge_cache: Dict[bool, Tuple[Tensor, Tensor, Tensor]] = {}
 
     # Construction ##########################################################
@@ -307,33 +322,15 @@ class Tree:
             root_of[lo:hi] = root_of[parent_new[lo:hi]]
         batch = root_of[new_id[:num_leaves]]
 
-        tree = cls(parent=parent, num_leaves=num_leaves, perm=perm,
-                   level_ptr=level_ptr, num_children=num_children[perm],
-                   size=size, batch=batch, num_roots=level_ptr[1])
-        tree.parent_new = parent_new
-        tree.leaf_pos = new_id[:num_leaves]
-        return tree
+        return cls(parent=parent, num_leaves=num_leaves, perm=perm,
+                   parent_new=parent_new, level_ptr=level_ptr,
+                   num_children=num_children[perm], size=size, batch=batch)
 
     # Derived structure ####################################################
 
     def level_slice(self, d: int) -> slice:
         """The level-order slice of the nodes at depth :obj:`d`."""
         return slice(self.level_ptr[d], self.level_ptr[d + 1])
-
-    def level_child_ptr(self, d: int) -> Tensor:
-        """CSR pointer from the nodes at depth :obj:`d` into their children,
-        which are the nodes at depth ``d + 1`` (relative to that level)."""
-        return _cumsum(self.num_children[self.level_slice(d)])
-
-    def level_parent(self, d: int) -> Tensor:
-        """Parents of the nodes at depth :obj:`d >= 1`, relative to the
-        start of level ``d - 1``."""
-        return self.parent_new[self.level_slice(d)] - self.level_ptr[d - 1]
-
-    @property
-    def is_leaf(self) -> Tensor:
-        """``[M]`` leaf mask in level order."""
-        return self.num_children == 0
 
     def sibling_edges(self, self_loops: bool = False
                       ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -381,15 +378,10 @@ class Tree:
     def to(self, device: Union[str, torch.device]) -> 'Tree':
         """The same tree with every tensor on :obj:`device`."""
         out = object.__new__(Tree)
-        for key, value in self.__dict__.items():
-            if isinstance(value, Tensor):
-                value = value.to(device)
-            elif key == '_edge_cache':
-                value = {
-                    k: tuple(t.to(device) for t in v)
-                    for k, v in value.items()
-                }
-            out.__dict__[key] = value
+        out.__dict__.update({
+            key: _to_device(value, device)
+            for key, value in self.__dict__.items()
+        })
         return out
 
     @property
@@ -400,6 +392,16 @@ class Tree:
         return (f'{self.__class__.__name__}(num_nodes={self.num_nodes}, '
                 f'num_leaves={self.num_leaves}, num_roots={self.num_roots}, '
                 f'depth={self.depth})')
+
+
+def _to_device(value, device):
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _depth_by_pointer_jumping(parent: Tensor, describe) -> Tensor:
