@@ -89,3 +89,29 @@ def random_qkv(num_leaves: int, heads: int = 2, channels: int = 3,
 def dense_output(theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``out_i = sum_j theta_ij v_j`` per head, as ``[N, H, Cv]``."""
     return torch.einsum('hij,jhc->ihc', theta, v)
+
+
+def renumber(parent: torch.Tensor, num_leaves: int,
+             rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A random renumbering of the leaves and of the internal nodes (which
+    also reorders children inside families): ``(perm, new_parent)`` with
+    ``perm[new] = old``."""
+    num_nodes = parent.numel()
+    leaves = torch.from_numpy(rng.permutation(num_leaves))
+    internal = torch.from_numpy(rng.permutation(num_nodes - num_leaves))
+    perm = torch.cat([leaves, num_leaves + internal])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(num_nodes)
+    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    return perm, new_parent
+
+
+def root_paths(parent: torch.Tensor, num_leaves: int) -> List[List[int]]:
+    """The root-to-leaf path of every leaf."""
+    paths = []
+    for leaf in range(num_leaves):
+        path = [leaf]
+        while int(parent[path[-1]]) >= 0:
+            path.append(int(parent[path[-1]]))
+        paths.append(path[::-1])
+    return paths

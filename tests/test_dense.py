@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from helpers import nested_to_forest, random_qkv
+from helpers import nested_to_forest, random_qkv, root_paths
 from pyg_hsa import hsa_dense
 
 TINY_TREES = [
@@ -22,16 +22,6 @@ TINY_TREES = [
     [[['leaf', 'leaf']], 'leaf', ['leaf', 'leaf']],  # a unary node
     [['leaf', ['leaf', 'leaf', 'leaf']], ['leaf']],
 ]
-
-
-def root_paths(parent, num_leaves):
-    paths = []
-    for leaf in range(num_leaves):
-        path = [leaf]
-        while int(parent[path[-1]]) >= 0:
-            path.append(int(parent[path[-1]]))
-        paths.append(path[::-1])
-    return paths
 
 
 def brute_force_theta(logits_fn, parent, num_leaves, self_loops):

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import dense_output, random_forest, random_qkv
+from helpers import (dense_output, random_forest, random_qkv, renumber,
+                     root_paths)
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 
 POS_KINDS = [None, 'shared', 'per_head']
@@ -104,12 +105,7 @@ def test_constant_on_sibling_blocks(seed):
     q, k, _ = random_qkv(num_leaves, seed=seed)
     theta = hsa_dense(q, k, tree)
     # Sibling block of every ordered leaf pair from its root-to-leaf paths.
-    paths = []
-    for leaf in range(num_leaves):
-        path = [leaf]
-        while int(parent[path[-1]]) >= 0:
-            path.append(int(parent[path[-1]]))
-        paths.append(path[::-1])
+    paths = root_paths(parent, num_leaves)
     blocks = {}
     for i in range(num_leaves):
         for j in range(num_leaves):
@@ -165,14 +161,7 @@ def test_equivariance_to_renumbering(seed):
     out = hsa_attention(q, k, v, parent, pos=pos)
     # new ids: a random permutation of the leaves and of the internal nodes
     # (which also reorders children inside every family).
-    perm = torch.cat([
-        torch.from_numpy(rng.permutation(num_leaves)),
-        num_leaves + torch.from_numpy(rng.permutation(num_nodes -
-                                                       num_leaves))
-    ])  # perm[new] = old
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(num_nodes)
-    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    perm, new_parent = renumber(parent, num_leaves, rng)
     leaf_perm = perm[:num_leaves]
     out_new = hsa_attention(q[leaf_perm], k[leaf_perm], v[leaf_perm],
                             new_parent, pos=pos[perm])

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import dense_output, nested_to_forest, random_qkv
+from helpers import dense_output, nested_to_forest, random_qkv, renumber
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 
 trees = st.recursive(st.just('leaf'),
@@ -79,14 +79,7 @@ def test_equivariance_to_renumbering(roots, seed, self_loops):
     q, k, v = random_qkv(num_leaves, seed=seed)
     pos = torch.randn(num_nodes, 3, dtype=torch.float64)
     out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
-    perm = torch.cat([
-        torch.from_numpy(rng.permutation(num_leaves)),
-        num_leaves + torch.from_numpy(rng.permutation(num_nodes -
-                                                       num_leaves))
-    ])
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(num_nodes)
-    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    perm, new_parent = renumber(parent, num_leaves, rng)
     lp = perm[:num_leaves]
     out_new = hsa_attention(q[lp], k[lp], v[lp], new_parent, pos=pos[perm],
                             self_loops=self_loops)

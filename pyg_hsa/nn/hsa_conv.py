@@ -1,4 +1,4 @@
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -198,8 +198,8 @@ class HSAConv(MessagePassing):
             q, k, v, tree, pos=pos, self_loops=self.self_loops,
             dropout=self.dropout if self.training else 0.0,
             return_attention_weights=bool(return_attention_weights))
-        out, attention = result if return_attention_weights else (result,
-                                                                   None)
+        out, attention = (result if return_attention_weights else
+                          (result, None))
 
         out = out.reshape(num_leaves, heads * channels) if self.concat \
             else out.mean(dim=1)
@@ -215,7 +215,8 @@ class HSAConv(MessagePassing):
             return out, attention
         return out
 
-    def _check_leaves(self, x_dict: Mapping[str, Tensor], tree: Tree):
+    @staticmethod
+    def _check_leaves(x_dict: Mapping[str, Tensor], tree: Tree):
         missing = [nt for nt in tree.leaf_types if nt not in x_dict]
         if missing:
             raise ValueError(f"'x' has no features for leaf node types "

@@ -7,7 +7,7 @@ import torch
 from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
-from helpers import dense_output, random_forest
+from helpers import dense_output, random_forest, renumber
 from pyg_hsa import Tree, hsa_dense
 from pyg_hsa.nn import HSAConv
 
@@ -107,14 +107,7 @@ def test_hsa_conv_renumbering_equivariance():
     pe = torch.randn(num_nodes, 2, dtype=torch.float64)
     conv = HSAConv(5, 3, heads=2, pos_channels=2).double()
     out = conv(x, parent, pe=pe)
-    perm = torch.cat([
-        torch.from_numpy(rng.permutation(num_leaves)),
-        num_leaves + torch.from_numpy(rng.permutation(num_nodes -
-                                                       num_leaves))
-    ])
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(num_nodes)
-    new_parent = torch.where(parent[perm] < 0, -1, inv[parent[perm]])
+    perm, new_parent = renumber(parent, num_leaves, rng)
     out_new = conv(x[perm[:num_leaves]], new_parent, pe=pe[perm])
     torch.testing.assert_close(out_new, out[perm[:num_leaves]], rtol=0,
                                atol=1e-12)
