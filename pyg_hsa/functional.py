@@ -106,25 +106,13 @@ def hsa_attention(
     rho_k = rho[..., channels:2 * channels]
     rho_v = rho[..., 2 * channels:]
 
-    src, dst, ptr = tree.sibling_edges(self_loops)
-    logit = scale * (rho_q[src] * rho_k[dst]).sum(dim=-1)  # [E, H]
-    if pos is not None:
-        pos_logit = (pos[src] * pos[dst]).sum(dim=-1)
-        logit = logit + (pos_logit.unsqueeze(-1)
-                         if pos_logit.dim() == 1 else pos_logit)
-    logit = logit + tree.size[dst].to(dtype).log().unsqueeze(-1)
-
-    # Per-family softmax over the CSR groups of ``src``; its normaliser is
-    # -eta. Nodes without siblings have empty groups: eta = +inf.
-    has_sibling = (ptr[1:] > ptr[:-1]).unsqueeze(-1)  # [M, 1]
-    logit_max = segment(logit.detach(), ptr, reduce='max')  # [M, H]
-    exp = (logit - logit_max[src]).exp()
-    exp_sum = segment(exp, ptr, reduce='sum')
-    exp_sum = torch.where(has_sibling, exp_sum, 1.0)
-    alpha = exp / exp_sum[src]
-    eta = -(exp_sum.log() + logit_max)  # finite surrogate where no sibling
-    weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
-    theta = segment(weight.unsqueeze(-1) * rho_v[dst], ptr, reduce='sum')
+    # A node has siblings if its family has another member, or if it is a
+    # leaf attending to itself; elsewhere eta = +inf and theta = 0.
+    loop = tree.is_leaf & self_loops
+    has_sibling = ((tree.family_size > 1) | loop).unsqueeze(-1)  # [M, 1]
+    theta, eta, weights = _sibling_attention(
+        tree, rho_q, rho_k, rho_v, pos, scale, self_loops, dropout,
+        return_attention_weights)
 
     phi, phi_finite = _energy(tree, eta, has_sibling)
     log_mu, log_one_minus_mu = _gates(tree, eta, has_sibling, phi,
@@ -133,9 +121,100 @@ def hsa_attention(
     out = out[tree.leaf_pos].to(out_dtype)
 
     if return_attention_weights:
-        edge_index = torch.stack([tree.perm[src], tree.perm[dst]])
-        return out, (edge_index, alpha)
+        edge_index, alpha = weights
+        return out, (tree.perm[edge_index], alpha)
     return out
+
+
+def _sibling_attention(tree: Tree, rho_q: Tensor, rho_k: Tensor,
+                       rho_v: Tensor, pos: Optional[Tensor], scale: float,
+                       self_loops: bool, dropout: float, need_weights: bool):
+    r"""Softmax attention of every node over its family, with each sibling
+    :math:`B` a super-token of logit :math:`s(A, B) + \log n(B)`.
+
+    Families are padded to power-of-two widths and processed as batched
+    dense attention, one bucket of equal width at a time. Returns
+    :math:`\vartheta` ``[M, H, Cv]``, :math:`\eta` ``[M, H]`` (a finite
+    surrogate where a node has no sibling) and, if requested, the sibling
+    edges (level order) with their weights.
+    """
+    log_size = tree.size.to(rho_q.dtype).log()
+    loop = tree.is_leaf & self_loops
+    positions, thetas, etas, edges, alphas = [], [], [], [], []
+    for bucket in tree.buckets:
+        if bucket.width == 1 and not self_loops:
+            continue  # Lone nodes without self loops attend to nothing.
+        if bucket.span is not None:
+            lo, hi = bucket.span
+            shape = (-1, bucket.width)
+
+            def gather(x: Tensor) -> Tensor:
+                return x[lo:hi].view(shape + x.shape[1:])
+
+            index = torch.arange(lo, hi, device=rho_q.device).view(shape)
+        else:
+            index = bucket.index
+
+            def gather(x: Tensor) -> Tensor:
+                return x[index]
+
+        q = gather(rho_q).transpose(1, 2)  # [F, H, W, C]
+        k = gather(rho_k).transpose(1, 2)
+        v = gather(rho_v).transpose(1, 2)
+        logit = scale * (q @ k.transpose(-1, -2))  # [F, H, W, W]
+        if pos is not None:
+            p = gather(pos)
+            p = p.unsqueeze(1) if p.dim() == 3 else p.transpose(1, 2)
+            logit = logit + p @ p.transpose(-1, -2)
+        logit = logit + log_size[index].unsqueeze(1).unsqueeze(1)
+
+        # Keys: real members other than the query (or the query itself for
+        # a leaf with a self loop).
+        eye = torch.eye(bucket.width, dtype=torch.bool, device=index.device)
+        allowed = bucket.valid.unsqueeze(1) & (~eye | loop[index].unsqueeze(
+            -1))  # [F, W(query), W(key)]
+        allowed = allowed.unsqueeze(1)
+        # Masked entries get a finite fill and an explicit zero weight, so
+        # rows without keys (and their gradients) stay finite.
+        fill = torch.finfo(logit.dtype).min
+        logit = torch.where(allowed, logit, fill)
+        logit_max = logit.detach().amax(dim=-1, keepdim=True)
+        exp = (logit - logit_max).exp() * allowed
+        exp_sum = exp.sum(dim=-1, keepdim=True)
+        exp_sum = torch.where(exp_sum > 0, exp_sum, 1.0)
+        alpha = exp / exp_sum
+        eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [F, H, W]
+        weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
+        theta = weight @ v  # [F, H, W, Cv]
+
+        theta = theta.transpose(1, 2).flatten(0, 1)  # [F * W, H, Cv]
+        eta = eta.transpose(1, 2).flatten(0, 1)
+        if bucket.span is None:  # Drop the padding slots.
+            theta, eta = theta[bucket.slot], eta[bucket.slot]
+        positions.append(bucket.node)
+        thetas.append(theta)
+        etas.append(eta)
+        if need_weights:
+            real = allowed.squeeze(1) & bucket.valid.unsqueeze(-1)
+            f, i, j = real.nonzero().unbind(-1)
+            edges.append(torch.stack([index[f, i], index[f, j]]))
+            alphas.append(alpha[f, :, i, j])
+
+    num_nodes, heads = tree.num_nodes, rho_q.size(1)
+    # (Multiplying by zero keeps outputs attached to the inputs' graph even
+    # when no node has a sibling, e.g. a single-leaf tree.)
+    theta = rho_v.new_zeros(num_nodes, heads, rho_v.size(-1)) + 0 * rho_v
+    eta = rho_q.new_zeros(num_nodes, heads)
+    if positions:
+        position = torch.cat(positions)
+        theta = theta.index_copy(0, position, torch.cat(thetas))
+        eta = eta.index_copy(0, position, torch.cat(etas))
+    weights = None
+    if need_weights:
+        weights = (torch.cat(edges, dim=1) if edges else
+                   position.new_zeros(2, 0),
+                   torch.cat(alphas) if alphas else rho_q.new_zeros(0, heads))
+    return theta, eta, weights
 
 
 def _pool_means(tree: Tree, x: Tensor) -> Tensor:

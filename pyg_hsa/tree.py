@@ -13,7 +13,7 @@ and so on, and inside each level sorted by parent. In that order
 * sibling edges sorted by their source are again CSR, so the per-family
   softmax is a segment softmax.
 """
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -22,6 +22,24 @@ from torch_geometric.data import HeteroData
 from torch_geometric.typing import EdgeType
 
 NESTING_RELATION = 'in'
+
+
+class FamilyBucket(NamedTuple):
+    """Families (children of one parent; a root alone) whose size pads to
+    one power of two ``width``, laid out for batched dense attention."""
+    width: int
+    #: ``[F, width]`` level-order node in every slot (padding repeats the
+    #: family's first member, so gathers stay in range).
+    index: Tensor
+    #: ``[F, width]`` whether a slot holds a real member.
+    valid: Tensor
+    #: ``[S]`` flat slot (in ``index.view(-1)``) of every real member.
+    slot: Tensor
+    #: ``[S]`` level-order node of every real member, ``index.view(-1)[slot]``.
+    node: Tensor
+    #: ``(lo, hi)`` if the families are exactly the nodes ``lo .. hi - 1``,
+    #: back to back without padding, so a reshape replaces the gather.
+    span: Optional[Tuple[int, int]]
 
 
 def _cumsum(x: Tensor) -> Tensor:
@@ -77,6 +95,10 @@ class Tree:
         self.num_children = num_children
         self.is_leaf = num_children == 0
         self.num_sibling_pairs = int((num_children * (num_children - 1)).sum())
+        self.buckets = _family_buckets(num_children, self.num_roots)
+        # Family size of every node (1 for roots).
+        self.family_size = torch.where(
+            parent_new < 0, 1, num_children[parent_new.clamp(min=0)])
         # Per depth d: CSR pointer from level d into its children (level
         # d + 1), and the parents of level d + 1 relative to level d.
         self.level_child_ptr = [
@@ -87,7 +109,6 @@ class Tree:
             parent_new[level_ptr[d + 1]:level_ptr[d + 2]] - level_ptr[d]
             for d in range(self.depth)
         ]
-        self._edge_cache: Dict[bool, Tuple[Tensor, Tensor, Tensor]] = {}
 
     # Construction ##########################################################
 
@@ -332,47 +353,6 @@ class Tree:
         """The level-order slice of the nodes at depth :obj:`d`."""
         return slice(self.level_ptr[d], self.level_ptr[d + 1])
 
-    def sibling_edges(self, self_loops: bool = False
-                      ) -> Tuple[Tensor, Tensor, Tensor]:
-        r"""The sibling edges ``A -> B`` in level order, sorted by ``A``.
-
-        Every ordered pair of distinct children of one parent is an edge
-        (``sum_f b_f (b_f - 1)`` in all); roots have none. With
-        :obj:`self_loops`, every leaf also has the edge ``i -> i``.
-
-        Returns:
-            ``(src, dst, ptr)`` where ``ptr`` is the CSR pointer of ``src``
-            over all ``M`` nodes.
-        """
-        self_loops = bool(self_loops)
-        if self_loops not in self._edge_cache:
-            self._edge_cache[self_loops] = self._build_sibling_edges(
-                self_loops)
-        return self._edge_cache[self_loops]
-
-    def _build_sibling_edges(self, self_loops: bool
-                             ) -> Tuple[Tensor, Tensor, Tensor]:
-        device = self.perm.device
-        arange = torch.arange(self.num_nodes, device=device)
-        first_child = self.num_roots + _cumsum(self.num_children)[:-1]
-        is_root = self.parent_new < 0
-        parent = self.parent_new.clamp(min=0)
-        family_start = torch.where(is_root, arange, first_child[parent])
-        family_size = torch.where(is_root, 1, self.num_children[parent])
-        loop = self.is_leaf & self_loops
-        count = family_size - 1 + loop.long()
-        ptr = _cumsum(count)
-        # The edge count is known on the host, which keeps this traceable.
-        num_edges = self.num_sibling_pairs + (self.num_leaves
-                                              if self_loops else 0)
-        src = torch.repeat_interleave(arange, count, output_size=num_edges)
-        offset = torch.arange(src.numel(), device=device) - ptr[src]
-        # Without a self loop, skip the node's own slot in its family.
-        own = src - family_start[src]
-        offset = offset + (~loop[src] & (offset >= own)).long()
-        dst = family_start[src] + offset
-        return src, dst, ptr
-
     # Utilities ############################################################
 
     def to(self, device: Union[str, torch.device]) -> 'Tree':
@@ -394,9 +374,38 @@ class Tree:
                 f'depth={self.depth})')
 
 
+def _family_buckets(num_children: Tensor,
+                    num_roots: int) -> List[FamilyBucket]:
+    """Groups all families by their size rounded up to a power of two."""
+    device = num_children.device
+    internal = (num_children > 0).nonzero().view(-1)
+    first_child = num_roots + _cumsum(num_children)[:-1]
+    start = torch.cat([torch.arange(num_roots, device=device),
+                       first_child[internal]])
+    size = torch.cat([num_children.new_ones(num_roots),
+                      num_children[internal]])
+    width = 2**torch.ceil(torch.log2(size.double())).long()
+    buckets = []
+    for w in torch.unique(width).tolist():  # at most log2(M) + 1 widths
+        sel = (width == w).nonzero().view(-1)
+        st, sz = start[sel], size[sel]
+        slot = torch.arange(w, device=device)
+        valid = slot < sz.view(-1, 1)
+        index = torch.where(valid, st.view(-1, 1) + slot, st.view(-1, 1))
+        span = None
+        if bool((sz == w).all()) and bool((st[1:] - st[:-1] == w).all()):
+            span = (int(st[0]), int(st[0]) + w * st.numel())
+        slot = valid.view(-1).nonzero().view(-1)
+        buckets.append(
+            FamilyBucket(w, index, valid, slot, index.view(-1)[slot], span))
+    return buckets
+
+
 def _to_device(value, device):
     if isinstance(value, Tensor):
         return value.to(device)
+    if isinstance(value, FamilyBucket):
+        return FamilyBucket(*(_to_device(v, device) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(_to_device(v, device) for v in value)
     if isinstance(value, dict):

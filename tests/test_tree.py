@@ -60,13 +60,24 @@ def test_level_order_keeps_families_contiguous(seed):
     expected = torch.where(parent[old] < 0, -1, parent[old])
     assert bool((torch.where(new_parent < 0, -1, old[new_parent.clamp(
         min=0)]) == expected).all())
-    src, dst, ptr = tree.sibling_edges()
-    num_children = torch.bincount(parent[parent >= 0],
-                                  minlength=parent.numel())
-    assert src.numel() == int((num_children * (num_children - 1)).sum())
-    assert bool((new_parent[src] == new_parent[dst]).all())
-    assert bool((src != dst).all())
-    assert ptr[-1] == src.numel()
+    # Family buckets: every node sits in exactly one real slot, next to
+    # exactly its siblings (a root alone), padded to a power of two.
+    seen = torch.zeros(parent.numel(), dtype=torch.long)
+    for bucket in tree.buckets:
+        assert bucket.index.shape == bucket.valid.shape
+        assert bucket.index.size(1) == bucket.width
+        members = bucket.index[bucket.valid]
+        seen.index_add_(0, members, torch.ones_like(members))
+        first = bucket.index[:, :1].expand_as(bucket.index)
+        same = new_parent[bucket.index] == new_parent[first]
+        assert bool(same[bucket.valid].all())
+        count = bucket.valid.sum(1)
+        assert bool((count > bucket.width // 2).all())
+        assert bool((tree.family_size[bucket.index[:, 0]] == count).all())
+        if bucket.span is not None:
+            lo, hi = bucket.span
+            assert bucket.index.flatten().tolist() == list(range(lo, hi))
+    assert bool((seen == 1).all())
     # Example index of each leaf: roots ordered by id.
     roots = (parent < 0).nonzero().view(-1)
     root_of = parent.clone()
@@ -197,8 +208,8 @@ def test_from_hetero_errors():
 def test_to_moves_every_tensor_and_keeps_results():
     parent, num_leaves = random_forest(np.random.default_rng(0))
     tree = Tree.from_parent(parent, num_leaves)
-    tree.sibling_edges(True)
     moved = tree.to('cpu')
+    assert moved.buckets[0].index.device == torch.device('cpu')
     assert moved.device == torch.device('cpu')
     q, k, v = random_qkv(num_leaves)
     torch.testing.assert_close(hsa_attention(q, k, v, moved, self_loops=True),
