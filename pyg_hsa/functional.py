@@ -7,7 +7,7 @@ reference and for visualisation. See ``docs/hsa.md`` in the project's shared
 folder for the derivation; the notation below follows it.
 """
 import math
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -100,48 +100,114 @@ def hsa_attention(
     if pos is not None:
         pos = pos.to(dtype)[tree.perm]
 
-    channels = q.size(-1)
-    rho = _pool_means(tree, torch.cat([q, k, v], dim=-1))
-    rho_q = rho[..., :channels]
-    rho_k = rho[..., channels:2 * channels]
-    rho_v = rho[..., 2 * channels:]
-
+    # Everything below is a list with one tensor per depth level.
+    rho_q, rho_k, rho_v = (_pool_means(tree, x) for x in (q, k, v))
+    pos = tree.by_level(pos) if pos is not None else None
     # A node has siblings if its family has another member, or if it is a
     # leaf attending to itself; elsewhere eta = +inf and theta = 0.
-    loop = tree.is_leaf & self_loops
-    has_sibling = ((tree.family_size > 1) | loop).unsqueeze(-1)  # [M, 1]
-    theta, eta, weights = _sibling_attention(
-        tree, rho_q, rho_k, rho_v, pos, scale, self_loops, dropout,
-        return_attention_weights)
+    has_sibling = tree.by_level(
+        ((tree.family_size > 1) | (tree.is_leaf & self_loops)).unsqueeze(-1))
 
-    phi, phi_finite = _energy(tree, eta, has_sibling)
-    log_mu, log_one_minus_mu = _gates(tree, eta, has_sibling, phi,
+    thetas, etas, weights = [], [], []
+    for d in range(tree.depth + 1):
+        theta, eta = _sibling_attention(tree, d, rho_q[d], rho_k[d],
+                                        rho_v[d],
+                                        None if pos is None else pos[d],
+                                        scale, self_loops, dropout,
+                                        weights if return_attention_weights
+                                        else None)
+        thetas.append(theta)
+        etas.append(eta)
+
+    phis, phi_finite = _energy(tree, etas, has_sibling)
+    log_mu, log_one_minus_mu = _gates(tree, etas, has_sibling, phis,
                                       phi_finite)
-    out = _accumulate_down(tree, theta, log_mu, log_one_minus_mu)
-    out = out[tree.leaf_pos].to(out_dtype)
+    out = _accumulate_down(tree, thetas, log_mu, log_one_minus_mu)
+    out = _leaf_rows(tree, out).to(out_dtype)
 
     if return_attention_weights:
-        edge_index, alpha = weights
+        edge_index = torch.cat([e for e, _ in weights], dim=1)
+        alpha = torch.cat([a for _, a in weights], dim=0)
         return out, (tree.perm[edge_index], alpha)
     return out
 
 
-def _sibling_attention(tree: Tree, rho_q: Tensor, rho_k: Tensor,
-                       rho_v: Tensor, pos: Optional[Tensor], scale: float,
-                       self_loops: bool, dropout: float, need_weights: bool):
-    r"""Softmax attention of every node over its family, with each sibling
-    :math:`B` a super-token of logit :math:`s(A, B) + \log n(B)`.
+def _leaf_levels(tree: Tree, x: Tensor) -> List[Optional[Tensor]]:
+    """Per depth, the ``[n_d, ...]`` rows of :obj:`x` for the leaves at that
+    depth (zeros for internal nodes), or ``None`` where there are none."""
+    out = []
+    for d, (pos, src, span) in enumerate(
+            zip(tree.level_leaf_pos, tree.level_leaf_src,
+                tree.level_leaf_span)):
+        if span is not None:  # The whole level, in the user's order.
+            out.append(_rows(x, *span))
+        elif src.numel() == 0:
+            out.append(None)
+        else:
+            rows = x.new_zeros((tree.level_sizes[d], ) + x.shape[1:])
+            out.append(rows.index_copy(0, pos, x[src]))
+    return out
 
-    Families are padded to power-of-two widths and processed as batched
-    dense attention, one bucket of equal width at a time. Returns
-    :math:`\vartheta` ``[M, H, Cv]``, :math:`\eta` ``[M, H]`` (a finite
-    surrogate where a node has no sibling) and, if requested, the sibling
-    edges (level order) with their weights.
+
+def _rows(x: Tensor, lo: int, hi: int) -> Tensor:
+    """``x[lo:hi]``, or :obj:`x` itself when that is all of it (the backward
+    of a slice writes a full-size zero tensor)."""
+    return x if (lo, hi) == (0, x.size(0)) else x[lo:hi]
+
+
+def _leaf_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
+    """Inverse of :func:`_leaf_levels`: the leaf rows in the user's order."""
+    rows = [
+        level if span is not None else level[pos]
+        for level, pos, span in zip(levels, tree.level_leaf_pos,
+                                    tree.level_leaf_span)
+        if span is not None or pos.numel() > 0
+    ]
+    rows = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+    return rows if tree.leaf_order is None else rows[tree.leaf_order]
+
+
+def _pool_means(tree: Tree, x: Tensor) -> List[Tensor]:
+    """Per depth, the mean of the leaf rows of :obj:`x` below every node (up
+    pass, deepest level first; sums are pooled, then divided)."""
+    leaves = _leaf_levels(tree, x)
+    sums = [leaves[-1]]
+    for d in range(tree.depth - 1, -1, -1):
+        width = tree.level_width[d + 1]
+        if width is not None:  # Every parent has `width` children in a row.
+            total = sums[-1].view((-1, width) + x.shape[1:]).sum(dim=1)
+        else:
+            total = segment(sums[-1], tree.level_child_ptr[d], reduce='sum')
+        # Leaves have no children (total = 0), internal nodes no own rows.
+        sums.append(total if leaves[d] is None else total + leaves[d])
+    sizes = tree.by_level(tree.size.to(x.dtype))
+    shape = (-1, ) + (1, ) * (x.dim() - 1)
+    return [
+        total if d == tree.depth else total / sizes[d].view(shape)
+        for d, total in enumerate(sums[::-1])
+    ]
+
+
+def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
+                       rho_v: Tensor, pos: Optional[Tensor], scale: float,
+                       self_loops: bool, dropout: float,
+                       weights: Optional[list]) -> Tuple[Tensor, Tensor]:
+    r"""Softmax attention of every node at depth :obj:`d` over its family,
+    each sibling :math:`B` a super-token of logit :math:`s(A, B) + \log
+    n(B)`.
+
+    Families are padded to power-of-two widths and run as batched dense
+    attention, one bucket of equal width at a time. Returns
+    :math:`\vartheta` ``[n_d, H, Cv]`` and :math:`\eta` ``[n_d, H]`` (a
+    finite surrogate where a node has no sibling); appends the sibling edges
+    (level order) and their weights to :obj:`weights` if it is a list.
     """
-    log_size = tree.size.to(rho_q.dtype).log()
-    loop = tree.is_leaf & self_loops
-    positions, thetas, etas, edges, alphas = [], [], [], [], []
-    for bucket in tree.buckets:
+    num_nodes, heads = rho_q.size(0), rho_q.size(1)
+    log_size = tree.by_level(tree.size)[d].to(rho_q.dtype).log()
+    loop = tree.by_level(tree.is_leaf)[d] & self_loops
+    offset = tree.level_ptr[d]
+    parts = []
+    for bucket in tree.level_buckets[d]:
         if bucket.width == 1 and not self_loops:
             continue  # Lone nodes without self loops attend to nothing.
         if bucket.span is not None:
@@ -149,7 +215,7 @@ def _sibling_attention(tree: Tree, rho_q: Tensor, rho_k: Tensor,
             shape = (-1, bucket.width)
 
             def gather(x: Tensor) -> Tensor:
-                return x[lo:hi].view(shape + x.shape[1:])
+                return _rows(x, lo, hi).view(shape + x.shape[1:])
 
             index = torch.arange(lo, hi, device=rho_q.device).view(shape)
         else:
@@ -176,8 +242,7 @@ def _sibling_attention(tree: Tree, rho_q: Tensor, rho_k: Tensor,
         allowed = allowed.unsqueeze(1)
         # Masked entries get a finite fill and an explicit zero weight, so
         # rows without keys (and their gradients) stay finite.
-        fill = torch.finfo(logit.dtype).min
-        logit = torch.where(allowed, logit, fill)
+        logit = torch.where(allowed, logit, torch.finfo(logit.dtype).min)
         logit_max = logit.detach().amax(dim=-1, keepdim=True)
         exp = (logit - logit_max).exp() * allowed
         exp_sum = exp.sum(dim=-1, keepdim=True)
@@ -185,122 +250,101 @@ def _sibling_attention(tree: Tree, rho_q: Tensor, rho_k: Tensor,
         alpha = exp / exp_sum
         eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [F, H, W]
         weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
-        theta = weight @ v  # [F, H, W, Cv]
-
-        theta = theta.transpose(1, 2).flatten(0, 1)  # [F * W, H, Cv]
+        theta = (weight @ v).transpose(1, 2).flatten(0, 1)  # [F*W, H, Cv]
         eta = eta.transpose(1, 2).flatten(0, 1)
         if bucket.span is None:  # Drop the padding slots.
             theta, eta = theta[bucket.slot], eta[bucket.slot]
-        positions.append(bucket.node)
-        thetas.append(theta)
-        etas.append(eta)
-        if need_weights:
+        parts.append((bucket, theta, eta))
+
+        if weights is not None:
             real = allowed.squeeze(1) & bucket.valid.unsqueeze(-1)
             f, i, j = real.nonzero().unbind(-1)
-            edges.append(torch.stack([index[f, i], index[f, j]]))
-            alphas.append(alpha[f, :, i, j])
+            weights.append((torch.stack([index[f, i], index[f, j]]) + offset,
+                            alpha[f, :, i, j]))
 
-    num_nodes, heads = tree.num_nodes, rho_q.size(1)
-    # (Multiplying by zero keeps outputs attached to the inputs' graph even
-    # when no node has a sibling, e.g. a single-leaf tree.)
-    theta = rho_v.new_zeros(num_nodes, heads, rho_v.size(-1)) + 0 * rho_v
+    if len(parts) == 1 and parts[0][0].span == (0, num_nodes):
+        return parts[0][1], parts[0][2]  # One bucket covers the level.
+    # (Multiplying by zero keeps the outputs attached to the inputs' graph
+    # even where no node has a sibling, e.g. in a one-leaf tree.)
+    theta = 0 * rho_v
     eta = rho_q.new_zeros(num_nodes, heads)
-    if positions:
-        position = torch.cat(positions)
-        theta = theta.index_copy(0, position, torch.cat(thetas))
-        eta = eta.index_copy(0, position, torch.cat(etas))
-    weights = None
-    if need_weights:
-        weights = (torch.cat(edges, dim=1) if edges else
-                   position.new_zeros(2, 0),
-                   torch.cat(alphas) if alphas else rho_q.new_zeros(0, heads))
-    return theta, eta, weights
+    for bucket, part_theta, part_eta in parts:
+        theta = theta.index_copy(0, bucket.node, part_theta)
+        eta = eta.index_copy(0, bucket.node, part_eta)
+    return theta, eta
 
 
-def _pool_means(tree: Tree, x: Tensor) -> Tensor:
-    """``[M, H, F]`` mean of the leaf rows of :obj:`x` below every node, in
-    level order (up pass, deepest level first)."""
-    x_node = x.new_zeros((tree.num_nodes, ) + x.shape[1:])
-    x_node = x_node.index_copy(0, tree.leaf_pos, x)
-    size = tree.size.to(x.dtype).view(-1, 1, 1)
-    levels = [x_node[tree.level_slice(tree.depth)]]
-    for d in range(tree.depth - 1, -1, -1):
-        nodes = tree.level_slice(d)
-        children = tree.level_slice(d + 1)
-        total = segment(levels[-1] * size[children], tree.level_child_ptr[d],
-                        reduce='sum')
-        # Leaves have no children (total = 0) and internal nodes no own rows.
-        levels.append(x_node[nodes] + total / size[nodes])
-    return torch.cat(levels[::-1], dim=0)
-
-
-def _energy(tree: Tree, eta: Tensor,
-            has_sibling: Tensor) -> Tuple[Tensor, Tensor]:
-    r"""The energy :math:`\varphi` of every node (up pass) as a finite
+def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor]
+            ) -> Tuple[List[Tensor], List[Tensor]]:
+    r"""The energy :math:`\varphi` per depth (up pass) as a finite
     surrogate plus a mask of where it is finite (it is :math:`+\infty` at
     leaves and above chains of only children ending in a leaf)."""
-    size = tree.size.to(eta.dtype).unsqueeze(-1)
-    num_heads = eta.size(-1)
-    deepest = tree.level_slice(tree.depth)
-    phi_levels = [eta.new_zeros(deepest.stop - deepest.start, num_heads)]
-    finite_levels = [torch.zeros_like(has_sibling[deepest])]
+    sizes = tree.by_level(tree.size.to(etas[0].dtype).unsqueeze(-1))
+    leaves = tree.by_level(tree.is_leaf.unsqueeze(-1))
+    phi_levels = [torch.zeros_like(etas[-1])]
+    finite_levels = [torch.zeros_like(has_sibling[-1])]
     for d in range(tree.depth - 1, -1, -1):
-        nodes, children = tree.level_slice(d), tree.level_slice(d + 1)
         phi_c, fin_c = phi_levels[-1], finite_levels[-1]
-        eta_c, sib_c = eta[children], has_sibling[children]
+        eta_c, sib_c = etas[d + 1], has_sibling[d + 1]
         # -log(exp(-phi) + exp(-eta)) with the infinite cases spelled out,
         # so that no inf - inf is ever formed (forward or backward).
         both = -torch.logaddexp(-torch.where(fin_c, phi_c, 0.0),
                                 -torch.where(sib_c, eta_c, 0.0))
         term = torch.where(fin_c & sib_c, both,
                            torch.where(fin_c, phi_c, eta_c))
-        infinite = (~fin_c & ~sib_c).to(eta.dtype)
+        infinite = (~fin_c & ~sib_c).to(term.dtype)
         ptr = tree.level_child_ptr[d]
-        total = segment(term * size[children], ptr, reduce='sum')
+        total = segment(term * sizes[d + 1], ptr, reduce='sum')
         num_infinite = segment(infinite, ptr, reduce='sum')
-        finite = (~tree.is_leaf[nodes]).unsqueeze(-1) & (num_infinite == 0)
-        phi_levels.append(torch.where(finite, total / size[nodes], 0.0))
+        finite = ~leaves[d] & (num_infinite == 0)
+        phi_levels.append(torch.where(finite, total / sizes[d], 0.0))
         finite_levels.append(finite)
-    phi = torch.cat(phi_levels[::-1], dim=0)
-    phi_finite = torch.cat(finite_levels[::-1], dim=0)
-    return phi, phi_finite
+    return phi_levels[::-1], finite_levels[::-1]
 
 
-def _gates(tree: Tree, eta: Tensor, has_sibling: Tensor, phi: Tensor,
-           phi_finite: Tensor) -> Tuple[Tensor, Tensor]:
-    r""":math:`\log\mu` and :math:`\log(1-\mu)` with :math:`\mu =
-    \sigma(\eta - \varphi)`; :math:`\mu = 1` where only :math:`\eta` is
-    infinite, :math:`\mu = 0` where :math:`\varphi` is. Roots get
-    :math:`\log\mu = 0` so that :math:`W = 1` under a root."""
-    diff = torch.where(phi_finite & has_sibling, eta - phi, 0.0)
-    log_mu = torch.where(
-        phi_finite, torch.where(has_sibling, F.logsigmoid(diff), 0.0),
-        -math.inf)
-    log_one_minus_mu = torch.where(
-        phi_finite, torch.where(has_sibling, F.logsigmoid(-diff), -math.inf),
-        0.0)
-    is_root = (tree.parent_new < 0).unsqueeze(-1)
-    log_mu = torch.where(is_root, 0.0, log_mu)
+def _gates(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
+           phis: List[Tensor], phi_finite: List[Tensor]
+           ) -> Tuple[List[Tensor], List[Tensor]]:
+    r"""Per depth, :math:`\log\mu` and :math:`\log(1-\mu)` with
+    :math:`\mu = \sigma(\eta - \varphi)`; :math:`\mu = 1` where only
+    :math:`\eta` is infinite, :math:`\mu = 0` where :math:`\varphi` is.
+    Roots get :math:`\log\mu = 0` so that :math:`W = 1` under a root."""
+    log_mu, log_one_minus_mu = [], []
+    for d, (eta, sib, phi, fin) in enumerate(
+            zip(etas, has_sibling, phis, phi_finite)):
+        diff = torch.where(fin & sib, eta - phi, 0.0)
+        log_mu.append(
+            torch.where(fin, torch.where(sib, F.logsigmoid(diff), 0.0),
+                        -math.inf) if d > 0 else torch.zeros_like(eta))
+        log_one_minus_mu.append(
+            torch.where(fin, torch.where(sib, F.logsigmoid(-diff),
+                                         -math.inf), 0.0))
     return log_mu, log_one_minus_mu
 
 
-def _accumulate_down(tree: Tree, theta: Tensor, log_mu: Tensor,
-                     log_one_minus_mu: Tensor) -> Tensor:
+def _accumulate_down(tree: Tree, thetas: List[Tensor], log_mu: List[Tensor],
+                     log_one_minus_mu: List[Tensor]) -> List[Tensor]:
     r"""Down pass: :math:`\log W(A) = \log W(\mathrm{pa}(A)) +
     \log\mu(\mathrm{pa}(A))` and :math:`\mathrm{acc}(A) =
     \mathrm{acc}(\mathrm{pa}(A)) + W(A)(1-\mu(A))\vartheta(A)`."""
-    roots = tree.level_slice(0)
-    log_w = torch.zeros_like(log_mu[roots])
-    acc = (log_w + log_one_minus_mu[roots]).exp().unsqueeze(-1) * theta[roots]
+    log_w = torch.zeros_like(log_mu[0])  # W = 1 at the roots
+    acc = (log_w + log_one_minus_mu[0]).exp().unsqueeze(-1) * thetas[0]
     acc_levels = [acc]
     for d in range(1, tree.depth + 1):
-        nodes, above = tree.level_slice(d), tree.level_slice(d - 1)
-        par = tree.level_parent[d - 1]
-        log_w = log_w[par] + log_mu[above][par]
-        gain = (log_w + log_one_minus_mu[nodes]).exp().unsqueeze(-1)
-        acc = acc[par] + gain * theta[nodes]
+        width = tree.level_width[d]
+        log_w = log_w + log_mu[d - 1]
+        if width is not None:  # Broadcast each parent over its children.
+            log_w = log_w.unsqueeze(1).expand(-1, width, -1).flatten(0, 1)
+            gain = (log_w + log_one_minus_mu[d]).exp().unsqueeze(-1)
+            acc = (acc.unsqueeze(1) + (gain * thetas[d]).view(
+                (-1, width) + acc.shape[1:])).flatten(0, 1)
+        else:
+            par = tree.level_parent[d - 1]
+            log_w = log_w[par]
+            gain = (log_w + log_one_minus_mu[d]).exp().unsqueeze(-1)
+            acc = acc[par] + gain * thetas[d]
         acc_levels.append(acc)
-    return torch.cat(acc_levels, dim=0)
+    return acc_levels
 
 
 def hsa_dense(

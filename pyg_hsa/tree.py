@@ -9,10 +9,11 @@ and so on, and inside each level sorted by parent. In that order
 * every depth level is one contiguous slice, so the dynamic program runs one
   vectorised step per level and never loops over nodes;
 * every family (the children of one parent) is one contiguous slice, so
-  child-to-parent reductions are CSR segment reductions;
-* sibling edges sorted by their source are again CSR, so the per-family
-  softmax is a segment softmax.
+  child-to-parent reductions are CSR segment reductions, and families of
+  equal (power-of-two padded) width run their sibling softmax as one
+  batched dense attention, usually on a plain reshape of the level.
 """
+import operator
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -25,8 +26,9 @@ NESTING_RELATION = 'in'
 
 
 class FamilyBucket(NamedTuple):
-    """Families (children of one parent; a root alone) whose size pads to
-    one power of two ``width``, laid out for batched dense attention."""
+    """Families (children of one parent; a root alone) of one depth level
+    whose size pads to one power of two ``width``, laid out for batched
+    dense attention. Positions are relative to the start of the level."""
     width: int
     #: ``[F, width]`` level-order node in every slot (padding repeats the
     #: family's first member, so gathers stay in range).
@@ -35,7 +37,7 @@ class FamilyBucket(NamedTuple):
     valid: Tensor
     #: ``[S]`` flat slot (in ``index.view(-1)``) of every real member.
     slot: Tensor
-    #: ``[S]`` level-order node of every real member, ``index.view(-1)[slot]``.
+    #: ``[S]`` position of every real member, ``index.view(-1)[slot]``.
     node: Tensor
     #: ``(lo, hi)`` if the families are exactly the nodes ``lo .. hi - 1``,
     #: back to back without padding, so a reshape replaces the gather.
@@ -79,6 +81,8 @@ class Tree:
         self.num_nodes = parent.numel()
         self.num_roots = level_ptr[1]
         self.level_ptr = level_ptr
+        self.level_sizes = tuple(hi - lo
+                                 for lo, hi in zip(level_ptr, level_ptr[1:]))
         self.depth = len(level_ptr) - 2
         self.batch = batch
         self.node_slices: Optional[Dict[str, Tuple[int, int]]] = None
@@ -95,12 +99,34 @@ class Tree:
         self.num_children = num_children
         self.is_leaf = num_children == 0
         self.num_sibling_pairs = int((num_children * (num_children - 1)).sum())
-        self.buckets = _family_buckets(num_children, self.num_roots)
         # Family size of every node (1 for roots).
         self.family_size = torch.where(
             parent_new < 0, 1, num_children[parent_new.clamp(min=0)])
-        # Per depth d: CSR pointer from level d into its children (level
-        # d + 1), and the parents of level d + 1 relative to level d.
+
+        # Everything below is per depth level, so that the dynamic program
+        # never touches a full [M, ...] tensor of features.
+        by_level = self.by_level
+        #: Leaves at depth d: their positions inside the level and their
+        #: rows in the user's leaf order.
+        self.level_leaf_pos = [
+            leaf.nonzero().view(-1) for leaf in by_level(self.is_leaf)
+        ]
+        self.level_leaf_src = [
+            old[pos] for old, pos in zip(by_level(perm), self.level_leaf_pos)
+        ]
+        #: ``(a, b)`` where depth d holds exactly the user's leaves a..b-1
+        #: in order (then inputs and outputs are views, not gathers).
+        self.level_leaf_span = [
+            _as_span(src) if src.numel() == self.level_sizes[d] else None
+            for d, src in enumerate(self.level_leaf_src)
+        ]
+        #: How leaf rows gathered level by level map back to the user's
+        #: order (``None`` when they already are in it).
+        order = torch.cat(self.level_leaf_src)
+        self.leaf_order = None if _as_span(order) == (0, num_leaves) else \
+            torch.argsort(order)
+        #: Per depth d: CSR pointer from level d into its children (level
+        #: d + 1), and the parents of level d + 1 relative to level d.
         self.level_child_ptr = [
             _cumsum(num_children[level_ptr[d]:level_ptr[d + 1]])
             for d in range(self.depth)
@@ -108,6 +134,26 @@ class Tree:
         self.level_parent = [
             parent_new[level_ptr[d + 1]:level_ptr[d + 2]] - level_ptr[d]
             for d in range(self.depth)
+        ]
+        #: Per depth d: the families made of level-d nodes (children of one
+        #: parent at depth d - 1; each root alone), bucketed by width.
+        self.level_buckets = [
+            _family_buckets(torch.arange(self.num_roots, device=perm.device),
+                            torch.ones_like(by_level(num_children)[0]))
+        ]
+        for d in range(1, self.depth + 1):
+            count = by_level(num_children)[d - 1]
+            start = _cumsum(count)[:-1]
+            internal = count > 0
+            self.level_buckets.append(
+                _family_buckets(start[internal], count[internal]))
+        #: Per depth d >= 1: ``W`` if every node at depth d - 1 has exactly
+        #: ``W`` children, so that parent-child maps are reshapes.
+        self.level_width = [None] + [
+            buckets[0].width if len(buckets) == 1 and buckets[0].span == (
+                0, self.level_sizes[d]) and self.level_leaf_pos[d - 1].numel()
+            == 0 else None
+            for d, buckets in enumerate(self.level_buckets) if d > 0
         ]
 
     # Construction ##########################################################
@@ -262,6 +308,12 @@ class Tree:
                 or parent.is_complex():
             raise TypeError(f"'parent' must be an integer tensor "
                             f"(got {parent.dtype})")
+        if num_leaves is not None:
+            try:
+                num_leaves = operator.index(num_leaves)
+            except TypeError:
+                raise TypeError(f"'num_leaves' must be an int (got "
+                                f"{type(num_leaves).__name__})") from None
         parent = parent.long()
         num_nodes = parent.numel()
         if num_nodes == 0:
@@ -291,11 +343,12 @@ class Tree:
         childless = num_children == 0
         if num_leaves is None:
             num_leaves = int(childless.long().cumprod(0).sum())
-        if not 0 < num_leaves <= num_nodes:
-            raise ValueError(f"The hierarchy must have between 1 and "
-                             f"{num_nodes} leaves (got num_leaves="
-                             f"{num_leaves}, and 'parent' has only "
-                             f"{num_nodes} entries)")
+            if num_leaves == 0:
+                raise ValueError(f"Leaves must come first, but "
+                                 f"{describe(0)} has children")
+        elif num_leaves < 1:
+            raise ValueError(f"'num_leaves' must be positive "
+                             f"(got {num_leaves})")
         if bool((~childless[:num_leaves]).any()):
             i = int((~childless[:num_leaves]).nonzero()[0])
             c = int((parent == i).nonzero()[0])
@@ -349,9 +402,12 @@ class Tree:
 
     # Derived structure ####################################################
 
-    def level_slice(self, d: int) -> slice:
-        """The level-order slice of the nodes at depth :obj:`d`."""
-        return slice(self.level_ptr[d], self.level_ptr[d + 1])
+    def by_level(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Splits a level-order ``[M, ...]`` tensor into one view per depth.
+
+        (One split instead of a slice per level keeps the backward pass
+        linear: every slice's gradient would be a full-size tensor.)"""
+        return x.split(self.level_sizes)
 
     # Utilities ############################################################
 
@@ -374,16 +430,10 @@ class Tree:
                 f'depth={self.depth})')
 
 
-def _family_buckets(num_children: Tensor,
-                    num_roots: int) -> List[FamilyBucket]:
-    """Groups all families by their size rounded up to a power of two."""
-    device = num_children.device
-    internal = (num_children > 0).nonzero().view(-1)
-    first_child = num_roots + _cumsum(num_children)[:-1]
-    start = torch.cat([torch.arange(num_roots, device=device),
-                       first_child[internal]])
-    size = torch.cat([num_children.new_ones(num_roots),
-                      num_children[internal]])
+def _family_buckets(start: Tensor, size: Tensor) -> List[FamilyBucket]:
+    """Groups the families ``start[i] .. start[i] + size[i] - 1`` (sorted,
+    positions inside one level) by size rounded up to a power of two."""
+    device = start.device
     width = 2**torch.ceil(torch.log2(size.double())).long()
     buckets = []
     for w in torch.unique(width).tolist():  # at most log2(M) + 1 widths
@@ -399,6 +449,17 @@ def _family_buckets(num_children: Tensor,
         buckets.append(
             FamilyBucket(w, index, valid, slot, index.view(-1)[slot], span))
     return buckets
+
+
+def _as_span(index: Tensor) -> Optional[Tuple[int, int]]:
+    """``(a, b)`` if :obj:`index` is ``a, a + 1, ..., b - 1``."""
+    if index.numel() == 0:
+        return None
+    first = int(index[0])
+    if bool((index == torch.arange(first, first + index.numel(),
+                                   device=index.device)).all()):
+        return first, first + index.numel()
+    return None
 
 
 def _to_device(value, device):
@@ -427,11 +488,10 @@ def _depth_by_pointer_jumping(parent: Tensor, describe) -> Tensor:
         target = jump.clamp(min=0)
         depth = torch.where(active, depth + depth[target], depth)
         jump = torch.where(active, jump[target], jump)
-    i = int((jump >= 0).nonzero()[0])
-    chain = [i]
-    while len(chain) <= num_nodes and int(parent[chain[-1]]) not in chain:
-        chain.append(int(parent[chain[-1]]))
-    raise ValueError(f"The nesting contains a cycle: {describe(chain[-1])} "
+    # ``jump`` now points more than M steps up, which only a node on a
+    # cycle can be reached by.
+    on_cycle = int(jump[int((jump >= 0).nonzero()[0])])
+    raise ValueError(f"The nesting contains a cycle: {describe(on_cycle)} "
                      f"is its own ancestor")
 
 

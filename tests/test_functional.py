@@ -311,3 +311,26 @@ def test_input_errors():
         hsa_attention(q, k, v, [3, 3, 3, -1])
     with pytest.raises(ValueError, match="2 entries, fewer than the 3"):
         hsa_attention(q, k, v, torch.tensor([2, -1]))
+
+
+@pytest.mark.parametrize('branching,num_leaves', [(2, 16), (4, 64), (8, 64),
+                                                  (8, 50), (3, 27)])
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
+                                               self_loops):
+    # Consecutive runs of `branching` nodes share a parent, level by level:
+    # power-of-two runs make every level a reshape of the one below.
+    parents, start, width = [], 0, num_leaves
+    while width > 1:
+        parents.append(start + width + torch.arange(width) // branching)
+        start, width = start + width, -(-width // branching)
+    parent = torch.cat(parents + [torch.tensor([-1])])
+    tree = Tree.from_parent(parent, num_leaves)
+    uniform = num_leaves == branching**tree.depth and branching in (2, 4, 8)
+    assert all(w is not None for w in tree.level_width[1:]) == uniform
+    q, k, v = random_qkv(num_leaves, seed=branching)
+    pos = make_pos('per_head', parent.numel(), 2)
+    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
+                               atol=1e-10)

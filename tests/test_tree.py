@@ -63,20 +63,23 @@ def test_level_order_keeps_families_contiguous(seed):
     # Family buckets: every node sits in exactly one real slot, next to
     # exactly its siblings (a root alone), padded to a power of two.
     seen = torch.zeros(parent.numel(), dtype=torch.long)
-    for bucket in tree.buckets:
-        assert bucket.index.shape == bucket.valid.shape
-        assert bucket.index.size(1) == bucket.width
-        members = bucket.index[bucket.valid]
-        seen.index_add_(0, members, torch.ones_like(members))
-        first = bucket.index[:, :1].expand_as(bucket.index)
-        same = new_parent[bucket.index] == new_parent[first]
-        assert bool(same[bucket.valid].all())
-        count = bucket.valid.sum(1)
-        assert bool((count > bucket.width // 2).all())
-        assert bool((tree.family_size[bucket.index[:, 0]] == count).all())
-        if bucket.span is not None:
-            lo, hi = bucket.span
-            assert bucket.index.flatten().tolist() == list(range(lo, hi))
+    for d, buckets in enumerate(tree.level_buckets):
+        offset = tree.level_ptr[d]
+        for bucket in buckets:
+            assert bucket.index.size(1) == bucket.width
+            index = bucket.index + offset  # level order
+            members = index[bucket.valid]
+            assert members.tolist() == (bucket.node + offset).tolist()
+            seen.index_add_(0, members, torch.ones_like(members))
+            first = index[:, :1].expand_as(index)
+            same = new_parent[index] == new_parent[first]
+            assert bool(same[bucket.valid].all())
+            count = bucket.valid.sum(1)
+            assert bool((count > bucket.width // 2).all())
+            assert bool((tree.family_size[index[:, 0]] == count).all())
+            if bucket.span is not None:
+                lo, hi = bucket.span
+                assert bucket.index.flatten().tolist() == list(range(lo, hi))
     assert bool((seen == 1).all())
     # Example index of each leaf: roots ordered by id.
     roots = (parent < 0).nonzero().view(-1)
@@ -91,7 +94,7 @@ def test_level_order_keeps_families_contiguous(seed):
 
 
 @pytest.mark.parametrize('parent,num_leaves,match', [
-    ([2, 3, 3, 1], None, 'contains a cycle: node 1 is its own ancestor'),
+    ([2, 3, 3, 1], None, 'contains a cycle: node [13] is its own ancestor'),
     ([2, 2, 2, -1], None, 'Node 2 is its own parent'),
     ([3, 3, 7, -1], None, 'parent of node 2 is 7; expected -1'),
     ([3, -3, 3, -1], None, 'parent of node 1 is -3'),
@@ -209,7 +212,7 @@ def test_to_moves_every_tensor_and_keeps_results():
     parent, num_leaves = random_forest(np.random.default_rng(0))
     tree = Tree.from_parent(parent, num_leaves)
     moved = tree.to('cpu')
-    assert moved.buckets[0].index.device == torch.device('cpu')
+    assert moved.level_buckets[0][0].index.device == torch.device('cpu')
     assert moved.device == torch.device('cpu')
     q, k, v = random_qkv(num_leaves)
     torch.testing.assert_close(hsa_attention(q, k, v, moved, self_loops=True),
