@@ -108,14 +108,15 @@ def hsa_attention(
     has_sibling = tree.by_level(
         ((tree.family_size > 1) | (tree.is_leaf & self_loops)).unsqueeze(-1))
 
+    log_sizes = tree.by_level(tree.size.to(dtype).log())
+    loops = tree.by_level(tree.is_leaf & self_loops)
     thetas, etas, weights = [], [], []
     for d in range(tree.depth + 1):
-        theta, eta = _sibling_attention(tree, d, rho_q[d], rho_k[d],
-                                        rho_v[d],
-                                        None if pos is None else pos[d],
-                                        scale, self_loops, dropout,
-                                        weights if return_attention_weights
-                                        else None)
+        theta, eta = _sibling_attention(
+            tree, d, rho_q[d], rho_k[d], rho_v[d],
+            None if pos is None else pos[d], log_sizes[d], loops[d],
+            self_loops, scale, dropout,
+            weights if return_attention_weights else None)
         thetas.append(theta)
         etas.append(eta)
 
@@ -126,8 +127,11 @@ def hsa_attention(
     out = _leaf_rows(tree, out).to(out_dtype)
 
     if return_attention_weights:
-        edge_index = torch.cat([e for e, _ in weights], dim=1)
-        alpha = torch.cat([a for _, a in weights], dim=0)
+        # (No edges at all where no node has a sibling.)
+        edge_index = torch.cat([e for e, _ in weights] +
+                               [tree.perm.new_zeros(2, 0)], dim=1)
+        alpha = torch.cat([a for _, a in weights] +
+                          [out.new_zeros(0, q.size(1), dtype=dtype)])
         return out, (tree.perm[edge_index], alpha)
     return out
 
@@ -189,8 +193,9 @@ def _pool_means(tree: Tree, x: Tensor) -> List[Tensor]:
 
 
 def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
-                       rho_v: Tensor, pos: Optional[Tensor], scale: float,
-                       self_loops: bool, dropout: float,
+                       rho_v: Tensor, pos: Optional[Tensor],
+                       log_size: Tensor, loop: Tensor, self_loops: bool,
+                       scale: float, dropout: float,
                        weights: Optional[list]) -> Tuple[Tensor, Tensor]:
     r"""Softmax attention of every node at depth :obj:`d` over its family,
     each sibling :math:`B` a super-token of logit :math:`s(A, B) + \log
@@ -202,9 +207,7 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
     finite surrogate where a node has no sibling); appends the sibling edges
     (level order) and their weights to :obj:`weights` if it is a list.
     """
-    num_nodes, heads = rho_q.size(0), rho_q.size(1)
-    log_size = tree.by_level(tree.size)[d].to(rho_q.dtype).log()
-    loop = tree.by_level(tree.is_leaf)[d] & self_loops
+    num_nodes = rho_q.size(0)
     offset = tree.level_ptr[d]
     parts = []
     for bucket in tree.level_buckets[d]:
@@ -264,10 +267,10 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
 
     if len(parts) == 1 and parts[0][0].span == (0, num_nodes):
         return parts[0][1], parts[0][2]  # One bucket covers the level.
-    # (Multiplying by zero keeps the outputs attached to the inputs' graph
-    # even where no node has a sibling, e.g. in a one-leaf tree.)
+    # (Multiplying by zero keeps q, k and v in the autograd graph, with zero
+    # gradients, even where no node has a sibling, e.g. in a one-leaf tree.)
     theta = 0 * rho_v
-    eta = rho_q.new_zeros(num_nodes, heads)
+    eta = 0 * (rho_q[..., 0] + rho_k[..., 0])
     for bucket, part_theta, part_eta in parts:
         theta = theta.index_copy(0, bucket.node, part_theta)
         eta = eta.index_copy(0, bucket.node, part_eta)
@@ -412,30 +415,44 @@ def hsa_dense(
     if self_loops:
         idx = torch.arange(num_leaves, device=device)
         siblings[idx, idx] = True
-    masked = torch.where(siblings, logit + size.log(), -inf)
-    eta = -torch.logsumexp(masked, dim=-1)  # [H, M]; +inf without siblings
+    # +inf values are kept as finite stand-ins plus masks (eta is infinite
+    # where there is no sibling, phi where phi_finite is False), so that the
+    # backward pass never differentiates inf - inf.
+    has_sibling = siblings.any(-1)  # [M]
+    masked = torch.where(siblings, logit + size.log(),
+                         torch.finfo(dtype).min)
+    eta = torch.where(has_sibling, -torch.logsumexp(masked, dim=-1), 0.0)
 
     # phi, one sweep per depth from the deepest internal nodes upwards.
     child_w = torch.where(parent.view(1, -1) == torch.arange(
         num_nodes, device=device).view(-1, 1), size.view(1, -1) /
                           size.view(-1, 1), 0.0)  # [P, A]
     is_leaf = torch.arange(num_nodes, device=device) < num_leaves
-    phi = torch.where(is_leaf, inf, 0.0).expand_as(eta).clone()
+    phi = torch.zeros_like(eta)
+    phi_finite = torch.zeros_like(is_leaf)
     for _ in range(int(depth.max())):
-        term = -torch.logaddexp(-phi, -eta)  # [H, A]
-        summed = torch.where(child_w > 0, child_w * term.unsqueeze(1),
-                             0.0).sum(-1)
-        phi = torch.where(is_leaf, inf, summed)
+        # -log(e^-phi(A) + e^-eta(A)); +inf when both are.
+        term = torch.where(phi_finite & has_sibling,
+                           -torch.logaddexp(-phi, -eta),
+                           torch.where(phi_finite, phi, eta))
+        infinite = ~phi_finite & ~has_sibling
+        summed = (child_w * term.unsqueeze(1)).sum(-1)
+        phi_finite = ~is_leaf & ~((child_w > 0) & infinite).any(-1)
+        phi = torch.where(phi_finite, summed, 0.0)
 
-    mu = torch.where(phi.isinf(), 0.0, torch.sigmoid(eta - phi))
+    # mu = sigmoid(eta - phi): 1 where only eta is infinite, 0 where phi is.
+    log_mu = torch.where(
+        phi_finite,
+        torch.where(has_sibling, F.logsigmoid(eta - phi), 0.0), -inf)
     # log W(A): sum of log mu over the strict ancestors of A except the root.
-    log_mu = mu.log()
     log_w = torch.zeros_like(eta)
     for t in range(1, ancestors.size(0)):
         a = ancestors[t]
         counts = (a >= 0) & (parent[a.clamp(min=0)] >= 0)
         log_w = log_w + torch.where(counts, log_mu[:, a.clamp(min=0)], 0.0)
-    log_norm = torch.logaddexp(-phi, -eta)  # log(e^-phi + e^-eta)
+    # log(e^-phi + e^-eta), only used where eta is finite.
+    log_norm = torch.where(phi_finite & has_sibling,
+                           torch.logaddexp(-phi, -eta), -eta)
 
     # Lowest common ancestor of every leaf pair from the root-first paths.
     root_first = torch.full((int(depth.max()) + 1, num_leaves), -1,
@@ -470,7 +487,7 @@ def _as_tree(tree: TreeLike, q: Tensor) -> Tree:
     if isinstance(tree, Tensor):
         if not isinstance(q, Tensor) or q.dim() < 1:
             raise TypeError("'q' must be a tensor of shape [N, H, C]")
-        return Tree.from_parent(tree, num_leaves=q.size(0))
+        return Tree.for_rows(tree, q.size(0), 'q')
     raise TypeError(f"'tree' must be a pyg_hsa.Tree or a parent LongTensor "
                     f"(got {type(tree).__name__})")
 

@@ -98,7 +98,6 @@ class Tree:
         self.size = size  # number of leaves below every node
         self.num_children = num_children
         self.is_leaf = num_children == 0
-        self.num_sibling_pairs = int((num_children * (num_children - 1)).sum())
         # Family size of every node (1 for roots).
         self.family_size = torch.where(
             parent_new < 0, 1, num_children[parent_new.clamp(min=0)])
@@ -137,12 +136,13 @@ class Tree:
         ]
         #: Per depth d: the families made of level-d nodes (children of one
         #: parent at depth d - 1; each root alone), bucketed by width.
+        children = by_level(num_children)
         self.level_buckets = [
             _family_buckets(torch.arange(self.num_roots, device=perm.device),
-                            torch.ones_like(by_level(num_children)[0]))
+                            torch.ones_like(children[0]))
         ]
         for d in range(1, self.depth + 1):
-            count = by_level(num_children)[d - 1]
+            count = children[d - 1]
             start = _cumsum(count)[:-1]
             internal = count > 0
             self.level_buckets.append(
@@ -171,6 +171,18 @@ class Tree:
                 the number of childless nodes, which must come first.
         """
         return cls._compile(parent, num_leaves, describe=_describe_global)
+
+    @classmethod
+    def for_rows(cls, parent: Tensor, num_rows: int, name: str) -> 'Tree':
+        """:meth:`from_parent` for a parent vector given with :obj:`num_rows`
+        leaf rows of the argument :obj:`name`; a mismatch is reported as
+        such rather than as a malformed tree."""
+        tree = cls.from_parent(parent)
+        if tree.num_leaves != num_rows:
+            raise ValueError(f"'{name}' has {num_rows} rows but the tree has "
+                             f"{tree.num_leaves} leaves (its childless "
+                             f"nodes 0..{tree.num_leaves - 1})")
+        return tree
 
     @classmethod
     def from_hetero(
@@ -243,6 +255,9 @@ class Tree:
                     and ei.size(0) == 2):
                 raise ValueError(f"edge_index of {(src, rel, dst)} must have "
                                  f"shape [2, E] (got {_shape(ei)})")
+            if ei.is_floating_point() or ei.dtype == torch.bool:
+                raise TypeError(f"edge_index of {(src, rel, dst)} must be an "
+                                f"integer tensor (got {ei.dtype})")
 
         internal = {dst for _, _, dst in edge_index_dict}
         leaf_types = [nt for nt in node_types if nt not in internal]

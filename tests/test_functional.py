@@ -279,7 +279,7 @@ def test_attention_weights_are_per_family_softmax(self_loops):
     assert src.numel() == expected + (num_leaves if self_loops else 0)
 
 
-def test_dropout_only_changes_training_output():
+def test_dropout_zero_is_identity_and_positive_dropout_changes_output():
     parent = torch.tensor([4, 4, 4, 4, -1])
     q, k, v = random_qkv(4, seed=0)
     ref = hsa_attention(q, k, v, parent)
@@ -309,8 +309,12 @@ def test_input_errors():
         hsa_attention(q.long(), k, v, parent)
     with pytest.raises(TypeError, match="'tree' must be a pyg_hsa.Tree"):
         hsa_attention(q, k, v, [3, 3, 3, -1])
-    with pytest.raises(ValueError, match="2 entries, fewer than the 3"):
-        hsa_attention(q, k, v, torch.tensor([2, -1]))
+    with pytest.raises(ValueError, match="'q' has 3 rows but the tree has 2 "
+                       "leaves"):
+        hsa_attention(q, k, v, torch.tensor([2, 2, -1]))
+    with pytest.raises(ValueError, match="'q' has 3 rows but the tree has 4 "
+                       "leaves"):
+        hsa_attention(q, k, v, torch.tensor([4, 4, 4, 4, -1]))
 
 
 @pytest.mark.parametrize('branching,num_leaves', [(2, 16), (4, 64), (8, 64),
@@ -334,3 +338,58 @@ def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
     theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
     torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                atol=1e-10)
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_dense_gradients_are_finite_and_match_the_dynamic_program(
+        self_loops):
+    # A unary chain above leaf 0, a lone root leaf 4 and a real family.
+    parent = torch.tensor([7, 8, 8, 9, -1, -1, 5, 6, -1, 8])
+    q, k, v = random_qkv(5, seed=9)
+    q.requires_grad_(), k.requires_grad_()
+    dense = dense_output(hsa_dense(q, k, parent, self_loops=self_loops), v)
+    dense_grads = torch.autograd.grad(dense.square().sum(), (q, k))
+    out = hsa_attention(q, k, v, parent, self_loops=self_loops)
+    grads = torch.autograd.grad(out.square().sum(), (q, k))
+    for dense_grad, grad in zip(dense_grads, grads):
+        assert bool(dense_grad.isfinite().all())
+        torch.testing.assert_close(dense_grad, grad, rtol=0, atol=1e-10)
+
+
+def test_attention_weights_without_any_family():
+    q, k, v = random_qkv(3)
+    for parent in (torch.tensor([-1, -1, -1]), torch.tensor([3, 4, -1,
+                                                              -1, -1])):
+        out, (edge_index, alpha) = hsa_attention(
+            q, k, v, parent, return_attention_weights=True)
+        assert edge_index.shape == (2, 0) and edge_index.dtype == torch.long
+        assert alpha.shape == (0, 2)
+        assert bool((out == 0).all())
+        grads = torch.autograd.grad(
+            hsa_attention(q.requires_grad_(), k, v, parent).sum(), q)
+        assert bool((grads[0] == 0).all())
+
+
+def test_attention_weights_are_the_softmax_of_block_mean_logits():
+    rng = np.random.default_rng(8)
+    parent, num_leaves = random_forest(rng, max_depth=3, max_branch=6,
+                                       num_roots=2)
+    q, k, v = random_qkv(num_leaves, seed=8)
+    pos = make_pos('shared', parent.numel(), 2)
+    _, (edge_index, alpha) = hsa_attention(q, k, v, parent, pos=pos,
+                                           return_attention_weights=True)
+    # Leaves below every node, by walking up from each leaf.
+    below = [[] for _ in range(parent.numel())]
+    for path in root_paths(parent, num_leaves):
+        for node in path:
+            below[node].append(path[-1])
+    scale = 1 / math.sqrt(3)
+    expected = torch.empty_like(alpha)
+    for e, (a, b) in enumerate(edge_index.t().tolist()):
+        logit = scale * torch.einsum('hc,hc->h', q[below[a]].mean(0),
+                                     k[below[b]].mean(0))
+        expected[e] = logit + pos[a] @ pos[b] + math.log(len(below[b]))
+    for a in edge_index[0].unique().tolist():
+        group = edge_index[0] == a
+        expected[group] = expected[group].softmax(dim=0)
+    torch.testing.assert_close(alpha, expected, rtol=0, atol=1e-12)

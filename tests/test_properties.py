@@ -97,7 +97,5 @@ def test_outputs_and_gradients_are_finite(roots, seed, self_loops, mag):
     out = hsa_attention(q, k, v, parent, self_loops=self_loops)
     assert bool(out.isfinite().all())
     out.sum().backward()
-    # (q and k get no gradient where no leaf has anyone to attend to.)
     for grad in (q.grad, k.grad, v.grad):
-        assert grad is None or bool(grad.isfinite().all())
-    assert v.grad is not None
+        assert bool(grad.isfinite().all())

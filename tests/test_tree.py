@@ -202,6 +202,12 @@ def test_from_hetero_errors():
     with pytest.raises(ValueError, match='cycle'):
         Tree.from_hetero(data)
 
+    data = molecule_like(3, [0, 0, 1])
+    data['atom', 'in', 'fragment'].edge_index = torch.tensor(
+        [[0.0, 1.0, 2.7], [0.0, 0.0, 0.9]])
+    with pytest.raises(TypeError, match='must be an integer tensor'):
+        Tree.from_hetero(data)
+
     with pytest.raises(TypeError, match="HeteroData or an edge_index_dict"):
         Tree.from_hetero(torch.tensor([1, -1]))
     with pytest.raises(ValueError, match='empty'):

@@ -3,6 +3,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
+from torch_geometric.data import HeteroData
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import HeteroDictLinear, Linear
 
@@ -33,7 +34,11 @@ class HSAConv(MessagePassing):
     \mathbf{W}_e^{(h)} \mathbf{e}_B \rangle` for the sibling groups
     :math:`A \ni i, B \ni j` (see :func:`~pyg_hsa.hsa_attention`). It is
     computed exactly in time linear in the number of tree nodes and sibling
-    pairs, with segment-softmax passes up and down the tree.
+    pairs: segment reductions up the tree, one batched softmax per family
+    width, and a pass down the tree. The layer subclasses
+    :class:`~torch_geometric.nn.conv.MessagePassing` for PyG's conventions,
+    but its messages flow along the hierarchy rather than through
+    :meth:`propagate`, so propagate hooks and explainers do not apply.
 
     Args:
         in_channels (int or Dict[str, int]): Size of each leaf feature, or
@@ -172,8 +177,11 @@ class HSAConv(MessagePassing):
                 raise TypeError("A dictionary of nesting edges needs "
                                 "dictionary input 'x' (leaf type -> "
                                 "features)")
+            if x.dim() != 2:
+                raise ValueError(f"'x' must have shape [N, F] "
+                                 f"(got {tuple(x.shape)})")
             if isinstance(tree, Tensor):
-                tree = Tree.from_parent(tree, num_leaves=x.size(0))
+                tree = Tree.for_rows(tree, x.size(0), 'x')
             if not isinstance(tree, Tree):
                 raise TypeError(f"'tree' must be a pyg_hsa.Tree, a parent "
                                 f"LongTensor or an edge_index_dict (got "
@@ -215,8 +223,14 @@ class HSAConv(MessagePassing):
             return out, attention
         return out
 
-    @staticmethod
-    def _check_leaves(x_dict: Mapping[str, Tensor], tree: Tree):
+    def _check_leaves(self, x_dict: Mapping[str, Tensor], tree: Tree):
+        if not isinstance(self.in_channels, Mapping):
+            widths = {nt: x_dict[nt].size(-1) for nt in tree.leaf_types
+                      if nt in x_dict}
+            if len(set(widths.values())) > 1:
+                raise ValueError(f"Leaf types have different feature widths "
+                                 f"{widths}; pass in_channels as a dictionary "
+                                 f"to project each type separately")
         missing = [nt for nt in tree.leaf_types if nt not in x_dict]
         if missing:
             raise ValueError(f"'x' has no features for leaf node types "
@@ -257,10 +271,18 @@ class HSAConv(MessagePassing):
             if not isinstance(pe, Mapping):
                 raise TypeError("With dictionary input 'x', 'pe' must be a "
                                 "dictionary (node type -> [num_nodes, P])")
+            if not pe:
+                raise ValueError("'pe' is an empty dictionary; pass None for "
+                                 "no positions")
             unknown = [nt for nt in pe if nt not in tree.node_slices]
             if unknown:
                 raise ValueError(f"'pe' has node types {unknown} that the "
                                  f"hierarchy does not have")
+            if isinstance(self.lin_pos, HeteroDictLinear):
+                unknown = [nt for nt in pe if nt not in self.lin_pos.types]
+                if unknown:
+                    raise ValueError(f"'pe' has node types {unknown} that "
+                                     f"'pos_channels' does not list")
             if isinstance(self.lin_pos, HeteroDictLinear):
                 projected = self.lin_pos(dict(pe))
             else:
@@ -290,6 +312,8 @@ def _leaf_linear(in_channels: Channels, out_channels: int,
 
 
 def _hetero_tree(tree, x_dict: Mapping[str, Tensor]) -> Tree:
+    if isinstance(tree, HeteroData):
+        return Tree.from_hetero(tree)
     if isinstance(tree, Tree):
         if tree.node_slices is None:
             raise ValueError("Dictionary input 'x' needs a tree built with "

@@ -163,6 +163,10 @@ def test_hsa_conv_errors():
     with pytest.raises(ValueError, match=r"'pe' must have shape \[M, P\]"):
         HSAConv(4, 2, pos_channels=2)(torch.randn(3, 4), parent,
                                       pe=torch.randn(3, 2))
+    with pytest.raises(ValueError, match="'x' has 2 rows but the tree has 3"):
+        conv(torch.randn(2, 4), parent)
+    with pytest.raises(ValueError, match=r"'x' must have shape \[N, F\]"):
+        conv(torch.randn(3), parent)
     with pytest.raises(TypeError, match="'tree' must be a pyg_hsa.Tree"):
         conv(torch.randn(3, 4), [3, 3, 3, -1])
     with pytest.raises(ValueError, match="'heads' must be a positive"):
@@ -177,6 +181,15 @@ def test_hsa_conv_errors():
     with pytest.raises(ValueError, match='needs a tree built with '
                        'Tree.from_hetero'):
         hetero(data.x_dict, Tree.from_parent(parent))
+    with pytest.raises(ValueError, match='different feature widths'):
+        HSAConv(-1, 2)(data.x_dict, data)
+    with_pos = HSAConv({'atom': 6, 'token': 4}, 2,
+                       pos_channels={'fragment': 3}).double()
+    with pytest.raises(ValueError, match=r"node types \['atom'\] that "
+                       "'pos_channels' does not list"):
+        with_pos(data.x_dict, data, pe={'atom': data['atom'].pe})
+    with pytest.raises(ValueError, match="'pe' is an empty dictionary"):
+        with_pos(data.x_dict, data, pe={})
 
 
 def test_hsa_conv_dropout_is_off_in_eval():
@@ -205,3 +218,32 @@ def test_hsa_conv_torch_compile_without_graph_breaks():
     for _ in range(2):
         torch.testing.assert_close(compiled(x, tree), expected, rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_hsa_conv_hetero_positions_match_manual_computation():
+    data = hierarchy(5, [0, 0, 1, 1, 1], 3, seed=4)
+    tree = Tree.from_hetero(data)
+    conv = HSAConv({'atom': 6, 'token': 4}, 4, heads=2,
+                   pos_channels={'atom': 3, 'fragment': 3}).double()
+    pe = {'atom': data['atom'].pe, 'fragment': data['fragment'].pe}
+    out = conv(data.x_dict, tree, pe=pe)
+
+    def project(lin):
+        return torch.cat([lin.lins[nt](data[nt].x) for nt in tree.leaf_types
+                          ]).view(-1, 2, 4)
+
+    q = conv.norm_query(project(conv.lin_query))
+    k = conv.norm_key(project(conv.lin_key))
+    v = project(conv.lin_value)
+    pos = torch.zeros(tree.num_nodes, 8, dtype=torch.float64)
+    for nt in pe:
+        lo, hi = tree.node_slices[nt]
+        pos[lo:hi] = conv.lin_pos.lins[nt](pe[nt])
+    theta = hsa_dense(q, k, tree, pos=pos.view(-1, 2, 4))
+    expected = dense_output(theta, v).reshape(-1, 8) + torch.cat(
+        [conv.lin_skip.lins[nt](data[nt].x) for nt in tree.leaf_types])
+    got = torch.cat([out[nt] for nt in tree.leaf_types])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    # Positions matter: without them the output differs.
+    assert not torch.allclose(got, torch.cat(
+        list(conv(data.x_dict, tree).values())))
