@@ -358,8 +358,8 @@ def test_dense_gradients_are_finite_and_match_the_dynamic_program(
 
 def test_attention_weights_without_any_family():
     q, k, v = random_qkv(3)
-    for parent in (torch.tensor([-1, -1, -1]), torch.tensor([3, 4, -1,
-                                                              -1, -1])):
+    lone_leaves, unary_chains = [-1, -1, -1], [3, 4, -1, -1, -1]
+    for parent in (torch.tensor(lone_leaves), torch.tensor(unary_chains)):
         out, (edge_index, alpha) = hsa_attention(
             q, k, v, parent, return_attention_weights=True)
         assert edge_index.shape == (2, 0) and edge_index.dtype == torch.long
