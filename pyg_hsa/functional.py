@@ -179,7 +179,7 @@ def _pool_means(tree: Tree, x: Tensor) -> List[Tensor]:
     for d in range(tree.depth - 1, -1, -1):
         width = tree.level_width[d + 1]
         if width is not None:  # Every parent has `width` children in a row.
-            total = sums[-1].view((-1, width) + x.shape[1:]).sum(dim=1)
+            total = sums[-1].reshape((-1, width) + x.shape[1:]).sum(1)
         else:
             total = segment(sums[-1], tree.level_child_ptr[d], reduce='sum')
         # Leaves have no children (total = 0), internal nodes no own rows.
@@ -218,7 +218,7 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
             shape = (-1, bucket.width)
 
             def gather(x: Tensor) -> Tensor:
-                return _rows(x, lo, hi).view(shape + x.shape[1:])
+                return _rows(x, lo, hi).reshape(shape + x.shape[1:])
 
             index = torch.arange(lo, hi, device=rho_q.device).view(shape)
         else:

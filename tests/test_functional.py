@@ -338,6 +338,12 @@ def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
     theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
     torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                atol=1e-10)
+    # Non-contiguous inputs take the same reshape paths.
+    strided = [x.transpose(0, 1).contiguous().transpose(0, 1)
+               for x in (q, k, v)]
+    assert not strided[0].is_contiguous()
+    torch.testing.assert_close(
+        hsa_attention(*strided, tree, pos=pos, self_loops=self_loops), out)
 
 
 @pytest.mark.parametrize('self_loops', [False, True])
