@@ -100,6 +100,23 @@ def hsa_attention(
     if pos is not None:
         pos = pos.to(dtype)[tree.perm]
 
+    # The whole dynamic program runs in `dtype`: autocast would otherwise
+    # send its matrix products to half precision.
+    with torch.autocast(q.device.type, enabled=False):
+        out, weights = _dynamic_program(tree, q, k, v, pos, self_loops, scale,
+                                        dropout, return_attention_weights)
+    out = out.to(out_dtype)
+    if return_attention_weights:
+        return out, weights
+    return out
+
+
+def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
+                     pos: Optional[Tensor], self_loops: bool, scale: float,
+                     dropout: float, need_weights: bool):
+    """Spec section 4 on prepared inputs; returns the leaf outputs and, if
+    requested, the sibling edges in the user's numbering with weights."""
+    dtype = q.dtype
     # Everything below is a list with one tensor per depth level.
     rho_q, rho_k, rho_v = (_pool_means(tree, x) for x in (q, k, v))
     pos = tree.by_level(pos) if pos is not None else None
@@ -115,8 +132,7 @@ def hsa_attention(
         theta, eta = _sibling_attention(
             tree, d, rho_q[d], rho_k[d], rho_v[d],
             None if pos is None else pos[d], log_sizes[d], loops[d],
-            self_loops, scale, dropout,
-            weights if return_attention_weights else None)
+            self_loops, scale, dropout, weights if need_weights else None)
         thetas.append(theta)
         etas.append(eta)
 
@@ -124,16 +140,15 @@ def hsa_attention(
     log_mu, log_one_minus_mu = _gates(tree, etas, has_sibling, phis,
                                       phi_finite)
     out = _accumulate_down(tree, thetas, log_mu, log_one_minus_mu)
-    out = _leaf_rows(tree, out).to(out_dtype)
-
-    if return_attention_weights:
-        # (No edges at all where no node has a sibling.)
-        edge_index = torch.cat([e for e, _ in weights] +
-                               [tree.perm.new_zeros(2, 0)], dim=1)
-        alpha = torch.cat([a for _, a in weights] +
-                          [out.new_zeros(0, q.size(1), dtype=dtype)])
-        return out, (tree.perm[edge_index], alpha)
-    return out
+    out = _leaf_rows(tree, out)
+    if not need_weights:
+        return out, None
+    # (No edges at all where no node has a sibling.)
+    edge_index = torch.cat([e for e, _ in weights] +
+                           [tree.perm.new_zeros(2, 0)], dim=1)
+    alpha = torch.cat([a for _, a in weights] +
+                      [out.new_zeros(0, q.size(1), dtype=dtype)])
+    return out, (tree.perm[edge_index], alpha)
 
 
 def _leaf_levels(tree: Tree, x: Tensor) -> List[Optional[Tensor]]:

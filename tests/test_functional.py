@@ -399,3 +399,17 @@ def test_attention_weights_are_the_softmax_of_block_mean_logits():
         group = edge_index[0] == a
         expected[group] = expected[group].softmax(dim=0)
     torch.testing.assert_close(alpha, expected, rtol=0, atol=1e-12)
+
+
+def test_autocast_on_levels_with_several_family_widths():
+    # Families of 2, 3 and 5 members at one level: several buckets whose
+    # outputs are merged, which must not mix autocast's half precision in.
+    parent = torch.tensor([10, 10, 11, 11, 11, 12, 12, 12, 12, 12, 13, 13,
+                           13, -1])
+    x = torch.randn(10, 8)
+    lin = torch.nn.Linear(8, 3 * 2 * 4)
+    ref = hsa_attention(*lin(x).view(10, 3, 2, 4).unbind(1), parent)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = hsa_attention(*lin(x).view(10, 3, 2, 4).unbind(1), parent)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
