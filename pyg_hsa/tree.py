@@ -92,9 +92,6 @@ class Tree:
         # so that stacked layers and torch.compile reuse them:
         self.perm = perm
         self.parent_new = parent_new
-        new_id = torch.empty_like(perm)
-        new_id[perm] = torch.arange(self.num_nodes, device=perm.device)
-        self.leaf_pos = new_id[:num_leaves]  # new id of every leaf
         self.size = size  # number of leaves below every node
         self.num_children = num_children
         self.is_leaf = num_children == 0
@@ -105,6 +102,7 @@ class Tree:
         # Everything below is per depth level, so that the dynamic program
         # never touches a full [M, ...] tensor of features.
         by_level = self.by_level
+        children = by_level(num_children)
         #: Leaves at depth d: their positions inside the level and their
         #: rows in the user's leaf order.
         self.level_leaf_pos = [
@@ -126,17 +124,13 @@ class Tree:
             torch.argsort(order)
         #: Per depth d: CSR pointer from level d into its children (level
         #: d + 1), and the parents of level d + 1 relative to level d.
-        self.level_child_ptr = [
-            _cumsum(num_children[level_ptr[d]:level_ptr[d + 1]])
-            for d in range(self.depth)
-        ]
+        self.level_child_ptr = [_cumsum(c) for c in children[:-1]]
         self.level_parent = [
             parent_new[level_ptr[d + 1]:level_ptr[d + 2]] - level_ptr[d]
             for d in range(self.depth)
         ]
         #: Per depth d: the families made of level-d nodes (children of one
         #: parent at depth d - 1; each root alone), bucketed by width.
-        children = by_level(num_children)
         self.level_buckets = [
             _family_buckets(torch.arange(self.num_roots, device=perm.device),
                             torch.ones_like(children[0]))
