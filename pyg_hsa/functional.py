@@ -118,27 +118,26 @@ def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     requested, the sibling edges in the user's numbering with weights."""
     dtype = q.dtype
     # Everything below is a list with one tensor per depth level.
-    rho_q, rho_k, rho_v = (_pool_means(tree, x) for x in (q, k, v))
+    sizes = tree.by_level(tree.size.to(dtype).unsqueeze(-1))  # [n_d, 1]
+    rho_q, rho_k, rho_v = (_pool_means(tree, x, sizes) for x in (q, k, v))
     pos = tree.by_level(pos) if pos is not None else None
     # A node has siblings if its family has another member, or if it is a
     # leaf attending to itself; elsewhere eta = +inf and theta = 0.
     has_sibling = tree.by_level(
         ((tree.family_size > 1) | (tree.is_leaf & self_loops)).unsqueeze(-1))
 
-    log_sizes = tree.by_level(tree.size.to(dtype).log())
     loops = tree.by_level(tree.is_leaf & self_loops)
     thetas, etas, weights = [], [], []
     for d in range(tree.depth + 1):
         theta, eta = _sibling_attention(
             tree, d, rho_q[d], rho_k[d], rho_v[d],
-            None if pos is None else pos[d], log_sizes[d], loops[d],
+            None if pos is None else pos[d], sizes[d].view(-1).log(), loops[d],
             self_loops, scale, dropout, weights if need_weights else None)
         thetas.append(theta)
         etas.append(eta)
 
-    phis, phi_finite = _energy(tree, etas, has_sibling)
-    log_mu, log_one_minus_mu = _gates(tree, etas, has_sibling, phis,
-                                      phi_finite)
+    phis, phi_finite = _energy(tree, etas, has_sibling, sizes)
+    log_mu, log_one_minus_mu = _gates(etas, has_sibling, phis, phi_finite)
     out = _accumulate_down(tree, thetas, log_mu, log_one_minus_mu)
     out = _leaf_rows(tree, out)
     if not need_weights:
@@ -186,9 +185,11 @@ def _leaf_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
     return rows if tree.leaf_order is None else rows[tree.leaf_order]
 
 
-def _pool_means(tree: Tree, x: Tensor) -> List[Tensor]:
+def _pool_means(tree: Tree, x: Tensor,
+                sizes: Tuple[Tensor, ...]) -> List[Tensor]:
     """Per depth, the mean of the leaf rows of :obj:`x` below every node (up
-    pass, deepest level first; sums are pooled, then divided)."""
+    pass, deepest level first; sums are pooled, then divided by the
+    ``[n_d, 1]`` leaf counts :obj:`sizes`)."""
     leaves = _leaf_levels(tree, x)
     sums = [leaves[-1]]
     for d in range(tree.depth - 1, -1, -1):
@@ -199,7 +200,6 @@ def _pool_means(tree: Tree, x: Tensor) -> List[Tensor]:
             total = segment(sums[-1], tree.level_child_ptr[d], reduce='sum')
         # Leaves have no children (total = 0), internal nodes no own rows.
         sums.append(total if leaves[d] is None else total + leaves[d])
-    sizes = tree.by_level(tree.size.to(x.dtype))
     shape = (-1, ) + (1, ) * (x.dim() - 1)
     return [
         total if d == tree.depth else total / sizes[d].view(shape)
@@ -292,12 +292,11 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
     return theta, eta
 
 
-def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor]
-            ) -> Tuple[List[Tensor], List[Tensor]]:
+def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
+            sizes: Tuple[Tensor, ...]) -> Tuple[List[Tensor], List[Tensor]]:
     r"""The energy :math:`\varphi` per depth (up pass) as a finite
     surrogate plus a mask of where it is finite (it is :math:`+\infty` at
     leaves and above chains of only children ending in a leaf)."""
-    sizes = tree.by_level(tree.size.to(etas[0].dtype).unsqueeze(-1))
     leaves = tree.by_level(tree.is_leaf.unsqueeze(-1))
     phi_levels = [torch.zeros_like(etas[-1])]
     finite_levels = [torch.zeros_like(has_sibling[-1])]
@@ -320,7 +319,7 @@ def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor]
     return phi_levels[::-1], finite_levels[::-1]
 
 
-def _gates(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
+def _gates(etas: List[Tensor], has_sibling: List[Tensor],
            phis: List[Tensor], phi_finite: List[Tensor]
            ) -> Tuple[List[Tensor], List[Tensor]]:
     r"""Per depth, :math:`\log\mu` and :math:`\log(1-\mu)` with

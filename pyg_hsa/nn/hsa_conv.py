@@ -283,7 +283,6 @@ class HSAConv(MessagePassing):
                 if unknown:
                     raise ValueError(f"'pe' has node types {unknown} that "
                                      f"'pos_channels' does not list")
-            if isinstance(self.lin_pos, HeteroDictLinear):
                 projected = self.lin_pos(dict(pe))
             else:
                 projected = {nt: self.lin_pos(p) for nt, p in pe.items()}
