@@ -1,0 +1,82 @@
+"""Checks every hierarchy transform's output must pass (test-only code)."""
+import importlib.util
+import os
+from typing import Dict, List, Sequence
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+from torch_geometric.loader import DataLoader
+
+from pyg_hsa import Tree
+from pyg_hsa.nn import HSAConv
+
+
+def package_file(package: str, *parts: str) -> str:
+    """Path of a data file shipped inside an installed package, found
+    without importing it (pyvista cannot import without VTK). Skips when
+    the package is missing, except in CI, where it must be there."""
+    spec = importlib.util.find_spec(package)
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+    if path is None or not os.path.exists(path):
+        message = f"{os.path.join(package, *parts)} is not installed"
+        if os.environ.get('CI'):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def check_hierarchy(data: HeteroData, leaf_type: str, root_type: str,
+                    num_leaves: int) -> Tree:
+    """The output is a valid single-example hierarchy in the core schema:
+    one leaf type with ``num_leaves`` nodes, exactly one root, of type
+    ``root_type``, every node type below the root carries a finite
+    ``pe``, and every nesting edge type is ``(child, 'in', parent)``."""
+    assert isinstance(data, HeteroData)
+    tree = Tree.from_hetero(data)
+    assert tree.leaf_types == [leaf_type]
+    assert tree.num_leaves == num_leaves == data[leaf_type].num_nodes
+    assert tree.num_roots == 1
+    is_root = (tree.parent < 0).nonzero().view(-1)
+    lo, hi = tree.node_slices[root_type]
+    assert is_root.tolist() == [lo] and hi - lo == 1
+    for nt in data.node_types:
+        if nt == root_type:
+            continue
+        pe = data[nt].pe
+        assert pe.dim() == 2 and pe.size(0) == data[nt].num_nodes
+        assert torch.isfinite(pe).all()
+    return tree
+
+
+def pe_channels(data: HeteroData) -> Dict[str, int]:
+    return {nt: data[nt].pe.size(-1) for nt in data.node_types
+            if 'pe' in data[nt]}
+
+
+def check_batching(examples: Sequence[HeteroData], leaf_type: str,
+                   in_channels: int) -> None:
+    """PyG's DataLoader batches the hierarchies into one forest with one
+    root per example, and HSAConv on the batch equals HSAConv on each
+    example alone."""
+    batch = next(iter(DataLoader(list(examples), batch_size=len(examples))))
+    tree = Tree.from_hetero(batch)
+    assert tree.num_roots == len(examples)
+    sizes = [ex[leaf_type].num_nodes for ex in examples]
+    assert torch.equal(tree.batch, torch.repeat_interleave(
+        torch.arange(len(examples)), torch.tensor(sizes)))
+
+    conv = HSAConv(in_channels, 4, heads=2,
+                   pos_channels=pe_channels(examples[0])).double().eval()
+
+    def run(data: HeteroData) -> torch.Tensor:
+        x = {leaf_type: data[leaf_type].x.double()}
+        pe = {nt: pe.double() for nt, pe in data.pe_dict.items()}
+        return conv(x, Tree.from_hetero(data), pe=pe)[leaf_type]
+
+    alone: List[torch.Tensor] = [run(ex) for ex in examples]
+    together = run(batch)
+    assert torch.isfinite(together).all()
+    assert torch.allclose(together, torch.cat(alone), atol=1e-10)
