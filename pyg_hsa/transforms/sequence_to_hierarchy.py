@@ -1,0 +1,230 @@
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data, HeteroData
+from torch_geometric.transforms import BaseTransform
+
+from pyg_hsa.utils.hierarchy import (
+    add_level,
+    fourier_encoding,
+    leaf_hetero,
+    rank_in_group,
+)
+
+
+class SequenceToHierarchy(BaseTransform):
+    r"""Turns a sequence of tokens into a hierarchy: tokens → fixed windows
+    → given segments (sentences, paragraphs, ...) → one :obj:`sequence`
+    root.
+
+    The input is a :class:`~torch_geometric.data.Data` whose node-level
+    attributes (:obj:`x`, :obj:`input_ids`, ...) describe the tokens in
+    order; they are kept on the leaf type :obj:`token`, and an
+    :obj:`edge_index`, if present, becomes :obj:`('token', 'edge',
+    'token')`.
+
+    * **Windows.** :obj:`branching=(b_1, ..., b_L)` adds :obj:`L` window
+      levels :obj:`window0 ... window{L-1}` bottom-up: level 1 groups
+      :math:`b_1` consecutive tokens, level :math:`l` groups :math:`b_l`
+      consecutive level-:math:`(l-1)` windows, so a level-:math:`l` window
+      spans :math:`b_1 \cdots b_l` tokens. Windows never cross a segment
+      boundary: they restart at the first token of every finest segment
+      (a segment's last window may be shorter).
+    * **Segments.** :obj:`segments=('sentence', 'paragraph')` names
+      per-token attributes holding segment ids (finest first). Each segment
+      must be a contiguous run of tokens and lie inside one segment of the
+      next coarser attribute. Every segment becomes a node of the type of
+      the same name, above the windows.
+
+    Every level exists in every example, even where a segment is shorter
+    than a window (its window is then the only child of its parent), so all
+    outputs have the same node and edge types and PyG's
+    :class:`~torch_geometric.loader.DataLoader` batches them.
+
+    The position of a node inside its parent's family is its index
+    :math:`i` among its siblings, in sequence order, as Fourier features
+    stored in :obj:`pe`:
+
+    .. math::
+        \mathrm{pe}_i = \left[\sin(i\,\omega_j),\, \cos(i\,\omega_j)
+        \right]_{j < P/2}, \qquad \omega_j = T^{-2j/P}
+
+    with :math:`P` = :obj:`pe_channels` and :math:`T` = :obj:`max_period`.
+
+    Args:
+        branching (Sequence[int], optional): children per window, bottom-up.
+            (default: :obj:`(2, 4, 8, 16)`)
+        segments (Sequence[str], optional): names of per-token segment-id
+            attributes, finest first. (default: :obj:`None`)
+        pe_channels (int, optional): width of :obj:`pe` (even).
+            (default: :obj:`16`)
+        max_period (float, optional): the longest wavelength of the Fourier
+            features. (default: :obj:`10000.0`)
+    """
+    leaf_type = 'token'
+    root_type = 'sequence'
+
+    def __init__(
+        self,
+        branching: Optional[Sequence[int]] = (2, 4, 8, 16),
+        segments: Optional[Sequence[str]] = None,
+        pe_channels: int = 16,
+        max_period: float = 10000.0,
+    ):
+        self.branching = _check_branching(branching)
+        if isinstance(segments, str):
+            segments = (segments, )
+        self.segments = tuple(segments or ())
+        for name in self.segments:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"'segments' must name token attributes "
+                                 f"(got {name!r})")
+            if name in (self.leaf_type, self.root_type) or \
+                    name.startswith('window'):
+                raise ValueError(f"'segments' entry {name!r} clashes with "
+                                 f"a node type of the hierarchy")
+        if len(set(self.segments)) != len(self.segments):
+            raise ValueError(f"'segments' has repeated names "
+                             f"{self.segments}")
+        if not isinstance(pe_channels, int) or pe_channels <= 0 or \
+                pe_channels % 2:
+            raise ValueError(f"'pe_channels' must be a positive even "
+                             f"integer (got {pe_channels!r})")
+        if not max_period > 1:
+            raise ValueError(f"'max_period' must be > 1 (got "
+                             f"{max_period!r})")
+        self.pe_channels = pe_channels
+        self.max_period = float(max_period)
+
+    def forward(self, data: Data) -> HeteroData:
+        if not isinstance(data, Data):
+            raise TypeError(f"SequenceToHierarchy expects a "
+                            f"torch_geometric.data.Data (got "
+                            f"{type(data).__name__})")
+        num_tokens = data.num_nodes
+        if not num_tokens:
+            raise ValueError("SequenceToHierarchy needs at least one token "
+                             "(the input has no nodes)")
+        segment_ids = [
+            _segment_ids(data, name, num_tokens) for name in self.segments
+        ]
+        _check_nested(segment_ids, self.segments)
+
+        out = leaf_hetero(data, self.leaf_type, 'edge')
+        # State of the current top level: the finest segment each node lies
+        # in, its first token, and its type name.
+        device = segment_ids[0].device if segment_ids else None
+        tokens = torch.arange(num_tokens, device=device)
+        group = segment_ids[0] if segment_ids else torch.zeros_like(tokens)
+        first_token = tokens
+        child_type = self.leaf_type
+
+        for level, width in enumerate(self.branching):
+            rank = rank_in_group(group)
+            parent, num_parents = _runs(group * num_tokens + rank // width)
+            first_token = _first(first_token, parent, num_parents)
+            group = _first(group, parent, num_parents)
+            child_type = self._nest(out, child_type, f'window{level}',
+                                    parent, num_parents)
+
+        for name, ids in zip(self.segments, segment_ids):
+            parent = ids[first_token]
+            num_parents = int(ids[-1]) + 1
+            first_token = _first(first_token, parent, num_parents)
+            child_type = self._nest(out, child_type, name, parent,
+                                    num_parents)
+
+        root = torch.zeros(out[child_type].num_nodes, dtype=torch.long,
+                           device=device)
+        self._nest(out, child_type, self.root_type, root, 1)
+        return out
+
+    def _nest(self, out: HeteroData, child_type: str, parent_type: str,
+              parent: Tensor, num_parents: int) -> str:
+        add_level(out, child_type, parent_type, parent, num_parents)
+        # Children are numbered in sequence order, so the rank inside the
+        # parent is the index within the parent window.
+        out[child_type].pe = fourier_encoding(rank_in_group(parent),
+                                              self.pe_channels,
+                                              self.max_period)
+        return parent_type
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(branching={self.branching}, '
+                f'segments={self.segments or None}, '
+                f'pe_channels={self.pe_channels}, '
+                f'max_period={self.max_period})')
+
+
+def _check_branching(branching) -> Tuple[int, ...]:
+    if branching is None:
+        return ()
+    if isinstance(branching, int):
+        branching = (branching, )
+    branching = tuple(branching)
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 2
+               for b in branching):
+        raise ValueError(f"'branching' must be a sequence of integers >= 2 "
+                         f"(got {branching!r})")
+    return branching
+
+
+def _segment_ids(data: Data, name: str, num_tokens: int) -> Tensor:
+    """The attribute's segment ids relabelled to ``0, 1, ...`` in order."""
+    if name not in data:
+        raise ValueError(f"The input has no attribute '{name}' (named in "
+                         f"'segments'): it must hold a segment id per token")
+    ids = data[name]
+    if not isinstance(ids, Tensor) or ids.dim() != 1 or \
+            ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ValueError(f"Attribute '{name}' must be an integer tensor of "
+                         f"shape [{num_tokens}] (got {_describe(ids)})")
+    if ids.numel() != num_tokens:
+        raise ValueError(f"Attribute '{name}' has {ids.numel()} entries but "
+                         f"the sequence has {num_tokens} tokens")
+    change = torch.ones_like(ids, dtype=torch.bool)
+    change[1:] = ids[1:] != ids[:-1]
+    relabelled = torch.cumsum(change.long(), 0) - 1
+    if int(relabelled[-1]) + 1 != torch.unique(ids).numel():
+        raise ValueError(f"Segments in '{name}' must be contiguous runs of "
+                         f"tokens (some id appears in two separate runs)")
+    return relabelled
+
+
+def _check_nested(segment_ids, names) -> None:
+    for finer, coarser, fine_name, coarse_name in zip(
+            segment_ids, segment_ids[1:], names, names[1:]):
+        change = torch.ones_like(finer, dtype=torch.bool)
+        change[1:] = finer[1:] != finer[:-1]
+        coarse_change = torch.ones_like(coarser, dtype=torch.bool)
+        coarse_change[1:] = coarser[1:] != coarser[:-1]
+        crossing = coarse_change & ~change
+        if bool(crossing.any()):
+            token = int(crossing.nonzero()[0])
+            raise ValueError(f"A '{fine_name}' segment crosses a "
+                             f"'{coarse_name}' boundary at token {token}; "
+                             f"segments must nest (finest first)")
+
+
+def _runs(key: Tensor) -> Tuple[Tensor, int]:
+    """Consecutive equal keys form one parent: ``(parent, num_parents)``."""
+    change = torch.ones_like(key, dtype=torch.bool)
+    change[1:] = key[1:] != key[:-1]
+    parent = torch.cumsum(change.long(), 0) - 1
+    return parent, int(parent[-1]) + 1
+
+
+def _first(value: Tensor, parent: Tensor, num_parents: int) -> Tensor:
+    """``value`` of each parent's first child (children are in order)."""
+    first = torch.full((num_parents, ), parent.numel(), dtype=torch.long,
+                       device=parent.device)
+    position = torch.arange(parent.numel(), device=parent.device)
+    first = first.scatter_reduce(0, parent, position, 'amin')
+    return value[first]
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
