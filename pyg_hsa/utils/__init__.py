@@ -1,4 +1,6 @@
-"""Utilities: hierarchy building blocks shared by the transforms."""
+"""Utilities: hierarchy building blocks shared by the transforms, and
+drawing."""
+from pyg_hsa.utils.draw import draw_hierarchy
 from pyg_hsa.utils.hierarchy import (
     add_level,
     fourier_encoding,
@@ -9,6 +11,7 @@ from pyg_hsa.utils.hierarchy import (
 )
 
 __all__ = [
+    'draw_hierarchy',
     'add_level',
     'fourier_encoding',
     'group_sizes',
