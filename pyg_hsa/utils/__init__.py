@@ -1,6 +1,14 @@
-"""Utilities: hierarchy building blocks shared by the transforms, and
-drawing."""
+"""Utilities: hierarchy building blocks shared by the transforms, pure-torch
+geometry (used when PyG's compiled kernels are missing), connected graph
+coarsening, and drawing."""
+from pyg_hsa.utils.coarsen import (
+    cluster_edges,
+    coarsen_graph,
+    maximal_independent_set,
+    voronoi_clusters,
+)
 from pyg_hsa.utils.draw import draw_hierarchy
+from pyg_hsa.utils.geometry import fps, knn, knn_graph, voxel_grid
 from pyg_hsa.utils.hierarchy import (
     add_level,
     fourier_encoding,
@@ -13,9 +21,17 @@ from pyg_hsa.utils.hierarchy import (
 __all__ = [
     'draw_hierarchy',
     'add_level',
-    'fourier_encoding',
-    'group_sizes',
     'leaf_hetero',
-    'random_walk_encoding',
     'rank_in_group',
+    'group_sizes',
+    'fourier_encoding',
+    'random_walk_encoding',
+    'voxel_grid',
+    'knn',
+    'knn_graph',
+    'fps',
+    'coarsen_graph',
+    'maximal_independent_set',
+    'voronoi_clusters',
+    'cluster_edges',
 ]

@@ -24,9 +24,9 @@ def draw_hierarchy(
     (a type sits one row above the highest type nested in it), node types
     coloured, nesting edges grey, and the other relations between leaves
     (bonds, mesh or kNN edges) as faint arcs under the leaf row. When the
-    leaves have a :obj:`pos`, a right panel shows them in space (first two
-    coordinates, or an oblique view of three), coloured by their ancestor
-    of type :obj:`color_by` (default: the lowest internal type).
+    leaves have a :obj:`pos`, a right panel shows them in space (projected
+    on their two principal axes, leaf edges faint), coloured by their
+    ancestor of type :obj:`color_by` (default: the lowest internal type).
 
     Args:
         data (HeteroData): one hierarchy (or a batch of them).
@@ -199,8 +199,19 @@ def _leaf_arcs(ax, data: HeteroData, tree: Tree, x: np.ndarray,
                                      linewidths=0.5, zorder=0))
 
 
+def _principal_plane(pos: torch.Tensor) -> torch.Tensor:
+    """Positions projected on their two principal axes: a flat view that
+    shows the widest spread of any point set."""
+    centred = pos - pos.mean(0)
+    if centred.size(-1) == 2:
+        return centred
+    _, _, basis = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ basis[:2].t()
+
+
 def _spatial_panel(ax, data: HeteroData, tree: Tree, parent: torch.Tensor,
                    pos: torch.Tensor, color_by: Optional[str]) -> None:
+    from matplotlib.collections import LineCollection
     internal = [nt for nt in tree.node_slices if nt not in tree.leaf_types]
     if color_by is None:
         color_by = internal[0]
@@ -214,12 +225,14 @@ def _spatial_panel(ax, data: HeteroData, tree: Tree, parent: torch.Tensor,
         found = (node >= lo) & (node < hi) & (group < 0)
         group[found] = node[found] - lo
         node = torch.where(node >= 0, parent[node.clamp(min=0)], node)
-    if pos.size(-1) >= 3:  # a fixed oblique view of 3-d points
-        view = pos[:, :3] - pos[:, :3].mean(0)
-        screen = torch.stack([view[:, 0] - 0.55 * view[:, 1],
-                              view[:, 2] - 0.35 * view[:, 1]], -1)
-    else:
-        screen = pos[:, :2]
+    screen = _principal_plane(pos)
+    for src, rel, dst in data.edge_types:  # leaf relations, faint
+        if rel != NESTING_RELATION and src == dst == tree.leaf_types[0]:
+            u, v = data[src, rel, dst].edge_index.cpu()
+            segments = torch.stack([screen[u], screen[v]], 1)
+            ax.add_collection(LineCollection(
+                segments.numpy(), colors='0.5', alpha=0.15,
+                linewidths=0.4, zorder=0))
     # Shuffled colours so neighbouring groups differ.
     rng = np.random.default_rng(0)
     shade = rng.permutation(max(hi - lo, 1))[group.clamp(min=0).numpy()]
