@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 from torch_geometric.utils import segment
@@ -245,37 +246,26 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
         q = gather(rho_q).transpose(1, 2)  # [F, H, W, C]
         k = gather(rho_k).transpose(1, 2)
         v = gather(rho_v).transpose(1, 2)
-        logit = scale * (q @ k.transpose(-1, -2))  # [F, H, W, W]
+        p = None
         if pos is not None:
             p = gather(pos)
             p = p.unsqueeze(1) if p.dim() == 3 else p.transpose(1, 2)
-            logit = logit + p @ p.transpose(-1, -2)
-        logit = logit + log_size[index].unsqueeze(1).unsqueeze(1)
-
-        # Keys: real members other than the query (or the query itself for
-        # a leaf with a self loop).
-        eye = torch.eye(bucket.width, dtype=torch.bool, device=index.device)
-        allowed = bucket.valid.unsqueeze(1) & (~eye | loop[index].unsqueeze(
-            -1))  # [F, W(query), W(key)]
-        allowed = allowed.unsqueeze(1)
-        # Masked entries get a finite fill and an explicit zero weight, so
-        # rows without keys (and their gradients) stay finite.
-        logit = torch.where(allowed, logit, torch.finfo(logit.dtype).min)
-        logit_max = logit.detach().amax(dim=-1, keepdim=True)
-        exp = (logit - logit_max).exp() * allowed
-        exp_sum = exp.sum(dim=-1, keepdim=True)
-        exp_sum = torch.where(exp_sum > 0, exp_sum, 1.0)
-        alpha = exp / exp_sum
-        eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [F, H, W]
-        weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
-        theta = (weight @ v).transpose(1, 2).flatten(0, 1)  # [F*W, H, Cv]
+        key_bias = log_size[index].unsqueeze(1).unsqueeze(1)  # [F, 1, 1, W]
+        args = (q, k, v, p, p, key_bias, bucket.valid, loop[index], scale,
+                dropout)
+        if weights is None:
+            theta, eta = _family_softmax_blocks(*args)
+        else:
+            theta, eta, alpha, allowed = _family_softmax(
+                *args, query_lo=0, with_weights=True)
+        theta = theta.transpose(1, 2).flatten(0, 1)  # [F*W, H, Cv]
         eta = eta.transpose(1, 2).flatten(0, 1)
         if bucket.span is None:  # Drop the padding slots.
             theta, eta = theta[bucket.slot], eta[bucket.slot]
         parts.append((bucket, theta, eta))
 
         if weights is not None:
-            real = allowed.squeeze(1) & bucket.valid.unsqueeze(-1)
+            real = allowed & bucket.valid.unsqueeze(-1)
             f, i, j = real.nonzero().unbind(-1)
             weights.append((torch.stack([index[f, i], index[f, j]]) + offset,
                             alpha[f, :, i, j]))
@@ -289,6 +279,82 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
     for bucket, part_theta, part_eta in parts:
         theta = theta.index_copy(0, bucket.node, part_theta)
         eta = eta.index_copy(0, bucket.node, part_eta)
+    return theta, eta
+
+
+# Wide families are processed a block of queries at a time, each block
+# recomputed in the backward pass, so that a family of b members never holds
+# its b x b logits at once (about this many entries per block).
+FAMILY_BLOCK_ENTRIES = 1 << 24
+
+
+def _family_softmax_blocks(q: Tensor, k: Tensor, v: Tensor,
+                           p_query: Optional[Tensor], p_key: Optional[Tensor],
+                           key_bias: Tensor, valid: Tensor, loop: Tensor,
+                           scale: float,
+                           dropout: float) -> Tuple[Tensor, Tensor]:
+    """:func:`_family_softmax` over blocks of queries when the bucket's
+    logits would exceed :obj:`FAMILY_BLOCK_ENTRIES` (rows are independent,
+    so the result is the same)."""
+    num_families, heads, width = q.size(0), q.size(1), q.size(2)
+    rows = max(1, FAMILY_BLOCK_ENTRIES // (num_families * heads * width))
+    if rows >= width:
+        return _family_softmax(q, k, v, p_query, p_key, key_bias, valid,
+                               loop, scale, dropout, query_lo=0)
+    thetas, etas = [], []
+    for lo in range(0, width, rows):  # loop over query blocks
+        hi = min(lo + rows, width)
+        block = (q[:, :, lo:hi], k, v,
+                 None if p_query is None else p_query[:, :, lo:hi], p_key,
+                 key_bias, valid, loop[:, lo:hi], scale, dropout, lo)
+        if torch.is_grad_enabled():
+            theta, eta = torch.utils.checkpoint.checkpoint(
+                _family_softmax, *block, use_reentrant=False)
+        else:
+            theta, eta = _family_softmax(*block)
+        thetas.append(theta)
+        etas.append(eta)
+    return torch.cat(thetas, dim=2), torch.cat(etas, dim=2)
+
+
+def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
+                    p_query: Optional[Tensor], p_key: Optional[Tensor],
+                    key_bias: Tensor, valid: Tensor, loop: Tensor,
+                    scale: float, dropout: float, query_lo: int,
+                    with_weights: bool = False):
+    r"""Softmax attention of queries ``q [F, H, Wq, C]`` (slots
+    ``query_lo ..`` of their families) over all members ``k, v [F, H, W,
+    .]`` of their family: logit ``scale <q, k> + <p_query, p_key> +
+    key_bias``, positions ``[F, H or 1, Wq or W, P]`` (or :obj:`None`);
+    :obj:`valid` ``[F, W]`` marks real members, :obj:`loop`
+    ``[F, Wq]`` queries that may attend to themselves. Returns
+    :math:`\vartheta` ``[F, H, Wq, Cv]``, :math:`\eta` ``[F, H, Wq]`` and,
+    with :obj:`with_weights`, the weights and the mask of allowed keys."""
+    logit = scale * (q @ k.transpose(-1, -2))  # [F, H, Wq, W]
+    if p_key is not None:
+        logit = logit + p_query @ p_key.transpose(-1, -2)
+    logit = logit + key_bias
+
+    # Keys: real members other than the query (or the query itself for a
+    # leaf with a self loop).
+    width = k.size(2)
+    query = torch.arange(query_lo, query_lo + q.size(2), device=q.device)
+    is_self = query.unsqueeze(-1) == torch.arange(width, device=q.device)
+    allowed = valid.unsqueeze(1) & (~is_self | loop.unsqueeze(-1))
+    # Masked entries get a finite fill and an explicit zero weight, so rows
+    # without keys (and their gradients) stay finite.
+    mask = allowed.unsqueeze(1)  # [F, 1, Wq, W]
+    logit = torch.where(mask, logit, torch.finfo(logit.dtype).min)
+    logit_max = logit.detach().amax(dim=-1, keepdim=True)
+    exp = (logit - logit_max).exp() * mask
+    exp_sum = exp.sum(dim=-1, keepdim=True)
+    exp_sum = torch.where(exp_sum > 0, exp_sum, 1.0)
+    alpha = exp / exp_sum
+    eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [F, H, Wq]
+    weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
+    theta = weight @ v
+    if with_weights:
+        return theta, eta, alpha, allowed
     return theta, eta
 
 

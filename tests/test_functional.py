@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from helpers import (dense_output, random_forest, random_qkv, renumber,
                      root_paths)
-from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa import Tree, functional, hsa_attention, hsa_dense
 
 POS_KINDS = [None, 'shared', 'per_head']
 
@@ -413,3 +413,43 @@ def test_autocast_on_levels_with_several_family_widths():
         out = hsa_attention(*lin(x).view(10, 3, 2, 4).unbind(1), parent)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_wide_families_in_query_blocks_match_dense(seed, monkeypatch):
+    # Tiny blocks force every family through the blocked, recomputed path.
+    monkeypatch.setattr(functional, 'FAMILY_BLOCK_ENTRIES', 7)
+    parent, num_leaves = random_case(seed)
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    for tensor in (q, k, v):
+        tensor.requires_grad_()
+    pos = torch.randn(parent.numel(), 2, dtype=torch.float64)
+    self_loops = bool(seed % 2)
+    out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops)
+    expected = dense_output(theta, v)
+    assert torch.allclose(out, expected, atol=1e-10)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected_grad, atol=1e-9)
+
+
+def test_one_wide_family_in_query_blocks(monkeypatch):
+    # Flat: one softmax over 1500 leaves, in blocks of 32 queries (as a
+    # family of ~500k members would be by default); equal to SDPA, with
+    # finite gradients.
+    monkeypatch.setattr(functional, 'FAMILY_BLOCK_ENTRIES', 1 << 16)
+    num_leaves = 1500
+    parent = torch.cat([torch.full((num_leaves, ), num_leaves),
+                        torch.tensor([-1])])
+    q, k, v = random_qkv(num_leaves, heads=1, channels=4, value_channels=2,
+                         dtype=torch.float32, magnitude=3.0)
+    q.requires_grad_()
+    out = hsa_attention(q, k, v, parent, self_loops=True)
+    expected = F.scaled_dot_product_attention(
+        q.detach().transpose(0, 1), k.transpose(0, 1),
+        v.transpose(0, 1)).transpose(0, 1)
+    assert torch.allclose(out, expected, atol=1e-5)
+    grad, = torch.autograd.grad(out.sum(), q)
+    assert torch.isfinite(grad).all()
