@@ -5,7 +5,7 @@ from typing import Dict, List, Sequence
 
 import pytest
 import torch
-from torch_geometric.data import HeteroData
+from torch_geometric.data import HeteroData, InMemoryDataset
 from torch_geometric.loader import DataLoader
 
 from pyg_hsa import Tree
@@ -80,3 +80,26 @@ def check_batching(examples: Sequence[HeteroData], leaf_type: str,
     together = run(batch)
     assert torch.isfinite(together).all()
     assert torch.allclose(together, torch.cat(alone), atol=1e-10)
+    check_in_memory_dataset(examples)
+
+
+class _Collated(InMemoryDataset):
+    def __init__(self, examples: Sequence[HeteroData]):
+        super().__init__()
+        self.data, self.slices = self.collate(list(examples))
+
+
+def check_in_memory_dataset(examples: Sequence[HeteroData]) -> None:
+    """As a ``pre_transform``: an InMemoryDataset collates the outputs and
+    gives every example back unchanged."""
+    dataset = _Collated(examples)
+    assert len(dataset) == len(examples)
+    for example, restored in zip(examples, dataset):
+        assert restored.node_types == example.node_types
+        for nt in example.node_types:
+            assert restored[nt].num_nodes == example[nt].num_nodes
+        for et in example.edge_types:
+            assert torch.equal(restored[et].edge_index,
+                               example[et].edge_index)
+        for nt, pe in example.pe_dict.items():
+            assert torch.equal(restored[nt].pe, pe)

@@ -8,8 +8,12 @@ from torch_geometric.transforms import BaseTransform
 
 from pyg_hsa.utils.hierarchy import (
     add_level,
+    add_root,
+    count_nodes,
+    data_device,
     leaf_hetero,
     random_walk_encoding,
+    reject_pe,
 )
 
 
@@ -43,9 +47,15 @@ class GraphToHierarchy(BaseTransform):
 
     where :math:`P_F` is the random-walk matrix of the graph restricted to
     the family :math:`F` (for communities: the graph between communities,
-    two communities adjacent when an edge joins them) and :math:`T` =
-    :obj:`walk_length`: it tells a hub from a leaf, a ring member from a
-    chain member.
+    two communities adjacent when an edge joins them), read as undirected
+    like Louvain reads it, and :math:`T` = :obj:`walk_length`: it tells a
+    hub from a leaf, a ring member from a chain member.
+
+    Cost: Louvain is networkx's pure-Python implementation (about 3 s for
+    5,000 nodes); the walks cost one entry per pair of siblings within
+    :obj:`walk_length` hops of each other, so a community of thousands of
+    nodes around a hub (a star) takes seconds and memory quadratic in its
+    size. Apply the transform as a :obj:`pre_transform` on such graphs.
 
     Args:
         num_levels (int, optional): number of community levels.
@@ -72,12 +82,13 @@ class GraphToHierarchy(BaseTransform):
                     value < low:
                 raise ValueError(f"'{name}' must be an integer >= {low} "
                                  f"(got {value!r})")
-        if not resolution > 0:
-            raise ValueError(f"'resolution' must be positive (got "
+        if not _is_real(resolution) or not resolution > 0:
+            raise ValueError(f"'resolution' must be a positive number (got "
                              f"{resolution!r})")
-        if not threshold >= 0:
-            raise ValueError(f"'threshold' must be non-negative (got "
-                             f"{threshold!r})")
+        if not _is_real(threshold) or not threshold >= 0:
+            raise ValueError(f"'threshold' must be a non-negative number "
+                             f"(got {threshold!r})")
+
         self.num_levels = num_levels
         self.resolution = float(resolution)
         self.threshold = float(threshold)
@@ -89,42 +100,55 @@ class GraphToHierarchy(BaseTransform):
             raise TypeError(f"GraphToHierarchy expects a "
                             f"torch_geometric.data.Data (got "
                             f"{type(data).__name__})")
-        num_nodes = data.num_nodes
-        if not num_nodes:
+        num_nodes = count_nodes(data)
+        if num_nodes == 0:
             raise ValueError("GraphToHierarchy needs a graph with at least "
                              "one node (the input has none)")
+        reject_pe(data)
+        device = data_device(data)
+        # Louvain and the walks run on the CPU, on the undirected graph.
         edge_index = _edge_index(data, num_nodes)
         weight = _edge_weight(data, edge_index)
-
         partitions = self._partitions(edge_index, weight, num_nodes)
+        edge_index = _undirected(edge_index, num_nodes)
         out = leaf_hetero(data, self.leaf_type, 'edge')
 
-        # community[l][i]: the level-l community of leaf node i.
+        # child_of_leaf: the node of the current level above every leaf.
         child_type = self.leaf_type
         child_of_leaf = torch.arange(num_nodes)
         for level, community in enumerate(partitions):
             num_parents = int(community.max()) + 1
             parent = torch.zeros(out[child_type].num_nodes, dtype=torch.long)
             parent[child_of_leaf] = community
-            self._nest(out, child_type, f'community{level}', parent,
-                       num_parents, edge_index, child_of_leaf)
+            add_level(out, child_type, f'community{level}',
+                      parent.to(device), num_parents)
+            out[child_type].pe = self._family_pe(
+                parent, edge_index, child_of_leaf).to(device)
             child_type, child_of_leaf = f'community{level}', community
 
-        self._nest(out, child_type, self.root_type,
-                   torch.zeros(out[child_type].num_nodes, dtype=torch.long),
-                   1, edge_index, child_of_leaf)
+        add_root(out, child_type, self.root_type, num_nodes, device)
+        root = torch.zeros(out[child_type].num_nodes, dtype=torch.long)
+        out[child_type].pe = self._family_pe(root, edge_index,
+                                             child_of_leaf).to(device)
         return out
 
     def _partitions(self, edge_index: Tensor, weight: Optional[Tensor],
                     num_nodes: int) -> List[Tensor]:
         graph = nx.Graph()
         graph.add_nodes_from(range(num_nodes))
-        pairs = edge_index.t().tolist()
-        if weight is None:
-            graph.add_edges_from(pairs)
-        else:
-            graph.add_weighted_edges_from(
-                (u, v, w) for (u, v), w in zip(pairs, weight.tolist()))
+        # One undirected edge per node pair; parallel edges and both
+        # directions add up (a uniform factor does not change modularity).
+        low = torch.minimum(edge_index[0], edge_index[1])
+        high = torch.maximum(edge_index[0], edge_index[1])
+        key, inverse = torch.unique(low * num_nodes + high,
+                                    return_inverse=True)
+        total = torch.zeros(key.numel(), dtype=torch.float64).index_add_(
+            0, inverse, torch.ones(inverse.numel(), dtype=torch.float64)
+            if weight is None else weight)
+        keep = total > 0  # zero-weight edges are no edges
+        graph.add_weighted_edges_from(zip(
+            (key[keep] // num_nodes).tolist(),
+            (key[keep] % num_nodes).tolist(), total[keep].tolist()))
         levels = [
             _community_index(level, num_nodes)
             for level in nx.community.louvain_partitions(
@@ -138,26 +162,29 @@ class GraphToHierarchy(BaseTransform):
             pick = torch.arange(self.num_levels).clamp(max=len(levels) - 1)
         return [levels[i] for i in pick.tolist()]
 
-    def _nest(self, out: HeteroData, child_type: str, parent_type: str,
-              parent: Tensor, num_parents: int, edge_index: Tensor,
-              child_of_leaf: Tensor) -> None:
-        add_level(out, child_type, parent_type, parent, num_parents)
-        # The family graph: children adjacent when an edge of the input
-        # joins their leaves, kept only between siblings.
+    def _family_pe(self, parent: Tensor, edge_index: Tensor,
+                   child_of_leaf: Tensor) -> Tensor:
+        """Random-walk encoding of every child in its family graph:
+        children adjacent when an edge of the input joins their leaves,
+        kept only between siblings."""
+        num_children = parent.numel()
         src, dst = child_of_leaf[edge_index[0]], child_of_leaf[edge_index[1]]
         keep = (src != dst) & (parent[src] == parent[dst])
-        num_children = out[child_type].num_nodes
         pairs = torch.unique(src[keep] * num_children + dst[keep])
         family_edges = torch.stack([pairs // num_children,
                                     pairs % num_children])
-        out[child_type].pe = random_walk_encoding(family_edges, num_children,
-                                                  self.walk_length)
+        return random_walk_encoding(family_edges, num_children,
+                                    self.walk_length)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_levels={self.num_levels}, '
                 f'resolution={self.resolution}, '
                 f'threshold={self.threshold}, '
                 f'walk_length={self.walk_length}, seed={self.seed})')
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _edge_index(data: Data, num_nodes: int) -> Tensor:
@@ -194,6 +221,14 @@ def _edge_weight(data: Data, edge_index: Tensor) -> Optional[Tensor]:
     if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
         raise ValueError("'edge_weight' must be finite and non-negative")
     return weight
+
+
+def _undirected(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """Both directions of every edge, once (Louvain reads the graph as
+    undirected, so the walks do too)."""
+    key = torch.unique(torch.cat([edge_index[0] * num_nodes + edge_index[1],
+                                  edge_index[1] * num_nodes + edge_index[0]]))
+    return torch.stack([key // num_nodes, key % num_nodes])
 
 
 def _community_index(communities, num_nodes: int) -> Tensor:

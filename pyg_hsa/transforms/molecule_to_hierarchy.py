@@ -7,8 +7,12 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import scatter
 
-from pyg_hsa.utils.hierarchy import add_level, leaf_hetero, \
-    random_walk_encoding
+from pyg_hsa.utils.hierarchy import (
+    add_level,
+    add_root,
+    leaf_hetero,
+    random_walk_encoding,
+)
 
 FRAGMENT_SCHEMES = ('brics', 'rings', 'atoms')
 
@@ -169,16 +173,14 @@ class MoleculeToHierarchy(BaseTransform):
         out['atom'].pe = self._atom_pe(bonds, cut, fragment).to(device)
         out['fragment'].pe = self._fragment_pe(
             bonds[cut], fragment, in_ring, parent_of_fragment).to(device)
-        root = torch.zeros(num_components if self.components
-                           else num_fragments, dtype=torch.long)
         if self.components:
             add_level(out, 'fragment', 'component',
                       component_of_fragment.to(device), num_components)
-            add_level(out, 'component', 'molecule', root.to(device), 1)
+            add_root(out, 'component', 'molecule', num_atoms, device)
             out['component'].pe = _component_pe(
                 mol, component, num_components).to(device)
         else:
-            add_level(out, 'fragment', 'molecule', root.to(device), 1)
+            add_root(out, 'fragment', 'molecule', num_atoms, device)
         return out
 
     def _cut_bonds(self, mol: Any, bonds: Tensor, in_ring: Tensor,

@@ -7,9 +7,13 @@ from torch_geometric.transforms import BaseTransform
 
 from pyg_hsa.utils.hierarchy import (
     add_level,
+    add_root,
+    count_nodes,
+    data_device,
     fourier_encoding,
     leaf_hetero,
     rank_in_group,
+    reject_pe,
 )
 
 
@@ -75,6 +79,9 @@ class SequenceToHierarchy(BaseTransform):
         self.branching = _check_branching(branching)
         if isinstance(segments, str):
             segments = (segments, )
+        if segments is not None and not isinstance(segments, Sequence):
+            raise ValueError(f"'segments' must be a sequence of attribute "
+                             f"names (got {segments!r})")
         self.segments = tuple(segments or ())
         for name in self.segments:
             if not isinstance(name, str) or not name.isidentifier():
@@ -91,7 +98,8 @@ class SequenceToHierarchy(BaseTransform):
                 pe_channels % 2:
             raise ValueError(f"'pe_channels' must be a positive even "
                              f"integer (got {pe_channels!r})")
-        if not max_period > 1:
+        if isinstance(max_period, bool) or not isinstance(
+                max_period, (int, float)) or not max_period > 1:
             raise ValueError(f"'max_period' must be > 1 (got "
                              f"{max_period!r})")
         self.pe_channels = pe_channels
@@ -102,10 +110,11 @@ class SequenceToHierarchy(BaseTransform):
             raise TypeError(f"SequenceToHierarchy expects a "
                             f"torch_geometric.data.Data (got "
                             f"{type(data).__name__})")
-        num_tokens = data.num_nodes
-        if not num_tokens:
+        num_tokens = count_nodes(data)
+        if num_tokens == 0:
             raise ValueError("SequenceToHierarchy needs at least one token "
                              "(the input has no nodes)")
+        reject_pe(data)
         segment_ids = [
             _segment_ids(data, name, num_tokens) for name in self.segments
         ]
@@ -114,7 +123,7 @@ class SequenceToHierarchy(BaseTransform):
         out = leaf_hetero(data, self.leaf_type, 'edge')
         # State of the current top level: the finest segment each node lies
         # in, its first token, and its type name.
-        device = segment_ids[0].device if segment_ids else None
+        device = data_device(data)
         tokens = torch.arange(num_tokens, device=device)
         group = segment_ids[0] if segment_ids else torch.zeros_like(tokens)
         first_token = tokens
@@ -135,20 +144,22 @@ class SequenceToHierarchy(BaseTransform):
             child_type = self._nest(out, child_type, name, parent,
                                     num_parents)
 
-        root = torch.zeros(out[child_type].num_nodes, dtype=torch.long,
-                           device=device)
-        self._nest(out, child_type, self.root_type, root, 1)
+        add_root(out, child_type, self.root_type, num_tokens, device)
+        out[child_type].pe = self._pe(torch.zeros(
+            out[child_type].num_nodes, dtype=torch.long, device=device))
         return out
 
     def _nest(self, out: HeteroData, child_type: str, parent_type: str,
               parent: Tensor, num_parents: int) -> str:
         add_level(out, child_type, parent_type, parent, num_parents)
+        out[child_type].pe = self._pe(parent)
+        return parent_type
+
+    def _pe(self, parent: Tensor) -> Tensor:
         # Children are numbered in sequence order, so the rank inside the
         # parent is the index within the parent window.
-        out[child_type].pe = fourier_encoding(rank_in_group(parent),
-                                              self.pe_channels,
-                                              self.max_period)
-        return parent_type
+        return fourier_encoding(rank_in_group(parent), self.pe_channels,
+                                self.max_period)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(branching={self.branching}, '
@@ -162,6 +173,9 @@ def _check_branching(branching) -> Tuple[int, ...]:
         return ()
     if isinstance(branching, int):
         branching = (branching, )
+    if not isinstance(branching, Sequence):
+        raise ValueError(f"'branching' must be a sequence of integers >= 2 "
+                         f"(got {branching!r})")
     branching = tuple(branching)
     if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 2
                for b in branching):

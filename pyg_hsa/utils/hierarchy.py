@@ -26,10 +26,12 @@ def leaf_hetero(data: Data, leaf_type: str, edge_relation: str) -> HeteroData:
     if not isinstance(data, Data):
         raise TypeError(f"'data' must be a torch_geometric.data.Data (got "
                         f"{type(data).__name__})")
-    num_nodes = data.num_nodes
+    num_nodes = count_nodes(data)
     out = HeteroData()
     edge_type = (leaf_type, edge_relation, leaf_type)
     for key, value in data.items():
+        if key == 'num_nodes':
+            continue  # set on the leaf type below
         if key == 'edge_index':
             out[edge_type].edge_index = value
         elif key == 'y' and (num_nodes or 0) <= 1:
@@ -44,6 +46,38 @@ def leaf_hetero(data: Data, leaf_type: str, edge_relation: str) -> HeteroData:
     return out
 
 
+def count_nodes(data: Data) -> int:
+    """The number of nodes of :obj:`data`, or a ValueError saying why PyG
+    cannot tell it."""
+    try:
+        num_nodes = data.num_nodes
+    except Exception as error:  # PyG indexes sizes of malformed attributes
+        raise ValueError(f"Cannot tell the number of nodes of the input "
+                         f"({type(error).__name__}: {error}); node-level "
+                         f"attributes such as 'x' must have one row per "
+                         f"node") from None
+    if num_nodes is None:
+        raise ValueError("Cannot tell the number of nodes of the input: "
+                         "give it 'x' or 'pos', or set 'num_nodes'")
+    return int(num_nodes)
+
+
+def reject_pe(data: Data) -> None:
+    """Transforms write :obj:`pe`; refuse to overwrite the user's."""
+    if 'pe' in data:
+        raise ValueError("The input already has an attribute 'pe', which "
+                         "the hierarchy's positions would overwrite; rename "
+                         "it")
+
+
+def data_device(data: Data) -> torch.device:
+    """The device of the input's tensors (CPU if it has none)."""
+    for value in data.values():
+        if isinstance(value, Tensor):
+            return value.device
+    return torch.device('cpu')
+
+
 def add_level(out: HeteroData, child_type: str, parent_type: str,
               parent_index: Tensor, num_parents: int) -> None:
     r"""Nests every :obj:`child_type` node ``i`` in :obj:`parent_type` node
@@ -53,6 +87,24 @@ def add_level(out: HeteroData, child_type: str, parent_type: str,
     out[parent_type].num_nodes = int(num_parents)
     out[child_type, NESTING_RELATION, parent_type].edge_index = torch.stack(
         [child, parent_index.long()])
+
+
+def add_root(out: HeteroData, child_type: str, root_type: str,
+             num_leaves: int, device=None) -> None:
+    r"""Nests every :obj:`child_type` node in one :obj:`root_type` node, the
+    example's root, and stores the number of leaves below it as
+    :obj:`out[root_type].num_leaves` ``[1]``.
+
+    The attribute is not only informative: a node type whose store holds
+    nothing but :obj:`num_nodes` gets no slices when
+    :class:`~torch_geometric.data.InMemoryDataset` collates a dataset (as
+    :obj:`pre_transform` does), and indexing the dataset then fails.
+    """
+    num_children = out[child_type].num_nodes
+    add_level(out, child_type, root_type,
+              torch.zeros(num_children, dtype=torch.long, device=device), 1)
+    out[root_type].num_leaves = torch.tensor([int(num_leaves)],
+                                             device=device)
 
 
 def rank_in_group(group: Tensor, key: Optional[Tensor] = None) -> Tensor:

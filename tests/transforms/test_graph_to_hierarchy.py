@@ -166,6 +166,39 @@ def test_deterministic_and_pure():
         assert torch.equal(first[nt].pe, second[nt].pe)
 
 
+def test_directed_input_reads_as_undirected():
+    # Louvain reads the graph as undirected; the walks must too.
+    graph = nx.karate_club_graph()
+    one_way = torch.tensor(list(graph.edges)).t()
+    x = torch.ones(34, 1)
+    a = GraphToHierarchy()(Data(x=x, edge_index=one_way))
+    b = GraphToHierarchy()(Data(x=x, edge_index=to_undirected(one_way)))
+    for nt in ('node', 'community0', 'community1'):
+        assert torch.allclose(a[nt].pe, b[nt].pe)
+    for et in b.edge_types:
+        if et[1] == 'in':
+            assert torch.equal(a[et].edge_index, b[et].edge_index)
+
+
+def test_parallel_and_zero_weight_edges():
+    edge_index = torch.tensor([[0, 0, 1, 2, 3], [1, 1, 0, 3, 2]])
+    zero = Data(x=torch.ones(4, 1), edge_index=edge_index,
+                edge_weight=torch.zeros(5))
+    out = GraphToHierarchy(num_levels=1)(zero)  # no edge at all
+    assert out['community0'].num_nodes == 4
+    check_hierarchy(out, 'node', 'graph', 4)
+
+
+def test_root_counts_leaves_and_input_pe_is_refused():
+    out = GraphToHierarchy()(Data(x=torch.ones(5, 1), num_nodes=5))
+    assert out['graph'].num_leaves.tolist() == [5]
+    assert 'num_nodes' not in out.to_dict()  # no stray global count
+    with pytest.raises(ValueError, match="already has an attribute 'pe'"):
+        GraphToHierarchy()(Data(x=torch.ones(2, 1), pe=torch.ones(2, 1)))
+    with pytest.raises(ValueError, match="Cannot tell the number of nodes"):
+        GraphToHierarchy()(Data(label=torch.ones(2)))
+
+
 def test_repr():
     assert repr(GraphToHierarchy()) == (
         'GraphToHierarchy(num_levels=2, resolution=1.0, threshold=1e-07, '
@@ -176,8 +209,9 @@ def test_repr():
     (dict(num_levels=0), "'num_levels' must be an integer >= 1"),
     (dict(walk_length=2.5), "'walk_length' must be an integer >= 1"),
     (dict(seed=-1), "'seed' must be an integer >= 0"),
-    (dict(resolution=0), "'resolution' must be positive"),
-    (dict(threshold=float('nan')), "'threshold' must be non-negative"),
+    (dict(resolution=0), "'resolution' must be a positive number"),
+    (dict(resolution='a'), "'resolution' must be a positive number"),
+    (dict(threshold=float('nan')), "'threshold' must be a non-negative"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -177,6 +177,13 @@ def test_pure_function_of_input():
         assert torch.equal(a, b)
 
 
+def test_root_counts_the_tokens():
+    out = SequenceToHierarchy((2, ))(Data(input_ids=torch.arange(10),
+                                          num_nodes=10))
+    assert out['sequence'].num_leaves.tolist() == [10]
+    assert out['token'].num_nodes == 10
+
+
 def test_repr():
     assert repr(SequenceToHierarchy()) == (
         'SequenceToHierarchy(branching=(2, 4, 8, 16), segments=None, '
@@ -196,6 +203,9 @@ def test_repr():
     (dict(segments=('window0', )), "clashes with a node type"),
     (dict(segments=('token', )), "clashes with a node type"),
     (dict(segments=('not a name', )), "'segments' must name"),
+    (dict(segments=3), "'segments' must be a sequence"),
+    (dict(branching=2.0), "'branching' must be a sequence of integers"),
+    (dict(max_period='x'), "'max_period' must be > 1"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -227,5 +237,13 @@ def test_segments_must_nest():
 def test_bad_input():
     with pytest.raises(ValueError, match='at least one token'):
         SequenceToHierarchy()(Data(x=torch.randn(0, 2)))
+    with pytest.raises(ValueError, match="Cannot tell the number of nodes"
+                       ".*set 'num_nodes'"):
+        SequenceToHierarchy()(Data(input_ids=torch.arange(10)))
+    with pytest.raises(ValueError, match="Cannot tell the number of nodes"):
+        SequenceToHierarchy()(Data(x=torch.tensor(1.0)))
+    with pytest.raises(ValueError, match="already has an attribute 'pe'"):
+        SequenceToHierarchy()(Data(x=torch.randn(3, 2),
+                                   pe=torch.randn(3, 2)))
     with pytest.raises(TypeError, match='expects a torch_geometric'):
         SequenceToHierarchy()(torch.randn(3, 2))
