@@ -8,12 +8,14 @@ from torch_geometric.transforms import BaseTransform, FaceToEdge
 from torch_geometric.utils import scatter
 
 from pyg_hsa.utils.coarsen import cluster_edges, coarsen_graph
-from pyg_hsa.utils.hierarchy import add_level, leaf_hetero
+from pyg_hsa.utils.hierarchy import add_level, add_root, leaf_hetero
 
 # Parents whose vertices all lie within this fraction of the mesh's radius
 # of their centroid count as points: their children's offsets are set to 0
 # instead of dividing rounding noise by a vanishing radius.
 POINT_TOLERANCE = 1e-6
+# Seeds go to torch.Generator.manual_seed, which takes 64-bit integers.
+MAX_SEED = 1 << 63
 
 
 class MeshToHierarchy(BaseTransform):
@@ -31,7 +33,10 @@ class MeshToHierarchy(BaseTransform):
     :obj:`('vertex', 'edge', 'vertex')`; they replace an input
     :obj:`edge_index` (attributes whose name contains ``edge`` are
     dropped with it), and :obj:`face` is dropped. Graph-level attributes
-    (:obj:`y`, ...) go to the global store.
+    (:obj:`y`, ...) go to the global store. The root stores the number of
+    vertices as :obj:`num_leaves` ``[1]`` (which also lets
+    :class:`~torch_geometric.data.InMemoryDataset` collate the outputs, as
+    :obj:`pre_transform`).
 
     **Patches follow the surface.** Level :math:`l` partitions the graph of
     level :math:`l-1` (the mesh graph for :obj:`patch0`; for coarser
@@ -86,8 +91,8 @@ class MeshToHierarchy(BaseTransform):
             patch, greater than 1; the hop radius of every level is the one
             whose mean comes closest, on a log scale. (default: :obj:`8.0`)
         seed (int, optional): seed of the pseudo-random seed-selection
-            priorities; the output is deterministic for a given seed.
-            (default: :obj:`0`)
+            priorities, in :math:`[0, 2^{63})`; the output is deterministic
+            for a given seed. (default: :obj:`0`)
     """
     leaf_type = 'vertex'
     root_type = 'mesh'
@@ -103,8 +108,11 @@ class MeshToHierarchy(BaseTransform):
                 not math.isfinite(patch_size) or patch_size <= 1:
             raise ValueError(f"'patch_size' must be a finite number greater "
                              f"than 1 (got {patch_size!r})")
-        if not _is_int(seed):
-            raise ValueError(f"'seed' must be an integer (got {seed!r})")
+        # torch.Generator.manual_seed overflows past 2**64 and remaps
+        # negative seeds; one range for all keeps seeds unambiguous.
+        if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+            raise ValueError(f"'seed' must be an integer in [0, 2**63) (got "
+                             f"{seed!r})")
         self.num_levels = num_levels
         self.patch_size = float(patch_size)
         self.seed = seed
@@ -135,9 +143,7 @@ class MeshToHierarchy(BaseTransform):
             edge_index = cluster_edges(edge_index, cluster, num_clusters)
             member.append(cluster[member[-1]])
             num_nodes = num_clusters
-        add_level(out, types[-1], self.root_type,
-                  torch.zeros(num_nodes, dtype=torch.long,
-                              device=pos.device), 1)
+        add_root(out, types[-1], self.root_type, num_vertices, pos.device)
         types.append(self.root_type)
         member.append(torch.zeros_like(member[0]))
 

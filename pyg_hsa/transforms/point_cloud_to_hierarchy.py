@@ -7,10 +7,13 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 
 from pyg_hsa.utils.geometry import knn_graph
-from pyg_hsa.utils.hierarchy import add_level, leaf_hetero
+from pyg_hsa.utils.hierarchy import add_level, add_root, leaf_hetero
 
 LEAF_TYPE = 'point'
 ROOT_TYPE = 'cloud'
+# Attributes that are node-level by name: PyG's own (it reads the number of
+# nodes from them) and the normals of scans and sampled meshes.
+NODE_KEYS = ('x', 'normal', 'feat', 'batch', 'node_type', 'n_id')
 # Above 2**62 cells per axis, coordinates would overflow int64.
 MAX_CELL_COORD = 1 << 62
 
@@ -46,7 +49,8 @@ class PointCloudToHierarchy(BaseTransform):
       cells below it: the nesting is exact. Cells are numbered in
       lexicographic order of their integer coordinates, and carry the
       centroid of their points as :obj:`pos`;
-    * one root of type :obj:`'cloud'` (also with its centroid :obj:`pos`);
+    * one root of type :obj:`'cloud'` (also with its centroid :obj:`pos`,
+      and the number of points as :obj:`num_leaves` ``[1]``);
     * nesting edges :obj:`('point', 'in', 'voxel0')`, ...,
       :obj:`('voxel{L-1}', 'in', 'cloud')` (with :math:`L = 0`:
       :obj:`('point', 'in', 'cloud')`);
@@ -157,6 +161,7 @@ class PointCloudToHierarchy(BaseTransform):
 
     def forward(self, data: Data) -> HeteroData:
         pos = _check_pos(data)
+        _check_node_count(data, pos.size(0))
         if 'pe' in data:
             raise ValueError("'data' already has an attribute 'pe', which "
                              "the hierarchy's positions would overwrite; "
@@ -236,9 +241,7 @@ class PointCloudToHierarchy(BaseTransform):
             add_level(out, child_type, voxel_type(level), parent, num_cells)
             out[voxel_type(level)].pos = centroids[-1].to(dtype)
             child_type = voxel_type(level)
-        root = torch.zeros(total.size(0), dtype=torch.long,
-                           device=pos64.device)
-        add_level(out, child_type, ROOT_TYPE, root, 1)
+        add_root(out, child_type, ROOT_TYPE, pos64.size(0), pos64.device)
         centroids.append(pos64.mean(dim=0, keepdim=True))
         out[ROOT_TYPE].pos = centroids[-1].to(dtype)
         return centroids
@@ -301,6 +304,31 @@ def _check_pos(data: Data) -> Tensor:
     if not bool(torch.isfinite(pos).all()):
         raise ValueError("'data.pos' contains NaN or infinite values")
     return pos
+
+
+def _check_node_count(data: Data, num_points: int) -> None:
+    """Node-level attributes and :obj:`num_nodes` must count the points of
+    :obj:`pos`: PyG reads the number of nodes from :obj:`num_nodes` or
+    :obj:`x` first, and would then take :obj:`pos` (or :obj:`x`) for a
+    graph-level attribute."""
+    wrong = []
+    if 'num_nodes' in data and data['num_nodes'] != num_points:
+        wrong.append(f"'data.num_nodes' is {data['num_nodes']!r}")
+    for key in NODE_KEYS:
+        value = data[key] if key in data else None
+        if not isinstance(value, Tensor):
+            continue
+        if value.dim() == 0:
+            wrong.append(f"'data.{key}' is a scalar")
+            continue
+        rows = value.size(data.__cat_dim__(key, value))
+        if rows != num_points:
+            wrong.append(f"'data.{key}' has {rows} rows")
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}, but 'data.pos' holds "
+                         f"{num_points} points: node-level attributes "
+                         f"({', '.join(NODE_KEYS)}) and 'num_nodes' must "
+                         f"count the points")
 
 
 def _compact_rows(cell: Tensor) -> Tuple[Tensor, Tensor]:

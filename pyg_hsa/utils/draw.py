@@ -47,6 +47,9 @@ def draw_hierarchy(
         raise TypeError(f"'data' must be a HeteroData hierarchy (got "
                         f"{type(data).__name__})")
     tree = Tree.from_hetero(data)
+    # Checked even when there is no spatial panel to colour: a typo should
+    # not pass silently on data without positions.
+    color_by = _check_color_by(tree, color_by)
     parent = tree.parent.cpu()
     row_of_type = _type_rows(data, tree)
     x = _tree_layout(parent, tree.num_leaves)
@@ -209,15 +212,21 @@ def _principal_plane(pos: torch.Tensor) -> torch.Tensor:
     return centred @ basis[:2].t()
 
 
-def _spatial_panel(ax, data: HeteroData, tree: Tree, parent: torch.Tensor,
-                   pos: torch.Tensor, color_by: Optional[str]) -> None:
-    from matplotlib.collections import LineCollection
+def _check_color_by(tree: Tree, color_by: Optional[str]) -> str:
+    """The internal node type that colours the spatial panel (default:
+    the lowest one)."""
     internal = [nt for nt in tree.node_slices if nt not in tree.leaf_types]
     if color_by is None:
-        color_by = internal[0]
-    if color_by not in tree.node_slices or color_by in tree.leaf_types:
+        return internal[0]
+    if not isinstance(color_by, str) or color_by not in internal:
         raise ValueError(f"'color_by' must be an internal node type, one of "
                          f"{internal} (got {color_by!r})")
+    return color_by
+
+
+def _spatial_panel(ax, data: HeteroData, tree: Tree, parent: torch.Tensor,
+                   pos: torch.Tensor, color_by: str) -> None:
+    from matplotlib.collections import LineCollection
     lo, hi = tree.node_slices[color_by]
     group = torch.full((tree.num_leaves, ), -1, dtype=torch.long)
     node = torch.arange(tree.num_leaves)

@@ -379,8 +379,21 @@ def test_bad_arguments_raise():
     for value in (1, 0.5, float('nan'), float('inf'), '8', True):
         with pytest.raises(ValueError, match="'patch_size'"):
             MeshToHierarchy(patch_size=value)
-    with pytest.raises(ValueError, match="'seed'"):
-        MeshToHierarchy(seed=0.5)
+    for value in (0.5, -1, 2**63, 2**64, True, '0'):
+        with pytest.raises(ValueError, match=r"'seed' must be an integer in "
+                           r"\[0, 2\*\*63\)"):
+            MeshToHierarchy(seed=value)
+
+
+def test_largest_seed_works():
+    data = to_data(trimesh.creation.icosphere(1))
+    out = MeshToHierarchy(num_levels=1, seed=2**63 - 1)(data)
+    check_hierarchy(out, 'vertex', 'mesh', 42)
+    assert out['mesh'].num_leaves.tolist() == [42]
+    assert torch.equal(
+        out['vertex', 'in', 'patch0'].edge_index,
+        MeshToHierarchy(num_levels=1, seed=2**63 - 1)(data)[
+            'vertex', 'in', 'patch0'].edge_index)
 
 
 def test_repr():

@@ -97,6 +97,7 @@ def test_default_hierarchy_schema():
     assert torch.equal(out['point'].pos, data.pos)
     assert torch.equal(out.y, data.y)
     assert out['cloud'].num_nodes == 1
+    assert out['cloud'].num_leaves.tolist() == [1000]
     assert torch.allclose(out['cloud'].pos, data.pos.mean(0, keepdim=True))
     for nt in ('point', 'voxel0', 'voxel1'):
         assert out[nt].pe.dtype == torch.float
@@ -383,6 +384,23 @@ def test_duplicate_points(kwargs):
     assert bool((knn_edges[0] != knn_edges[1]).all())
 
 
+def test_knn_on_a_scan_with_many_returns_at_the_origin():
+    """LiDAR-like: 15,000 returns at exactly the origin. The kNN edges
+    stay exact (every origin point's neighbours are the 8 smallest other
+    origin indices) and cheap."""
+    gen = torch.Generator().manual_seed(5)
+    pos = torch.cat([torch.zeros(15_000, 3),
+                     torch.randn(5_000, 3, generator=gen) + 10])
+    out = PointCloudToHierarchy(knn=8)(Data(pos=pos))
+    check_hierarchy(out, 'point', 'cloud', 20_000)
+    source, target = out['point', 'knn', 'point'].edge_index
+    assert torch.equal(target, torch.arange(20_000).repeat_interleave(8))
+    centre, rank = target[:15_000 * 8], torch.arange(8).repeat(15_000)
+    assert torch.equal(source[:15_000 * 8],
+                       rank + (rank >= centre).long())
+    assert bool((source[15_000 * 8:] >= 15_000).all())
+
+
 def test_flat_cloud():
     """Zero extent along some axes only: the cube follows the longest."""
     pos = torch.zeros(256, 3)
@@ -426,6 +444,33 @@ def test_bad_input(data, error, match):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PointCloudToHierarchy(**kwargs)
+
+
+@pytest.mark.parametrize('extra,wrong', [
+    ({'x': torch.randn(30, 3)}, "'data.x' has 30 rows"),
+    ({'num_nodes': 30}, "'data.num_nodes' is 30"),
+    ({'normal': torch.randn(41, 3)}, "'data.normal' has 41 rows"),
+    ({'x': torch.randn(30, 3), 'num_nodes': 30},
+     "'data.num_nodes' is 30, 'data.x' has 30 rows"),
+    ({'x': torch.tensor(1.0)}, "'data.x' is a scalar"),
+])
+def test_node_attributes_must_count_the_points(extra, wrong):
+    """PyG would count 30 nodes and file pos under the global store; the
+    transform must refuse instead of building a broken hierarchy."""
+    data = Data(pos=torch.randn(40, 3), **extra)
+    with pytest.raises(ValueError, match=wrong + r".*'data\.pos' holds 40 "
+                       r"points: node-level attributes"):
+        PointCloudToHierarchy()(data)
+
+
+def test_consistent_num_nodes_is_accepted():
+    data = Data(pos=torch.randn(40, 3), x=torch.randn(40, 2), num_nodes=40,
+                y=torch.tensor([1]))
+    out = PointCloudToHierarchy()(data)
+    check_hierarchy(out, 'point', 'cloud', 40)
+    assert torch.equal(out['point'].pos, data.pos)
+    assert torch.equal(out['point'].x, data.x)
+    assert torch.equal(out.y, data.y)
 
 
 def test_size_too_small_for_the_cloud():

@@ -67,3 +67,24 @@ def test_bad_arguments():
         draw_hierarchy(sequence_example(), color_by='token')
     with pytest.raises(ValueError):
         draw_hierarchy(HeteroData())
+
+
+@pytest.mark.parametrize('with_pos', [True, False])
+def test_color_by_is_checked_with_or_without_positions(with_pos):
+    data = sequence_example()
+    if not with_pos:
+        del data['token'].pos
+    figures = matplotlib.pyplot.get_fignums()
+    message = (r"'color_by' must be an internal node type, one of "
+               r"\['window0', 'sentence', 'sequence'\] \(got 'nope'\)")
+    with pytest.raises(ValueError, match=message):
+        draw_hierarchy(data, color_by='nope')
+    with pytest.raises(ValueError, match="'color_by' must be an internal"):
+        draw_hierarchy(data, color_by=3)
+    assert matplotlib.pyplot.get_fignums() == figures  # no figure leaked
+    fig = draw_hierarchy(data, color_by='sequence')
+    assert len(fig.axes) == (2 if with_pos else 1)
+    if with_pos:
+        assert fig.axes[1].get_title() == \
+            "leaves coloured by 'sequence' (1 groups)"
+    matplotlib.pyplot.close(fig)

@@ -203,6 +203,84 @@ def test_knn_kd_tree_equals_brute_force_at_scale(monkeypatch):
     assert torch.equal(knn(x, x[::7], 12, batch, batch[::7]), pairs)
 
 
+def with_copies(gen):
+    """Few distinct points, most of them many times (shuffled), exact
+    signed zeros and neighbours one ulp apart: groups of identical points
+    that the kd-tree path must expand exactly."""
+    base = torch.rand(10, 3, generator=gen, dtype=torch.float64)
+    base[0] = 0.0
+    base[1] = torch.tensor([-0.0, 0.0, -0.0], dtype=torch.float64)
+    base[2] = torch.nextafter(base[3], torch.full((3, ), 2.0,
+                                                  dtype=torch.float64))
+    x = torch.cat([base[torch.randint(0, 10, (170, ), generator=gen)],
+                   torch.rand(30, 3, generator=gen, dtype=torch.float64)])
+    return x[torch.randperm(200, generator=gen)]
+
+
+@pytest.mark.parametrize('k', [1, 6, 45])
+def test_knn_with_many_copies_matches_brute_force(monkeypatch, k):
+    gen = torch.Generator().manual_seed(k)
+    x = with_copies(gen)
+    y = torch.cat([x[:30], torch.rand(10, 3, generator=gen,
+                                      dtype=torch.float64)])
+    batch_x = torch.randint(0, 2, (200, ), generator=gen)
+    batch_y = torch.randint(0, 2, (40, ), generator=gen)
+    expected = [knn_reference(x, y, k, batch_x, batch_y)] + [
+        knn_reference(x, x, k, batch_x, batch_x, exclude_self=not loop)
+        for loop in (False, True)]
+    for min_pairs in (1 << 62, 1):  # brute force, then kd-tree
+        monkeypatch.setattr(geometry, 'KD_TREE_MIN_PAIRS', min_pairs)
+        assert pairs_of(knn(x, y, k, batch_x, batch_y)) == expected[0]
+        for loop in (False, True):
+            out = knn_graph(x, k, batch_x, loop=loop).flip(0)
+            assert pairs_of(out) == expected[1 + loop]
+
+
+def test_knn_kd_tree_with_copies_equals_brute_force_at_scale(monkeypatch):
+    """A LiDAR-like cloud (many returns at the origin, a voxelised part
+    full of exact ties, scattered points), with small blocks so that the
+    kd-tree path splits its queries and expansions."""
+    pytest.importorskip('scipy.spatial')
+    gen = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.zeros(500, 3),
+                   torch.randint(0, 5, (700, 3), generator=gen).float(),
+                   torch.rand(600, 3, generator=gen) * 5])
+    x = x[torch.randperm(1800, generator=gen)]
+    batch = torch.sort(torch.randint(0, 2, (1800, ), generator=gen)).values
+    monkeypatch.setattr(geometry, 'KD_TREE_MIN_PAIRS', 1 << 62)
+    graphs = [knn_graph(x, k, batch) for k in (3, 20)]
+    pairs = knn(x, x[::5] + 0.5, 9, batch, batch[::5])
+    monkeypatch.setattr(geometry, 'KD_TREE_MIN_PAIRS', 1)
+    monkeypatch.setattr(geometry, 'BLOCK_ENTRIES', 1 << 9)
+    for k, graph in zip((3, 20), graphs):
+        assert torch.equal(knn_graph(x, k, batch), graph)
+    assert torch.equal(knn(x, x[::5] + 0.5, 9, batch, batch[::5]), pairs)
+
+
+def test_knn_graph_of_copies_is_fast_and_exact():
+    """20,000 copies of one point (and 20 points 1,000 times each): the
+    kd-tree path groups identical points, where it used to scan every
+    copy for every query (minutes, quadratic)."""
+    pytest.importorskip('scipy.spatial')
+    n, k = 20_000, 8
+    out = knn_graph(torch.zeros(n, 3), k)
+    # Every centre gets the k smallest other indices.
+    centre = torch.arange(n).repeat_interleave(k)
+    rank = torch.arange(k).repeat(n)
+    assert torch.equal(out[1], centre)
+    assert torch.equal(out[0], rank + (rank >= centre).long())
+
+    base = torch.rand(20, 3, generator=torch.Generator().manual_seed(0))
+    x = base.repeat(1000, 1)  # point i is a copy of base[i % 20]
+    out = knn_graph(x, k)
+    copy = rank + (rank >= centre // 20).long()  # skips the centre itself
+    assert torch.equal(out[1], centre)
+    assert torch.equal(out[0], centre % 20 + 20 * copy)
+    out = knn(x, base, k)
+    assert torch.equal(out[1], torch.arange(20).repeat_interleave(k) +
+                       20 * torch.arange(k).repeat(20))
+
+
 def test_knn_errors():
     x = torch.rand(5, 3)
     with pytest.raises(ValueError, match="'k' must be a positive integer"):
