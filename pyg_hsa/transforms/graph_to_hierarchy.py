@@ -9,11 +9,10 @@ from torch_geometric.transforms import BaseTransform
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
-    count_nodes,
+    check_input,
     data_device,
     leaf_hetero,
     random_walk_encoding,
-    reject_pe,
 )
 
 
@@ -96,15 +95,7 @@ class GraphToHierarchy(BaseTransform):
         self.seed = seed
 
     def forward(self, data: Data) -> HeteroData:
-        if not isinstance(data, Data):
-            raise TypeError(f"GraphToHierarchy expects a "
-                            f"torch_geometric.data.Data (got "
-                            f"{type(data).__name__})")
-        num_nodes = count_nodes(data)
-        if num_nodes == 0:
-            raise ValueError("GraphToHierarchy needs a graph with at least "
-                             "one node (the input has none)")
-        reject_pe(data)
+        num_nodes = check_input(data, 'GraphToHierarchy', 'node')
         device = data_device(data)
         # Louvain and the walks run on the CPU, on the undirected graph.
         edge_index = _edge_index(data, num_nodes)

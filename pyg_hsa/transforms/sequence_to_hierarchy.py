@@ -8,12 +8,11 @@ from torch_geometric.transforms import BaseTransform
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
-    count_nodes,
+    check_input,
     data_device,
     fourier_encoding,
     leaf_hetero,
     rank_in_group,
-    reject_pe,
 )
 
 
@@ -106,15 +105,7 @@ class SequenceToHierarchy(BaseTransform):
         self.max_period = float(max_period)
 
     def forward(self, data: Data) -> HeteroData:
-        if not isinstance(data, Data):
-            raise TypeError(f"SequenceToHierarchy expects a "
-                            f"torch_geometric.data.Data (got "
-                            f"{type(data).__name__})")
-        num_tokens = count_nodes(data)
-        if num_tokens == 0:
-            raise ValueError("SequenceToHierarchy needs at least one token "
-                             "(the input has no nodes)")
-        reject_pe(data)
+        num_tokens = check_input(data, 'SequenceToHierarchy', 'token')
         segment_ids = [
             _segment_ids(data, name, num_tokens) for name in self.segments
         ]

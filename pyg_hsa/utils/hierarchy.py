@@ -62,6 +62,21 @@ def count_nodes(data: Data) -> int:
     return int(num_nodes)
 
 
+def check_input(data: Data, owner: str, noun: str) -> int:
+    """The checks every transform makes on its input: a non-empty
+    :class:`Data` without a :obj:`pe` of its own. Returns the number of
+    nodes."""
+    if not isinstance(data, Data):
+        raise TypeError(f"{owner} expects a torch_geometric.data.Data (got "
+                        f"{type(data).__name__})")
+    num_nodes = count_nodes(data)
+    if num_nodes == 0:
+        raise ValueError(f"{owner} needs at least one {noun} (the input has "
+                         f"no nodes)")
+    reject_pe(data)
+    return num_nodes
+
+
 def reject_pe(data: Data) -> None:
     """Transforms write :obj:`pe`; refuse to overwrite the user's."""
     if 'pe' in data:
