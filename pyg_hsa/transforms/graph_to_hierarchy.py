@@ -6,6 +6,7 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 
+from pyg_hsa.utils.coarsen import symmetric_edges
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
@@ -101,7 +102,9 @@ class GraphToHierarchy(BaseTransform):
         edge_index = _edge_index(data, num_nodes)
         weight = _edge_weight(data, edge_index)
         partitions = self._partitions(edge_index, weight, num_nodes)
-        edge_index = _undirected(edge_index, num_nodes)
+        # Self-loops never join two siblings, so dropping them here
+        # changes no family graph.
+        edge_index = symmetric_edges(edge_index, num_nodes)
         out = leaf_hetero(data, self.leaf_type, 'edge')
 
         # child_of_leaf: the node of the current level above every leaf.
@@ -212,14 +215,6 @@ def _edge_weight(data: Data, edge_index: Tensor) -> Optional[Tensor]:
     if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
         raise ValueError("'edge_weight' must be finite and non-negative")
     return weight
-
-
-def _undirected(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """Both directions of every edge, once (Louvain reads the graph as
-    undirected, so the walks do too)."""
-    key = torch.unique(torch.cat([edge_index[0] * num_nodes + edge_index[1],
-                                  edge_index[1] * num_nodes + edge_index[0]]))
-    return torch.stack([key // num_nodes, key % num_nodes])
 
 
 def _community_index(communities, num_nodes: int) -> Tensor:

@@ -5,6 +5,7 @@ from pyg_hsa.utils.coarsen import (
     cluster_edges,
     coarsen_graph,
     maximal_independent_set,
+    symmetric_edges,
     voronoi_clusters,
 )
 from pyg_hsa.utils.draw import draw_hierarchy
@@ -34,4 +35,5 @@ __all__ = [
     'maximal_independent_set',
     'voronoi_clusters',
     'cluster_edges',
+    'symmetric_edges',
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 NO_LABEL = -1
 
 
-def _symmetric_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
+def symmetric_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
     """Both directions of every edge, without self-loops or duplicates."""
     row, col = edge_index.long()
     keep = row != col
@@ -110,7 +110,7 @@ def cluster_edges(edge_index: Tensor, cluster: Tensor,
                   num_clusters: int) -> Tensor:
     """Edges between clusters that some edge joins (symmetric, without
     self-loops or duplicates)."""
-    return _symmetric_edges(cluster[edge_index], num_clusters)
+    return symmetric_edges(cluster[edge_index], num_clusters)
 
 
 def _log_distance(size: float, target: float) -> float:
@@ -153,7 +153,7 @@ def coarsen_graph(edge_index: Tensor, num_nodes: int,
     device = edge_index.device
     if num_nodes == 0:
         return torch.zeros(0, dtype=torch.long, device=device), 0
-    edge_index = _symmetric_edges(edge_index, num_nodes)
+    edge_index = symmetric_edges(edge_index, num_nodes)
     if max_hops is None:
         max_hops = math.ceil(cluster_size)
     best, best_distance, last_count = None, math.inf, num_nodes + 1
