@@ -32,7 +32,7 @@ from transformers import AttentionInterface
 
 from pyg_hsa.functional import hsa_attention
 from pyg_hsa.tree import Tree
-from pyg_hsa.utils.hierarchy import rank_in_group
+from pyg_hsa.utils.hierarchy import first_child, rank_in_group
 
 __all__ = [
     'HSAPatch',
@@ -134,7 +134,7 @@ def token_hierarchy(
         window = rank_in_group(group) // width
         parent = builder.add_level(_combine(group, window))
         first, owner = _up(first, owner, parent)
-        group = group[_first_child(parent)]
+        group = group[first_child(parent)]
     for depth, ids in enumerate(levels):
         if first.numel() == 0:
             break
@@ -186,19 +186,9 @@ def _up(first: Tensor, owner: Tensor,
         parent: Tensor) -> Tuple[Tensor, Tensor]:
     """The first tokens of the new level's nodes, and every leaf's owner
     moved from the old level to the new one."""
-    head = _first_child(parent)
+    head = first_child(parent)
     return first[head], torch.where(owner >= 0, parent[owner.clamp(min=0)],
                                     -1)
-
-
-def _first_child(parent: Tensor) -> Tensor:
-    """For parents ``0 .. P-1``, the index of the first node with that
-    parent (nodes are in order, so that is the leftmost child)."""
-    num_parents = int(parent.max()) + 1
-    position = torch.arange(parent.numel(), device=parent.device)
-    first = torch.full((num_parents, ), parent.numel(), dtype=torch.long,
-                       device=parent.device)
-    return first.scatter_reduce(0, parent, position, 'amin')
 
 
 def _combine(major: Tensor, minor: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from pyg_hsa.utils.hierarchy import (
     add_root,
     check_input,
     data_device,
+    first_child,
     fourier_encoding,
     leaf_hetero,
     rank_in_group,
@@ -222,11 +223,7 @@ def _runs(key: Tensor) -> Tuple[Tensor, int]:
 
 def _first(value: Tensor, parent: Tensor, num_parents: int) -> Tensor:
     """``value`` of each parent's first child (children are in order)."""
-    first = torch.full((num_parents, ), parent.numel(), dtype=torch.long,
-                       device=parent.device)
-    position = torch.arange(parent.numel(), device=parent.device)
-    first = first.scatter_reduce(0, parent, position, 'amin')
-    return value[first]
+    return value[first_child(parent, num_parents)]
 
 
 def _describe(value) -> str:

@@ -12,6 +12,7 @@ from pyg_hsa.utils.draw import draw_hierarchy
 from pyg_hsa.utils.geometry import fps, knn, knn_graph, voxel_grid
 from pyg_hsa.utils.hierarchy import (
     add_level,
+    first_child,
     fourier_encoding,
     group_sizes,
     leaf_hetero,
@@ -24,6 +25,7 @@ __all__ = [
     'add_level',
     'leaf_hetero',
     'rank_in_group',
+    'first_child',
     'group_sizes',
     'fourier_encoding',
     'random_walk_encoding',

@@ -146,6 +146,18 @@ def rank_in_group(group: Tensor, key: Optional[Tensor] = None) -> Tensor:
     return rank
 
 
+def first_child(parent: Tensor, num_parents: Optional[int] = None) -> Tensor:
+    """For parents ``0 .. P-1`` (``P`` = :obj:`num_parents`, by default
+    ``parent.max() + 1``), the index of the first element with that parent:
+    the leftmost child when children are in order."""
+    if num_parents is None:
+        num_parents = int(parent.max()) + 1
+    position = torch.arange(parent.numel(), device=parent.device)
+    first = torch.full((num_parents, ), parent.numel(), dtype=torch.long,
+                       device=parent.device)
+    return first.scatter_reduce(0, parent, position, 'amin')
+
+
 def group_sizes(group: Tensor, num_groups: int) -> Tensor:
     """Number of elements in each of :obj:`num_groups` groups."""
     return torch.bincount(group, minlength=num_groups)[:num_groups]

@@ -95,3 +95,10 @@ def test_add_level():
     assert data['group'].num_nodes == 2
     edge_index = data['node', 'in', 'group'].edge_index
     assert edge_index.tolist() == [[0, 1, 2], [1, 0, 1]]
+
+
+def test_first_child():
+    from pyg_hsa.utils import first_child
+    parent = torch.tensor([1, 1, 0, 2, 0])
+    assert first_child(parent).tolist() == [2, 0, 3]
+    assert first_child(parent, 4).tolist() == [2, 0, 3, 5]  # 5: no child
