@@ -7,6 +7,7 @@ reference and for visualisation. See ``docs/hsa.md`` in the project's shared
 folder for the derivation; the notation below follows it.
 """
 import math
+import numbers
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -32,6 +33,7 @@ def hsa_attention(
     scale: Optional[float] = None,
     dropout: float = 0.0,
     return_attention_weights: bool = False,
+    validate: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
     r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025).
 
@@ -62,7 +64,12 @@ def hsa_attention(
 
     The cost is :math:`O(\#\text{nodes} + \#\text{sibling pairs})` per head
     and channel, with one sequential step per depth level. Half-precision
-    inputs are computed in float32 and cast back.
+    inputs are computed in float32 and cast back, so under autocast only
+    the projections before and the cast after lose precision (tested:
+    :class:`~pyg_hsa.nn.HSAConv` under CPU autocast stays within
+    ``1e-2 * (1 + |out|)`` of float32 in float16, ``5e-2 * (1 + |out|)``
+    in bfloat16). Logits of magnitude ``1e4`` and trees of depth 64 keep
+    outputs and gradients finite.
 
     Args:
         q (Tensor): ``[N, H, C]`` leaf queries.
@@ -86,12 +93,21 @@ def hsa_attention(
             the sibling edges ``A -> B`` in the tree's numbering and their
             ``[E, H]`` softmax weights (summing to 1 over the edges that
             leave one node).
+        validate (bool): also check that :obj:`q`, :obj:`k`, :obj:`v` and
+            :obj:`pos` are finite, and raise a :class:`ValueError` naming the
+            argument and its first row holding a NaN or an infinity. Off by
+            default: the check reads every entry and, on a GPU, waits for
+            it. (Shapes, dtypes and devices are always checked, and the tree
+            when it is built.)
 
     Returns:
         ``[N, H, Cv]`` outputs (and the attention weights if requested).
     """
     tree = _as_tree(tree, q)
     _check_inputs(q, k, v, tree, pos)
+    _check_options(scale, dropout)
+    if validate:
+        _check_finite(q=q, k=k, v=v, pos=pos)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
@@ -438,6 +454,7 @@ def hsa_dense(
     pos: Optional[Tensor] = None,
     self_loops: bool = False,
     scale: Optional[float] = None,
+    validate: bool = False,
 ) -> Tensor:
     r"""The explicit ``[H, N, N]`` HSA attention matrix :math:`\Theta`.
 
@@ -451,10 +468,15 @@ def hsa_dense(
     and :math:`\Theta_{ij} = 0` for leaves of different roots. With
     :obj:`self_loops`, :math:`\Theta_{ii} = W(i)\, e^{s(i, i) + \eta(i)}`.
     Built from the leaf-pair ancestry in :math:`O(N^2)` memory, independently
-    of :func:`hsa_attention` (its reference), e.g. for plots.
+    of :func:`hsa_attention` (its reference), e.g. for plots. The
+    arguments are those of :func:`hsa_attention`; :obj:`validate` checks
+    :obj:`q`, :obj:`k` and :obj:`pos` for NaN and infinity.
     """
     tree = _as_tree(tree, q)
     _check_inputs(q, k, None, tree, pos)
+    _check_options(scale, 0.0)
+    if validate:
+        _check_finite(q=q, k=k, pos=pos)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -589,6 +611,9 @@ def _check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
         if x.dim() != 3:
             raise ValueError(f"'{name}' must have shape [N, H, C] "
                              f"(got {tuple(x.shape)})")
+        if x.size(1) == 0 or x.size(2) == 0:
+            raise ValueError(f"'{name}' must have at least one head and one "
+                             f"channel (got shape {tuple(x.shape)})")
         if x.size(0) != tree.num_leaves:
             raise ValueError(f"'{name}' has {x.size(0)} rows but the tree has "
                              f"{tree.num_leaves} leaves")
@@ -605,3 +630,36 @@ def _check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
         if pos.dim() == 3 and pos.size(1) != q.size(1):
             raise ValueError(f"'pos' has {pos.size(1)} heads but 'q' has "
                              f"{q.size(1)}")
+
+
+def _check_options(scale, dropout) -> None:
+    # (A tensor scale, e.g. a learned temperature, is taken as it is.)
+    if scale is not None and not isinstance(scale, Tensor):
+        if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
+            raise TypeError(f"'scale' must be a number or None "
+                            f"(got {type(scale).__name__})")
+        if not math.isfinite(scale):
+            raise ValueError(f"'scale' must be finite (got {scale})")
+    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout!r})")
+
+
+def _non_finite_row(x: Tensor) -> Optional[Tuple[int, float]]:
+    """The first row of :obj:`x` holding a NaN or an infinity and that
+    value, or :obj:`None` if :obj:`x` is finite (one synchronisation)."""
+    finite = torch.isfinite(x.detach())
+    if finite.dim() > 1:
+        finite = finite.flatten(1).all(1)
+    if bool(finite.all()):
+        return None
+    row = int((~finite).nonzero()[0])
+    values = x.detach()[row].reshape(-1)
+    return row, float(values[~torch.isfinite(values)][0])
+
+
+def _check_finite(**tensors: Optional[Tensor]) -> None:
+    for name, x in tensors.items():
+        bad = None if x is None else _non_finite_row(x)
+        if bad is not None:
+            raise ValueError(f"'{name}' has a non-finite value ({bad[1]}) at "
+                             f"row {bad[0]}; expected finite values")

@@ -7,7 +7,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import HeteroDictLinear, Linear
 
-from pyg_hsa.functional import hsa_attention
+from pyg_hsa.functional import _non_finite_row, hsa_attention
 from pyg_hsa.tree import Tree, _shape
 
 Channels = Union[int, Dict[str, int]]
@@ -148,6 +148,8 @@ class HSAConv(MessagePassing):
         tree: Union[Tree, Tensor, Mapping],
         pe: Union[Tensor, Dict[str, Tensor], None] = None,
         return_attention_weights: Optional[bool] = None,
+        *,
+        validate: bool = False,
     ):
         r"""Runs the layer.
 
@@ -164,6 +166,14 @@ class HSAConv(MessagePassing):
             return_attention_weights (bool, optional): If :obj:`True`, also
                 return ``(edge_index, alpha)``: the sibling edges in the
                 tree's global numbering and their ``[E, H]`` weights.
+            validate (bool, optional): If :obj:`True`, also check that
+                :obj:`x` and :obj:`pe` hold no NaN or infinity (and that the
+                projections of finite inputs stay finite), and raise a
+                :class:`ValueError` naming the argument, the node type and
+                the first offending row. Off by default, as the check reads
+                every entry and synchronises with the device; shapes, dtypes
+                and devices are always checked, and the hierarchy when its
+                :class:`~pyg_hsa.Tree` is built. (default: :obj:`False`)
         """
         hetero = isinstance(x, Mapping)
         if hetero:
@@ -180,12 +190,20 @@ class HSAConv(MessagePassing):
             if x.dim() != 2:
                 raise ValueError(f"'x' must have shape [N, F] "
                                  f"(got {tuple(x.shape)})")
+            if isinstance(self.lin_query, HeteroDictLinear):
+                raise TypeError("The layer was built with 'in_channels' per "
+                                "leaf node type, so 'x' must be a "
+                                "dictionary (leaf type -> features)")
             if isinstance(tree, Tensor):
                 tree = Tree.for_rows(tree, x.size(0), 'x')
             if not isinstance(tree, Tree):
                 raise TypeError(f"'tree' must be a pyg_hsa.Tree, a parent "
                                 f"LongTensor or an edge_index_dict (got "
                                 f"{type(tree).__name__})")
+            _check_input(x, "'x'", self.lin_query, tree)
+        self._check_positions(pe, hetero, tree)
+        if validate:
+            self._check_finite_inputs(x, pe, hetero, tree)
 
         num_leaves, heads, channels = tree.num_leaves, self.heads, \
             self.out_channels
@@ -202,6 +220,9 @@ class HSAConv(MessagePassing):
             q, k = self.norm_query(q), self.norm_key(k)
 
         pos = self._positions(pe, hetero, tree)
+        if validate:
+            _check_finite_projections(tree, hetero, query=q, key=k, value=v,
+                                      position=pos)
         result = hsa_attention(
             q, k, v, tree, pos=pos, self_loops=self.self_loops,
             dropout=self.dropout if self.training else 0.0,
@@ -224,6 +245,10 @@ class HSAConv(MessagePassing):
         return out
 
     def _check_leaves(self, x_dict: Mapping[str, Tensor], tree: Tree):
+        for nt in tree.leaf_types:
+            if nt in x_dict and not isinstance(x_dict[nt], Tensor):
+                raise TypeError(f"'x['{nt}']' must be a tensor (got "
+                                f"{type(x_dict[nt]).__name__})")
         if not isinstance(self.in_channels, Mapping):
             widths = {nt: x_dict[nt].size(-1) for nt in tree.leaf_types
                       if nt in x_dict}
@@ -236,6 +261,9 @@ class HSAConv(MessagePassing):
             raise ValueError(f"'x' has no features for leaf node types "
                              f"{missing} of the hierarchy")
         for nt in tree.leaf_types:
+            _check_input(x_dict[nt], f"'x['{nt}']'",
+                         _type_linear(self.lin_query, nt, 'in_channels'),
+                         tree)
             lo, hi = tree.node_slices[nt]
             if x_dict[nt].size(0) != hi - lo:
                 raise ValueError(f"'x['{nt}']' has {x_dict[nt].size(0)} rows "
@@ -252,37 +280,78 @@ class HSAConv(MessagePassing):
             out = {nt: lin(x[nt]) for nt in tree.leaf_types}
         return torch.cat([out[nt] for nt in tree.leaf_types], dim=0)
 
-    def _positions(self, pe, hetero: bool, tree: Tree) -> Optional[Tensor]:
+    def _check_positions(self, pe, hetero: bool, tree: Tree):
         if pe is None:
-            return None
+            return
         if self.lin_pos is None:
             raise ValueError("'pe' was given but the layer was built with "
                              "pos_channels=None; set pos_channels to the "
                              "width of 'pe'")
-        width = self.heads * self.out_channels
         if not hetero:
+            if isinstance(self.lin_pos, HeteroDictLinear):
+                raise TypeError("The layer was built with 'pos_channels' "
+                                "per node type, so 'pe' must be a "
+                                "dictionary (node type -> positions)")
             if not isinstance(pe, Tensor) or pe.dim() != 2 or \
                     pe.size(0) != tree.num_nodes:
                 raise ValueError(f"'pe' must have shape [M, P] with M = "
                                  f"{tree.num_nodes} tree nodes (got "
                                  f"{_shape(pe)})")
+            _check_input(pe, "'pe'", self.lin_pos, tree, 'pos_channels')
+            return
+        if not isinstance(pe, Mapping):
+            raise TypeError("With dictionary input 'x', 'pe' must be a "
+                            "dictionary (node type -> [num_nodes, P])")
+        if not pe:
+            raise ValueError("'pe' is an empty dictionary; pass None for "
+                             "no positions")
+        unknown = [nt for nt in pe if nt not in tree.node_slices]
+        if unknown:
+            raise ValueError(f"'pe' has node types {unknown} that the "
+                             f"hierarchy does not have")
+        if isinstance(self.lin_pos, HeteroDictLinear):
+            unknown = [nt for nt in pe if nt not in self.lin_pos.types]
+            if unknown:
+                raise ValueError(f"'pe' has node types {unknown} that "
+                                 f"'pos_channels' does not list")
+        for nt, p in pe.items():
+            name = f"'pe['{nt}']'"
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{name} must be a tensor (got "
+                                f"{type(p).__name__})")
+            _check_input(p, name,
+                         _type_linear(self.lin_pos, nt, 'pos_channels'),
+                         tree, 'pos_channels')
+            lo, hi = tree.node_slices[nt]
+            if p.size(0) != hi - lo:
+                raise ValueError(f"{name} has {p.size(0)} rows but the "
+                                 f"hierarchy has {hi - lo} nodes of type "
+                                 f"'{nt}'")
+
+    @staticmethod
+    def _check_finite_inputs(x, pe, hetero: bool, tree: Tree):
+        if hetero:
+            named = [(f"'x' of node type '{nt}'", x[nt])
+                     for nt in tree.leaf_types]
+            named += [(f"'pe' of node type '{nt}'", p)
+                      for nt, p in (pe or {}).items()]
+        else:
+            named = [("'x'", x)] + ([] if pe is None else [("'pe'", pe)])
+        for name, tensor in named:
+            bad = _non_finite_row(tensor)
+            if bad is not None:
+                raise ValueError(f"{name} has a non-finite value ({bad[1]}) "
+                                 f"at row {bad[0]}; expected finite values")
+
+    def _positions(self, pe, hetero: bool, tree: Tree) -> Optional[Tensor]:
+        # (Checked by _check_positions.)
+        if pe is None:
+            return None
+        width = self.heads * self.out_channels
+        if not hetero:
             pos = self.lin_pos(pe)
         else:
-            if not isinstance(pe, Mapping):
-                raise TypeError("With dictionary input 'x', 'pe' must be a "
-                                "dictionary (node type -> [num_nodes, P])")
-            if not pe:
-                raise ValueError("'pe' is an empty dictionary; pass None for "
-                                 "no positions")
-            unknown = [nt for nt in pe if nt not in tree.node_slices]
-            if unknown:
-                raise ValueError(f"'pe' has node types {unknown} that the "
-                                 f"hierarchy does not have")
             if isinstance(self.lin_pos, HeteroDictLinear):
-                unknown = [nt for nt in pe if nt not in self.lin_pos.types]
-                if unknown:
-                    raise ValueError(f"'pe' has node types {unknown} that "
-                                     f"'pos_channels' does not list")
                 projected = self.lin_pos(dict(pe))
             else:
                 projected = {nt: self.lin_pos(p) for nt, p in pe.items()}
@@ -290,10 +359,6 @@ class HSAConv(MessagePassing):
             pos = ref.new_zeros(tree.num_nodes, width)
             for nt, p in projected.items():
                 lo, hi = tree.node_slices[nt]
-                if p.size(0) != hi - lo:
-                    raise ValueError(f"'pe['{nt}']' has {p.size(0)} rows but "
-                                     f"the hierarchy has {hi - lo} nodes of "
-                                     f"type '{nt}'")
                 pos = pos.index_copy(
                     0, torch.arange(lo, hi, device=pos.device), p)
         return pos.view(tree.num_nodes, self.heads, self.out_channels)
@@ -301,6 +366,67 @@ class HSAConv(MessagePassing):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, heads={self.heads})')
+
+
+def _type_linear(lin: torch.nn.Module, node_type: str,
+                 argument: str) -> torch.nn.Module:
+    """The projection of one node type (a shared one for integer
+    channels)."""
+    if not isinstance(lin, HeteroDictLinear):
+        return lin
+    if node_type not in lin.lins:
+        raise ValueError(f"Node type '{node_type}' has no entry in "
+                         f"'{argument}' (it lists {list(lin.lins)})")
+    return lin.lins[node_type]
+
+
+def _check_input(x: Tensor, name: str, lin: Linear, tree: Tree,
+                 argument: str = 'in_channels'):
+    """``[rows, F]`` input :obj:`x` (called :obj:`name` in messages) fits
+    the projection :obj:`lin` and lives where the tree does."""
+    if x.dim() != 2:
+        letter = 'P' if argument == 'pos_channels' else 'F'
+        raise ValueError(f"{name} must have shape [num_nodes, {letter}] "
+                         f"(got {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (got "
+                        f"{x.dtype}); convert it with .float()")
+    if x.device != tree.device:
+        raise ValueError(f"{name} is on {x.device} but the tree is on "
+                         f"{tree.device}; move one with .to()")
+    weight = lin.weight
+    if x.device != weight.device:
+        raise ValueError(f"{name} is on {x.device} but the layer's "
+                         f"parameters are on {weight.device}; move one "
+                         f"with .to()")
+    # (Lazy projections, in_channels -1, take any width once.)
+    if lin.in_channels > 0 and x.size(-1) != lin.in_channels:
+        raise ValueError(f"{name} has {x.size(-1)} channels but the layer "
+                         f"was built with {argument} = {lin.in_channels} "
+                         f"for it")
+    # (Under autocast the projection casts both.)
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(
+            x.device.type):
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's "
+                        f"parameters have dtype {weight.dtype}; convert one "
+                        f"with .to()")
+
+
+def _check_finite_projections(tree: Tree, hetero: bool,
+                              **projections: Optional[Tensor]):
+    for what, x in projections.items():
+        bad = None if x is None else _non_finite_row(x)
+        if bad is None:
+            continue
+        row = f'row {bad[0]}'
+        if hetero:
+            for nt, (lo, hi) in tree.node_slices.items():
+                if lo <= bad[0] < hi:
+                    row = f"row {bad[0] - lo} of node type '{nt}'"
+        raise ValueError(f"The layer's {what} projection is non-finite "
+                         f"({bad[1]}) at {row} although its inputs 'x' and "
+                         f"'pe' are finite: a parameter is NaN or infinite, "
+                         f"or the projection overflowed")
 
 
 def _leaf_linear(in_channels: Channels, out_channels: int,
@@ -321,7 +447,8 @@ def _hetero_tree(tree, x_dict: Mapping[str, Tensor]) -> Tree:
     if isinstance(tree, Mapping):
         return Tree.from_hetero(
             tree, num_nodes_dict={nt: x.size(0)
-                                  for nt, x in x_dict.items()})
+                                  for nt, x in x_dict.items()
+                                  if isinstance(x, Tensor) and x.dim()})
     raise TypeError(f"With dictionary input 'x', 'tree' must be a "
                     f"pyg_hsa.Tree from Tree.from_hetero or an "
                     f"edge_index_dict (got {type(tree).__name__})")
