@@ -1,0 +1,52 @@
+r"""Crash-safe files: everything a build or a training run writes appears
+whole or not at all, so an interrupted run never leaves a dataset that
+half-loads or a checkpoint that is cut off."""
+import contextlib
+import os
+import os.path as osp
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import torch
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    r"""Saves :obj:`obj` with :func:`torch.save` to a temporary file next to
+    :obj:`path`, flushes it to disk and renames it over :obj:`path`
+    (an atomic replace on POSIX and Windows)."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.',
+                               suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+    r"""Yields a fresh temporary folder next to :obj:`path`; when the block
+    finishes without an exception the folder is renamed to :obj:`path`,
+    otherwise it is removed. :obj:`path` must not exist yet (a finished
+    build is never overwritten; delete it to rebuild)."""
+    path = osp.abspath(path)
+    if osp.exists(path):
+        raise FileExistsError(f"'{path}' already exists; delete it to "
+                              f"rebuild")
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.' + osp.basename(path) + '.',
+                           suffix='.partial', dir=osp.dirname(path))
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,49 @@
+import os
+
+import pytest
+import torch
+
+from pyg_hsa.utils.io import atomic_directory, atomic_save
+
+
+def test_atomic_save_replaces_whole_file(tmp_path):
+    path = str(tmp_path / 'sub' / 'state.pt')
+    atomic_save({'a': torch.arange(3)}, path)
+    atomic_save({'a': torch.arange(5)}, path)
+    assert torch.equal(torch.load(path)['a'], torch.arange(5))
+    assert os.listdir(tmp_path / 'sub') == ['state.pt']
+
+
+def test_atomic_save_failure_keeps_old_file(tmp_path):
+    path = str(tmp_path / 'state.pt')
+    atomic_save({'a': 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError('cannot pickle')
+
+    with pytest.raises(RuntimeError, match='cannot pickle'):
+        atomic_save({'a': Unpicklable()}, path)
+    assert torch.load(path) == {'a': 1}
+    assert os.listdir(tmp_path) == ['state.pt']  # no temporary left
+
+
+def test_atomic_directory(tmp_path):
+    target = str(tmp_path / 'data')
+    with atomic_directory(target) as tmp:
+        assert not os.path.exists(target)
+        open(os.path.join(tmp, 'x.txt'), 'w').write('x')
+    assert os.listdir(target) == ['x.txt']
+    assert os.listdir(tmp_path) == ['data']
+    with pytest.raises(FileExistsError, match='delete it to rebuild'):
+        with atomic_directory(target):
+            pass
+
+
+def test_atomic_directory_interrupted(tmp_path):
+    target = str(tmp_path / 'data')
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target) as tmp:
+            open(os.path.join(tmp, 'half.txt'), 'w').write('x')
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []  # nothing half-built remains
