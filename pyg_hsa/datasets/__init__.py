@@ -1,0 +1,1 @@
+"""Datasets built offline from data shipped inside installed packages."""
