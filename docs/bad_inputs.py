@@ -23,8 +23,11 @@ or directly: ``CASES.append(Case('description', trigger, ("'root'", )))``;
 a plain ``(description, trigger)`` pair also works.
 """
 import argparse
+import contextlib
 import math
+import os
 import sys
+import tempfile
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -655,6 +658,70 @@ def _():
 def _():
     from pyg_hsa.transforms import SequenceToHierarchy
     SequenceToHierarchy((1, ))
+
+
+# Datasets and example scripts ###############################################
+# (Missing or half-written files raise FileNotFoundError / FileExistsError,
+# Python's own errors for them, with the path and what to do.)
+
+@contextlib.contextmanager
+def _temporary_root():
+    """A fresh working folder, so messages show the relative 'datasets'."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)
+        try:
+            yield 'datasets'
+        finally:
+            os.chdir(here)
+
+
+@case('OGB dataset that is not on disk (no downloads)', 'ogbg-molhiv',
+      'cannot be downloaded')
+def _():
+    from pyg_hsa.datasets.ogb import load_ogbg_dataset
+    with _temporary_root() as root:
+        load_ogbg_dataset('ogbg-molhiv', root)
+
+
+@case('OGB dataset folder without RELEASE_v1.txt', 'RELEASE_v1.txt',
+      'delete it')
+def _():
+    from pyg_hsa.datasets.ogb import load_ogbg_dataset
+    with _temporary_root() as root:
+        os.makedirs(os.path.join(root, 'ogbg_molhiv'))
+        load_ogbg_dataset('ogbg-molhiv', root)
+
+
+@case('half-built ogbg-molfreesolv folder', 'delete the folder')
+def _():
+    from pyg_hsa.datasets.ogb import build_ogbg_molfreesolv
+    with _temporary_root() as root:
+        os.makedirs(os.path.join(root, 'ogbg_molfreesolv', 'raw'))
+        build_ogbg_molfreesolv(root)
+
+
+@case('invalid SMILES in a scaffold split', "'smiles' entry 1")
+def _():
+    from pyg_hsa.datasets.ogb import scaffold_split
+    scaffold_split(['CCO', 'C1CC'])
+
+
+@case('example: --resume with a checkpoint of another model',
+      '--resume', '--emb_dim')
+def _():
+    examples = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'examples')
+    sys.path.insert(0, examples)
+    import ogbg_mol
+    from pyg_hsa.utils.io import atomic_save
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, 'run.ckpt')
+        saved = vars(ogbg_mol.parse_args(['--emb_dim', '64']))
+        atomic_save({'args': saved, 'state': {}, 'model': {},
+                     'optimizer': {}, 'generator': None}, path)
+        args = ogbg_mol.parse_args(['--checkpoint', path, '--resume'])
+        ogbg_mol.resume(args, None, None, None, None)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
