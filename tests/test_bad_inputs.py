@@ -51,3 +51,10 @@ def test_the_table_lists_every_case(capsys, tmp_path):
     printed = capsys.readouterr().out
     assert printed == out.read_text()
     assert len(printed.splitlines()) == 2 + len(bad_inputs.CASES)
+
+
+def test_readme_table_is_the_generated_one():
+    """The README's "input -> what happens" table is this script's output
+    (regenerate it with ``python docs/bad_inputs.py``)."""
+    readme = (ROOT / 'README.md').read_text()
+    assert bad_inputs.markdown_table() in readme
