@@ -34,33 +34,46 @@ from ogbg_mol_models import MODELS, MolecularNet, count_parameters  # noqa
 # component); only used to count the HSA model's parameters.
 PE_WIDTHS = {'atom': 9, 'fragment': 10, 'component': 2}
 
+# Table rows: the four models, and HSA ablations (other fragmentations,
+# no positions) run with --models.
+ROWS = {model: (model, []) for model in MODELS}
+ROWS.update({
+    'hsa, no pe': ('hsa', ['--no_pe']),
+    'hsa, rings': ('hsa', ['--hierarchy', 'rings']),
+    'hsa, atoms': ('hsa', ['--hierarchy', 'atoms']),
+})
 
-def parameters(model: str, emb_dim: int, args) -> int:
+
+def parameters(row: str, emb_dim: int, args) -> int:
+    model, extra = ROWS[row]
+    uses_pe = model == 'hsa' and '--no_pe' not in extra
     net = MolecularNet(model, 1, args.num_layers, emb_dim, 0.5, args.heads,
-                       PE_WIDTHS if model == 'hsa' else None)
+                       PE_WIDTHS if uses_pe else None)
     return count_parameters(net)
 
 
-def matched_width(model: str, budget: int, args) -> int:
+def matched_width(row: str, budget: int, args) -> int:
     """The multiple of ``heads`` whose parameter count is closest to the
     budget, by bisection (parameters grow monotonically with the width)."""
     lo, hi = 1, 16 * args.emb_dim // args.heads  # in units of heads
     while lo < hi:
         mid = (lo + hi) // 2
-        if parameters(model, mid * args.heads, args) < budget:
+        if parameters(row, mid * args.heads, args) < budget:
             lo = mid + 1
         else:
             hi = mid
     candidates = [w * args.heads for w in (lo - 1, lo) if w >= 1]
     return min(candidates,
-               key=lambda w: abs(parameters(model, w, args) - budget))
+               key=lambda w: abs(parameters(row, w, args) - budget))
 
 
-def run(model: str, seed: int, emb_dim: int, args) -> Dict:
+def run(row: str, seed: int, emb_dim: int, args) -> Dict:
     os.makedirs(osp.join(args.out, 'runs'), exist_ok=True)
-    filename = osp.join(args.out, 'runs', f'{model}_seed{seed}.json')
+    label = row.replace(', ', '_').replace(' ', '-')
+    filename = osp.join(args.out, 'runs', f'{label}_seed{seed}.json')
+    model, extra = ROWS[row]
     command = [sys.executable, osp.join(EXAMPLES, 'ogbg_mol.py'),
-               '--model', model, '--seed', str(seed),
+               '--model', model, *extra, '--seed', str(seed),
                '--emb_dim', str(emb_dim), '--epochs', str(args.epochs),
                '--num_layers', str(args.num_layers),
                '--heads', str(args.heads), '--root', args.root,
@@ -131,8 +144,10 @@ def main(argv=None):
                         help="the HSA model's width; sets the budget")
     parser.add_argument('--heads', type=int, default=4)
     parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--models', nargs='+', choices=MODELS,
-                        default=list(MODELS))
+    parser.add_argument('--models', nargs='+', choices=list(ROWS),
+                        default=list(MODELS), metavar='ROW',
+                        help=f'table rows, of {list(ROWS)} (default: the '
+                             f'four models)')
     parser.add_argument('--max_graphs', type=int, default=0)
     parser.add_argument('--root', default=osp.join(osp.dirname(HERE),
                                                    'datasets'))

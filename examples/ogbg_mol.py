@@ -74,6 +74,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--hierarchy', choices=FRAGMENT_SCHEMES,
                         default='brics',
                         help="MoleculeToHierarchy's fragments (hsa only)")
+    parser.add_argument('--no_pe', action='store_true',
+                        help="hsa: ignore the hierarchy's positions (pe)")
     parser.add_argument('--heads', type=int, default=4)
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--root', type=str, default=DEFAULT_ROOT)
@@ -248,7 +250,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     higher_better = evaluator.eval_metric not in ('rmse', 'mae')
 
     pos_channels = None
-    if args.model == 'hsa':
+    if args.model == 'hsa' and not args.no_pe:
         sample = dataset[0]
         pos_channels = {nt: sample[nt].pe.size(-1) for nt in
                         sample.node_types if 'pe' in sample[nt]}
@@ -339,8 +341,8 @@ def resume(args, net, optimizer, generator, ctx: Distributed) -> Dict:
         raise RuntimeError(f"--resume: '{args.checkpoint}' is not a "
                            f"readable checkpoint of this script ({error}); "
                            f"delete it to start over") from error
-    for key in ('dataset', 'model', 'hierarchy', 'num_layers', 'emb_dim',
-                'heads'):
+    for key in ('dataset', 'model', 'hierarchy', 'no_pe', 'num_layers',
+                'emb_dim', 'heads'):
         if saved['args'][key] != getattr(args, key):
             raise ValueError(f"--resume: the checkpoint was made with "
                              f"--{key} {saved['args'][key]}, not "

@@ -5,7 +5,8 @@ four choices of global interaction added to every layer:
 * ``gin``: none;
 * ``gin-virtual``: a virtual node per molecule (OGB's GIN-virtual);
 * ``hsa``: :class:`~pyg_hsa.nn.HSAConv` over the molecule's hierarchy
-  (atoms → fragments → components → molecule, with positions ``pe``);
+  (atoms → fragments → components → molecule, with positions ``pe``
+  unless :obj:`pos_channels` is :obj:`None`);
 * ``transformer``: the same :class:`HSAConv` over a flat tree (every atom
   directly under the molecule), which is exactly softmax attention over
   the molecule's atoms.
@@ -90,6 +91,7 @@ class MolecularNet(torch.nn.Module):
             raise ValueError(f"'emb_dim' ({emb_dim}) must be divisible by "
                              f"'heads' ({heads})")
         self.model = model
+        self.uses_pe = model == 'hsa' and pos_channels is not None
         self.num_layers = num_layers
         self.drop_ratio = drop_ratio
         self.atom_encoder = AtomEncoder(emb_dim)
@@ -159,7 +161,8 @@ class MolecularNet(torch.nn.Module):
         attention = self.attentions[layer]
         if self.model == 'transformer':
             return attention(h, data.tree)
-        return attention({LEAF: h}, data.tree, pe=data.pe)[LEAF]
+        pe = data.pe if self.uses_pe else None
+        return attention({LEAF: h}, data.tree, pe=pe)[LEAF]
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.model!r}, '

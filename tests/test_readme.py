@@ -22,3 +22,16 @@ def test_ci_runs_the_readme_commands():
     setup, tests = bash[0].strip(), bash[1].strip()
     ci = (ROOT / '.ci' / 'run').read_text().splitlines()
     assert setup in ci and tests in ci
+
+
+def test_example_commands_parse():
+    """Every ``python examples/ogbg_mol.py ...`` command in the README is
+    accepted by the script's argument parser."""
+    import shlex
+    import sys
+    sys.path.insert(0, str(ROOT / 'examples'))
+    import ogbg_mol
+    commands = re.findall(r'python examples/ogbg_mol\.py([^`\n]*)', README)
+    assert commands, 'the README shows no ogbg_mol.py command'
+    for command in commands:
+        ogbg_mol.parse_args(shlex.split(command))

@@ -30,10 +30,11 @@ def run(root, *extra):
 
 
 @pytest.mark.parametrize('model', ['hsa', 'gin', 'gin-virtual',
-                                   'transformer'])
+                                   'transformer', 'hsa --no_pe',
+                                   'hsa --hierarchy atoms'])
 def test_every_model_trains(freesolv_root, tmp_path, model):
     filename = str(tmp_path / 'result.json')
-    result = run(freesolv_root, '--model', model, '--epochs', '2',
+    result = run(freesolv_root, '--model', *model.split(), '--epochs', '2',
                  '--filename', filename)
     with open(filename) as f:
         saved = json.load(f)
