@@ -20,6 +20,9 @@ def atomic_save(obj: Any, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.',
                                suffix='.tmp', dir=folder)
     try:
+        # mkstemp makes the file private (0600); give it the permissions a
+        # plain open() would, so shared dataset folders stay readable.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, 'wb') as f:
             torch.save(obj, f)
             f.flush()
@@ -29,6 +32,12 @@ def atomic_save(obj: Any, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -45,6 +54,7 @@ def atomic_directory(path: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix='.' + osp.basename(path) + '.',
                            suffix='.partial', dir=osp.dirname(path))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
         yield tmp
         os.rename(tmp, path)
     except BaseException:

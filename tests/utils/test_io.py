@@ -47,3 +47,15 @@ def test_atomic_directory_interrupted(tmp_path):
             open(os.path.join(tmp, 'half.txt'), 'w').write('x')
             raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []  # nothing half-built remains
+
+
+def test_permissions_follow_the_umask(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        atomic_save(1, str(tmp_path / 'x.pt'))
+        with atomic_directory(str(tmp_path / 'd')):
+            pass
+    finally:
+        os.umask(mask)
+    assert (tmp_path / 'x.pt').stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / 'd').stat().st_mode & 0o777 == 0o755
