@@ -7,7 +7,8 @@ of epochs at (about) the same number of parameters, over several seeds.
 Every run is a separate ``examples/ogbg_mol.py`` process with one torch
 thread, one after the other, so the seconds per epoch compare. Each
 model's width is the multiple of the head count whose parameter count is
-closest to the budget (the HSA model at ``--emb_dim``). Run results are
+closest to the budget (the HSA model at ``--emb_dim``). Seconds per epoch
+come from short timing runs made one after the other at the end. Results are
 kept in ``<out>/runs/*.json``; a run whose file exists with the same
 arguments is not repeated, so an interrupted sweep resumes. Writes
 ``<out>/results.md`` and ``<out>/curves.png``.
@@ -17,6 +18,7 @@ import json
 import os
 import os.path as osp
 import platform
+import shlex
 import subprocess
 import sys
 from typing import Dict, List
@@ -67,14 +69,17 @@ def matched_width(row: str, budget: int, args) -> int:
                key=lambda w: abs(parameters(row, w, args) - budget))
 
 
-def run(row: str, seed: int, emb_dim: int, args) -> Dict:
+def run(row: str, seed: int, emb_dim: int, args, epochs: int = 0,
+        name: str = '') -> Dict:
+    """One training run of the example (cached by its file name)."""
     os.makedirs(osp.join(args.out, 'runs'), exist_ok=True)
     label = row.replace(', ', '_').replace(' ', '-')
-    filename = osp.join(args.out, 'runs', f'{label}_seed{seed}.json')
+    filename = osp.join(args.out, 'runs', f'{name}{label}_seed{seed}.json')
     model, extra = ROWS[row]
+    epochs = epochs or args.epochs
     command = [sys.executable, osp.join(EXAMPLES, 'ogbg_mol.py'),
                '--model', model, *extra, '--seed', str(seed),
-               '--emb_dim', str(emb_dim), '--epochs', str(args.epochs),
+               '--emb_dim', str(emb_dim), '--epochs', str(epochs),
                '--num_layers', str(args.num_layers),
                '--heads', str(args.heads), '--root', args.root,
                '--max_graphs', str(args.max_graphs),
@@ -82,7 +87,7 @@ def run(row: str, seed: int, emb_dim: int, args) -> Dict:
     if osp.exists(filename):
         with open(filename) as f:
             result = json.load(f)
-        if result['args']['epochs'] == args.epochs and \
+        if result['args']['epochs'] == epochs and \
                 result['args']['emb_dim'] == emb_dim and \
                 result['args']['num_layers'] == args.num_layers:
             return result
@@ -94,21 +99,43 @@ def run(row: str, seed: int, emb_dim: int, args) -> Dict:
         return json.load(f)
 
 
-def summary_table(results: Dict[str, List[Dict]], widths, budget) -> str:
+def epoch_seconds(args, widths) -> Dict[str, float]:
+    """Seconds per training epoch of every row, from short runs made one
+    after the other right here (the median epoch, so the first epoch's
+    warm-up does not count), so that the rows compare even when the sweep
+    itself shared the machine with other work."""
+    seconds = {}
+    for row in widths:
+        path = osp.join(args.out, 'runs',
+                        'timing_' + row.replace(', ', '_').replace(' ', '-')
+                        + '_seed0.json')
+        if osp.exists(path):
+            os.remove(path)  # always measure afresh
+        result = run(row, 0, widths[row], args, epochs=args.timing_epochs,
+                     name='timing_')
+        seconds[row] = float(np.median(result['curves']['seconds']))
+    return seconds
+
+
+def summary_table(results: Dict[str, List[Dict]], widths,
+                  seconds: Dict[str, float]) -> str:
+    reference = seconds.get('gin')
     lines = ['| model | width | parameters | test RMSE | valid RMSE | '
-             'best epoch | s / epoch |',
-             '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+             'best epoch | s / epoch |' + (' × gin |' if reference else ''),
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: |' +
+             (' ---: |' if reference else '')]
     for model, runs in results.items():
         test = np.array([r['test'] for r in runs])
         valid = np.array([r['valid'] for r in runs])
         epochs = np.array([r['best_epoch'] for r in runs])
-        seconds = np.array([r['seconds_per_epoch'] for r in runs])
         std = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
-        lines.append(
-            f"| {model} | {widths[model]} | {runs[0]['num_params']:,} | "
-            f"{test.mean():.3f} ± {std(test):.3f} | "
-            f"{valid.mean():.3f} ± {std(valid):.3f} | "
-            f"{epochs.mean():.0f} | {seconds.mean():.2f} |")
+        line = (f"| {model} | {widths[model]} | {runs[0]['num_params']:,} | "
+                f"{test.mean():.3f} ± {std(test):.3f} | "
+                f"{valid.mean():.3f} ± {std(valid):.3f} | "
+                f"{epochs.mean():.0f} | {seconds[model]:.2f} |")
+        if reference:
+            line += f' {seconds[model] / reference:.1f} |'
+        lines.append(line)
     return '\n'.join(lines)
 
 
@@ -116,20 +143,19 @@ def plot(results: Dict[str, List[Dict]], path: str):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     for model, runs in results.items():
         curves = np.array([r['curves']['valid'] for r in runs])
         epochs = np.arange(1, curves.shape[1] + 1)
         mean, std = curves.mean(0), curves.std(0)
         ax.plot(epochs, mean, label=model)
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.12)
     ax.set_xlabel('epoch')
     ax.set_ylabel('validation RMSE (kcal/mol)')
-    ax.set_yscale('log')
     ax.set_title(f'ogbg-molfreesolv (local rebuild), {len(runs)} seeds, '
                  f'mean ± std')
-    ax.legend()
-    ax.grid(alpha=0.3, which='both')
+    ax.legend(ncol=3, fontsize='small', loc='upper center')
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -152,21 +178,26 @@ def main(argv=None):
     parser.add_argument('--root', default=osp.join(osp.dirname(HERE),
                                                    'datasets'))
     parser.add_argument('--out', default=osp.join(HERE, 'ogbg_mol'))
+    parser.add_argument('--timing_epochs', type=int, default=5,
+                        help='epochs of the timing runs (seed 0)')
     parser.add_argument('--smoke', action='store_true',
                         help='1 seed, 1 epoch, 24 graphs per split (CI)')
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.epochs, args.max_graphs = 1, 1, 24
         args.emb_dim, args.num_layers = 16, 2
+        args.timing_epochs = 1
 
     budget = parameters('hsa', args.emb_dim, args)
     widths = {m: matched_width(m, budget, args) for m in args.models}
     results = {m: [run(m, seed, widths[m], args)
                    for seed in range(args.seeds)] for m in args.models}
 
+    seconds = epoch_seconds(args, widths)
     command = 'python benchmarks/ogbg_mol_results.py' + ''.join(
-        f' {a}' for a in (argv if argv is not None else sys.argv[1:]))
-    table = summary_table(results, widths, budget)
+        f' {shlex.quote(a)}'
+        for a in (argv if argv is not None else sys.argv[1:]))
+    table = summary_table(results, widths, seconds)
     text = '\n'.join([
         '# ogbg-molfreesolv (local rebuild): HSA vs GIN vs GIN-virtual vs '
         'transformer', '',
@@ -175,7 +206,9 @@ def main(argv=None):
         f'1e-3, dropout 0.5, parameter budget {budget:,} (HSA at width '
         f'{args.emb_dim}); test RMSE (kcal/mol) at the epoch of best '
         f'validation RMSE, mean ± std over seeds; seconds per training '
-        f'epoch with {args.threads} torch thread(s) on '
+        f'epoch: the median epoch of a {args.timing_epochs}-epoch run of '
+        f'each model (seed 0), one after the other, with {args.threads} '
+        f'torch thread(s) on '
         f'{platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} cores, torch {torch.__version__}.', '',
         table, ''])
