@@ -601,12 +601,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
         if not isinstance(x, Tensor):
             raise TypeError(f"'{name}' must be a tensor "
                             f"(got {type(x).__name__})")
-        if not x.is_floating_point():
-            raise TypeError(f"'{name}' must be a floating-point tensor "
-                            f"(got {x.dtype})")
-        if x.device != tree.device:
-            raise ValueError(f"'{name}' is on {x.device} but the tree is on "
-                             f"{tree.device}; move one with .to()")
+        check_float_on_tree(x, f"'{name}'", tree)
     for name, x in named:
         if x.dim() != 3:
             raise ValueError(f"'{name}' must have shape [N, H, C] "
@@ -630,6 +625,18 @@ def _check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
         if pos.dim() == 3 and pos.size(1) != q.size(1):
             raise ValueError(f"'pos' has {pos.size(1)} heads but 'q' has "
                              f"{q.size(1)}")
+
+
+def check_float_on_tree(x: Tensor, name: str, tree: Tree,
+                        hint: str = '') -> None:
+    """Input :obj:`x` (called :obj:`name` in messages) is floating point
+    and on the tree's device."""
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (got "
+                        f"{x.dtype}){hint}")
+    if x.device != tree.device:
+        raise ValueError(f"{name} is on {x.device} but the tree is on "
+                         f"{tree.device}; move one with .to()")
 
 
 def _check_options(scale, dropout) -> None:

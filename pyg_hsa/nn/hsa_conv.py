@@ -7,7 +7,11 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import HeteroDictLinear, Linear
 
-from pyg_hsa.functional import _non_finite_row, hsa_attention
+from pyg_hsa.functional import (
+    _non_finite_row,
+    check_float_on_tree,
+    hsa_attention,
+)
 from pyg_hsa.tree import Tree, _shape
 
 Channels = Union[int, Dict[str, int]]
@@ -388,12 +392,7 @@ def _check_input(x: Tensor, name: str, lin: Linear, tree: Tree,
         letter = 'P' if argument == 'pos_channels' else 'F'
         raise ValueError(f"{name} must have shape [num_nodes, {letter}] "
                          f"(got {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (got "
-                        f"{x.dtype}); convert it with .float()")
-    if x.device != tree.device:
-        raise ValueError(f"{name} is on {x.device} but the tree is on "
-                         f"{tree.device}; move one with .to()")
+    check_float_on_tree(x, name, tree, hint='; convert it with .float()')
     weight = lin.weight
     if x.device != weight.device:
         raise ValueError(f"{name} is on {x.device} but the layer's "
