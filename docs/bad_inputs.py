@@ -719,7 +719,8 @@ def _():
         path = os.path.join(root, 'run.ckpt')
         saved = vars(ogbg_mol.parse_args(['--emb_dim', '64']))
         atomic_save({'args': saved, 'state': {}, 'model': {},
-                     'optimizer': {}, 'generator': None}, path)
+                     'optimizer': {}, 'generator': None, 'torch_rng': None,
+                     'best_model': None}, path)
         args = ogbg_mol.parse_args(['--checkpoint', path, '--resume'])
         ogbg_mol.resume(args, None, None, None, None)
 

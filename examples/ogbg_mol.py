@@ -14,8 +14,9 @@ under ``--root``.
 
 The model is selected by the best validation metric; the JSON result file
 (``--filename``) holds the arguments, the curves and the test metric at the
-best validation epoch. A checkpoint is written atomically after every epoch
-(``--checkpoint``); ``--resume`` continues from it.
+best validation epoch. A checkpoint (model, optimiser, random state, the
+best-validation weights and the target scaling) is written atomically after
+every epoch (``--checkpoint``); ``--resume`` continues from it.
 """
 import argparse
 import json
@@ -105,13 +106,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 class Distributed:
     """The process group when launched by torchrun (``WORLD_SIZE > 1``),
-    a single process otherwise."""
-    def __init__(self, use_cuda: bool):
+    a single process otherwise. On GPUs every rank uses its own device
+    (``--device`` + local rank), with nccl for CUDA tensors and gloo for
+    the small CPU collectives."""
+    def __init__(self, use_cuda: bool, first_device: int = 0):
         self.world_size = int(os.environ.get('WORLD_SIZE', 1))
         self.rank = int(os.environ.get('RANK', 0))
         self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        self.device = torch.device('cpu')
+        if use_cuda:
+            self.device = torch.device('cuda', first_device + self.local_rank)
+            torch.cuda.set_device(self.device)
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group('nccl' if use_cuda else 'gloo')
+            if use_cuda:
+                dist.init_process_group('cpu:gloo,cuda:nccl',
+                                        device_id=self.device)
+            else:
+                dist.init_process_group('gloo')
 
     @property
     def enabled(self) -> bool:
@@ -128,6 +139,14 @@ class Distributed:
         out: List[list] = [None] * self.world_size
         dist.all_gather_object(out, items)
         return [item for part in out for item in part]
+
+    def share_buffers(self, module: torch.nn.Module):
+        """Rank 0's buffers (BatchNorm statistics) on every rank: DDP syncs
+        them only at the start of a forward, so after training each rank
+        would otherwise evaluate with its own last batch's statistics."""
+        if self.enabled:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
     def sum(self, *values: float) -> List[float]:
         """The sums of :obj:`values` over all ranks."""
@@ -231,10 +250,8 @@ def evaluate(net, dataset, index, args, evaluator, scale, device,
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
-    use_cuda = torch.cuda.is_available()
-    ctx = Distributed(use_cuda)
-    device = torch.device(f'cuda:{args.device + ctx.local_rank}'
-                          if use_cuda else 'cpu')
+    ctx = Distributed(torch.cuda.is_available(), args.device)
+    device = ctx.device
     show = ctx.main and sys.stderr.isatty()
     seed_everything(args.seed)
 
@@ -257,7 +274,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     net = MolecularNet(args.model, dataset.num_tasks, args.num_layers,
                        args.emb_dim, args.drop_ratio, args.heads,
                        pos_channels).to(device)
-    model = DistributedDataParallel(net) if ctx.enabled else net
+    model = net
+    if ctx.enabled:
+        model = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == 'cuda' else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     train_set = dataset[split['train']]
@@ -271,8 +291,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     state = {'epoch': 0, 'curves': {'loss': [], 'valid': [], 'test': [],
                                     'seconds': []},
              'best': None}
+    best_model = None  # the weights of the best validation epoch
     if args.resume:
-        state = resume(args, net, optimizer, generator, ctx)
+        state, best_model = resume(args, net, optimizer, generator, ctx)
 
     for epoch in range(state['epoch'] + 1, args.epochs + 1):
         if sampler is not None:
@@ -281,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         loss = train_epoch(model, net, loader, optimizer, device, task_type,
                            scale, ctx, show)
         seconds = time.perf_counter() - start
+        ctx.share_buffers(net)  # evaluate (and save) rank 0's model
         valid = evaluate(net, dataset, split['valid'], args, evaluator,
                          scale, device, ctx, show)
         test = evaluate(net, dataset, split['test'], args, evaluator, scale,
@@ -290,9 +312,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                            ('seconds', seconds)):
             curves[key].append(value)
         best = state['best']
-        if best is None or (valid > best['valid'] if higher_better
-                            else valid < best['valid']):
+        if best is None or np.isnan(best['valid']) or (
+                valid > best['valid'] if higher_better
+                else valid < best['valid']):
             state['best'] = {'epoch': epoch, 'valid': valid, 'test': test}
+            best_model = {k: v.detach().clone()
+                          for k, v in net.state_dict().items()}
         state['epoch'] = epoch
         if ctx.main:
             print(f'Epoch {epoch:3d}  loss {loss:.4f}  valid '
@@ -303,7 +328,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                              'model': net.state_dict(),
                              'optimizer': optimizer.state_dict(),
                              'generator': generator.get_state(),
-                             'torch_rng': torch.get_rng_state()},
+                             'torch_rng': torch.get_rng_state(),
+                             'best_model': best_model,
+                             'target_scale': scale},
                             args.checkpoint)
 
     best = state['best']
@@ -311,6 +338,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         'args': vars(args), 'dataset': args.dataset,
         'metric': evaluator.eval_metric, 'num_params': count_parameters(net),
         'world_size': ctx.world_size, 'best_epoch': best['epoch'],
+        'target_scale': list(scale),
         'valid': best['valid'], 'test': best['test'],
         'seconds_per_epoch': float(np.mean(state['curves']['seconds'])),
         'curves': state['curves'],
@@ -326,15 +354,18 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     return result
 
 
-def resume(args, net, optimizer, generator, ctx: Distributed) -> Dict:
-    """Restores model, optimiser and random state from the checkpoint;
-    training continues at the epoch after the saved one."""
+def resume(args, net, optimizer, generator, ctx: Distributed):
+    """Restores model, optimiser and random state from the checkpoint and
+    returns the training state and the best weights so far; training
+    continues at the epoch after the saved one. (Exact for one process;
+    under DDP every rank restarts from rank 0's random state.)"""
     if not osp.exists(args.checkpoint):
         raise FileNotFoundError(f"--resume: no checkpoint at "
                                 f"'{args.checkpoint}'")
     try:
         saved = torch.load(args.checkpoint, map_location='cpu')
-        keys = ('args', 'state', 'model', 'optimizer', 'generator')
+        keys = ('args', 'state', 'model', 'optimizer', 'generator',
+                'torch_rng', 'best_model')
         if not isinstance(saved, dict) or any(k not in saved for k in keys):
             raise ValueError('missing entries')
     except Exception as error:
@@ -342,8 +373,9 @@ def resume(args, net, optimizer, generator, ctx: Distributed) -> Dict:
                            f"readable checkpoint of this script ({error}); "
                            f"delete it to start over") from error
     for key in ('dataset', 'model', 'hierarchy', 'no_pe', 'num_layers',
-                'emb_dim', 'heads'):
-        if saved['args'][key] != getattr(args, key):
+                'emb_dim', 'heads', 'lr', 'batch_size', 'drop_ratio', 'seed',
+                'max_graphs'):
+        if saved['args'].get(key) != getattr(args, key):
             raise ValueError(f"--resume: the checkpoint was made with "
                              f"--{key} {saved['args'][key]}, not "
                              f"{getattr(args, key)}")
@@ -353,7 +385,7 @@ def resume(args, net, optimizer, generator, ctx: Distributed) -> Dict:
     torch.set_rng_state(saved['torch_rng'])
     if ctx.main:
         print(f"Resuming after epoch {saved['state']['epoch']}", flush=True)
-    return saved['state']
+    return saved['state'], saved['best_model']
 
 
 if __name__ == '__main__':

@@ -131,6 +131,13 @@ class MolecularNet(torch.nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, 'reset_parameters'):
                 module.reset_parameters()
+        # Embedding.reset_parameters draws N(0, 1); OGB's encoders start
+        # from Xavier-uniform (about 10x smaller), and so do we.
+        encoders = [self.atom_encoder.atom_embedding_list] + [
+            encoder.bond_embedding_list for encoder in self.bond_encoders]
+        for embeddings in encoders:
+            for embedding in embeddings:
+                torch.nn.init.xavier_uniform_(embedding.weight)
         if self.model == 'gin-virtual':  # OGB starts virtual nodes at 0
             torch.nn.init.zeros_(self.virtual_node.weight)
 

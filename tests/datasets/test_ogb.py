@@ -1,5 +1,6 @@
 import csv
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -63,12 +64,13 @@ def test_build_loads_in_ogb_and_matches_source(freesolv_root):
 
 def reference_scaffold_split(smiles, fractions):
     """The split written out differently: the scaffold groups ranked by
-    size (ties: first index), then each placed by cumulative counts."""
+    size (ties: the later first molecule first, as in Hu et al.'s code that
+    OGB used), then each placed by cumulative counts."""
     keys = [MurckoScaffoldSmiles(s, includeChirality=True) for s in smiles]
     first = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
-    order = sorted(first, key=lambda k: (-keys.count(k), first[k]))
+    order = sorted(first, key=lambda k: (-keys.count(k), -first[k]))
     n, out, used = len(smiles), {'train': [], 'valid': [], 'test': []}, 0
     for key in order:
         members = [i for i, k in enumerate(keys) if k == key]
@@ -140,6 +142,22 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_concurrent_builds(tmp_path, monkeypatch):
+    """A second process that finishes the same build first wins; this one
+    then returns the finished folder and leaves nothing behind."""
+    real = ogb_data._write_freesolv
+
+    def racing(tmp, *args):
+        monkeypatch.setattr(ogb_data, '_write_freesolv', real)
+        build_ogbg_molfreesolv(str(tmp_path))  # the other process
+        real(tmp, *args)
+
+    monkeypatch.setattr(ogb_data, '_write_freesolv', racing)
+    folder = build_ogbg_molfreesolv(str(tmp_path))
+    assert os.listdir(tmp_path) == ['ogbg_molfreesolv']
+    assert os.path.exists(os.path.join(folder, 'RELEASE_v1.txt'))
+
+
 def test_incomplete_folder_is_refused(tmp_path):
     os.makedirs(tmp_path / 'ogbg_molfreesolv' / 'raw')
     with pytest.raises(FileExistsError, match='delete the folder'):
@@ -183,6 +201,10 @@ def test_hierarchy_cache_and_corruption(freesolv_root):
         assert torch.equal(hier[i]['atom'].x, plain[i].x)
         assert torch.equal(hier[i].y, plain[i].y)
         assert hier[i]['molecule'].num_nodes == 1
+    # Picklable (DataLoader workers started with 'spawn' receive it so).
+    copy = pickle.loads(pickle.dumps(hier[:4]))
+    assert type(copy).__name__ == 'CachedGraphPropPredDataset'
+    assert torch.equal(copy[3]['atom'].pe, hier[3]['atom'].pe)
     again = load_ogbg_dataset('ogbg-molfreesolv', freesolv_root,
                               pre_transform=MoleculeToHierarchy(),
                               cache_name='hsa_brics')  # from the cache

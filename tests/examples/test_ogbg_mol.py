@@ -83,6 +83,20 @@ def test_argument_errors(capsys):
     assert '--resume needs --checkpoint' in capsys.readouterr().err
 
 
+def test_encoders_start_like_ogbs():
+    from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+    torch.manual_seed(0)
+    net = MolecularNet('gin', 1, 2, 64)
+    ours = net.atom_encoder.atom_embedding_list[0].weight
+    bond = net.bond_encoders[1].bond_embedding_list[0].weight
+    reference = AtomEncoder(64).atom_embedding_list[0].weight
+    bound = math.sqrt(6 / sum(reference.shape))  # Xavier-uniform
+    assert ours.abs().max() <= bound and reference.abs().max() <= bound
+    assert bond.abs().max() <= math.sqrt(6 / sum(
+        BondEncoder(64).bond_embedding_list[0].weight.shape))
+    assert ours.std() > bound / 3  # not zero either
+
+
 def test_flat_tree_is_one_family_per_molecule(freesolv_root):
     dataset, split = ogbg_mol.load_splits(ogbg_mol.parse_args(
         ['--root', freesolv_root, '--model', 'gin']))
@@ -118,6 +132,24 @@ def test_ddp_two_processes(freesolv_root, tmp_path):
     with open(filename) as f:
         result = json.load(f)
     assert result['world_size'] == 2 and math.isfinite(result['test'])
+    # The metric the two ranks reported is that of rank 0's trained model
+    # (BatchNorm statistics included) scored by one process.
+    saved = torch.load(filename + '.ckpt')
+    args = ogbg_mol.parse_args(['--root', freesolv_root, *SMALL,
+                                '--model', 'hsa'])
+    dataset, split = ogbg_mol.load_splits(args)
+    sample = dataset[0]
+    net = MolecularNet('hsa', 1, 2, 16, 0.5, 2, {
+        nt: sample[nt].pe.size(-1) for nt in sample.node_types
+        if 'pe' in sample[nt]})
+    net.load_state_dict(saved['model'])
+    from ogb.graphproppred import Evaluator
+    single = ogbg_mol.evaluate(
+        net, dataset, split['valid'], args, Evaluator(args.dataset),
+        saved['target_scale'], torch.device('cpu'),
+        ogbg_mol.Distributed(use_cuda=False), show=False)
+    assert math.isclose(single, result['curves']['valid'][-1],
+                        rel_tol=1e-5)
 
 
 def _evaluate_in_group(rank, world_size, port, root, out):
