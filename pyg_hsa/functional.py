@@ -132,23 +132,31 @@ def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
                      pos: Optional[Tensor], self_loops: bool, scale: float,
                      dropout: float, need_weights: bool):
     """Spec section 4 on prepared inputs; returns the leaf outputs and, if
-    requested, the sibling edges in the user's numbering with weights."""
-    dtype = q.dtype
+    requested, the sibling edges in the user's numbering with weights.
+
+    Features are kept heads first, ``[H, n, C]``, throughout: the families
+    of a level are then contiguous ``[H * F, W, C]`` batches for the matrix
+    products, with no transposes (copies) around every one of them."""
+    dtype, heads = q.dtype, q.size(1)
+    q, k, v = (_HeadsFirst.apply(x) for x in (q, k, v))
     # Everything below is a list with one tensor per depth level.
-    sizes = tree.by_level(tree.size.to(dtype).unsqueeze(-1))  # [n_d, 1]
+    sizes = tree.by_level(tree.size.to(dtype))  # [n_d]
     rho_q, rho_k, rho_v = (_pool_means(tree, x, sizes) for x in (q, k, v))
-    pos = tree.by_level(pos) if pos is not None else None
+    if pos is not None:  # [1 or H, n_d, P]
+        pos = tree.by_level(
+            pos.unsqueeze(0) if pos.dim() == 2 else pos.transpose(0, 1),
+            dim=1)
     # A node has siblings if its family has another member, or if it is a
     # leaf attending to itself; elsewhere eta = +inf and theta = 0.
-    has_sibling = tree.by_level(
-        ((tree.family_size > 1) | (tree.is_leaf & self_loops)).unsqueeze(-1))
+    has_sibling = tree.by_level((tree.family_size > 1)
+                                | (tree.is_leaf & self_loops))
 
     loops = tree.by_level(tree.is_leaf & self_loops)
     thetas, etas, weights = [], [], []
     for d in range(tree.depth + 1):
         theta, eta = _sibling_attention(
             tree, d, rho_q[d], rho_k[d], rho_v[d],
-            None if pos is None else pos[d], sizes[d].view(-1).log(), loops[d],
+            None if pos is None else pos[d], sizes[d].log(), loops[d],
             self_loops, scale, dropout, weights if need_weights else None)
         thetas.append(theta)
         etas.append(eta)
@@ -156,20 +164,52 @@ def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     phis, phi_finite = _energy(tree, etas, has_sibling, sizes)
     log_mu, log_one_minus_mu = _gates(etas, has_sibling, phis, phi_finite)
     out = _accumulate_down(tree, thetas, log_mu, log_one_minus_mu)
-    out = _leaf_rows(tree, out)
+    out = _HeadsFirst.apply(_leaf_rows(tree, out))
     if not need_weights:
         return out, None
     # (No edges at all where no node has a sibling.)
     edge_index = torch.cat([e for e, _ in weights] +
                            [tree.perm.new_zeros(2, 0)], dim=1)
     alpha = torch.cat([a for _, a in weights] +
-                      [out.new_zeros(0, q.size(1), dtype=dtype)])
+                      [out.new_zeros(0, heads, dtype=dtype)])
     return out, (tree.perm[edge_index], alpha)
 
 
+class _HeadsFirst(torch.autograd.Function):
+    """``x.transpose(0, 1).contiguous()`` whose gradient is contiguous too
+    (autograd's would be a transposed view, which every reshape after it
+    copies again)."""
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.transpose(0, 1).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _HeadsFirst.apply(grad)
+
+
+class _QueryKey(torch.autograd.Function):
+    """``q @ k.transpose(-1, -2)`` on ``[..., W, C]`` batches, with both
+    gradients computed contiguous (autograd's for :obj:`k` would be a
+    transposed product, copied by the reshapes that made the batch)."""
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(q, k)
+        return q @ k.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
+        q, k = ctx.saved_tensors
+        grad_q = grad @ k if ctx.needs_input_grad[0] else None
+        grad_k = grad.transpose(-1, -2) @ q if ctx.needs_input_grad[1] \
+            else None
+        return grad_q, grad_k
+
+
 def _leaf_levels(tree: Tree, x: Tensor) -> List[Optional[Tensor]]:
-    """Per depth, the ``[n_d, ...]`` rows of :obj:`x` for the leaves at that
-    depth (zeros for internal nodes), or ``None`` where there are none."""
+    """Per depth, the ``[H, n_d, ...]`` rows of the leaves' :obj:`x` ``[H,
+    N, ...]`` at that depth (zeros for internal nodes), or ``None`` where
+    there are none."""
     out = []
     for d, (pos, src, span) in enumerate(
             zip(tree.level_leaf_pos, tree.level_leaf_src,
@@ -179,47 +219,54 @@ def _leaf_levels(tree: Tree, x: Tensor) -> List[Optional[Tensor]]:
         elif src.numel() == 0:
             out.append(None)
         else:
-            rows = x.new_zeros((tree.level_sizes[d], ) + x.shape[1:])
-            out.append(rows.index_copy(0, pos, x[src]))
+            rows = x.new_zeros((x.size(0), tree.level_sizes[d]) +
+                               x.shape[2:])
+            out.append(rows.index_copy(1, pos, x[:, src]))
     return out
 
 
 def _rows(x: Tensor, lo: int, hi: int) -> Tensor:
-    """``x[lo:hi]``, or :obj:`x` itself when that is all of it (the backward
-    of a slice writes a full-size zero tensor)."""
-    return x if (lo, hi) == (0, x.size(0)) else x[lo:hi]
+    """``x[:, lo:hi]``, or :obj:`x` itself when that is all of it (the
+    backward of a slice writes a full-size zero tensor)."""
+    return x if (lo, hi) == (0, x.size(1)) else x[:, lo:hi]
 
 
 def _leaf_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
-    """Inverse of :func:`_leaf_levels`: the leaf rows in the user's order."""
+    """Inverse of :func:`_leaf_levels`: the leaf rows ``[H, N, ...]`` in the
+    user's order."""
     rows = [
-        level if span is not None else level[pos]
+        level if span is not None else level[:, pos]
         for level, pos, span in zip(levels, tree.level_leaf_pos,
                                     tree.level_leaf_span)
         if span is not None or pos.numel() > 0
     ]
-    rows = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-    return rows if tree.leaf_order is None else rows[tree.leaf_order]
+    rows = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
+    return rows if tree.leaf_order is None else rows[:, tree.leaf_order]
+
+
+def _sum_children(tree: Tree, d: int, x: Tensor) -> Tensor:
+    """Per node at depth :obj:`d`, the sum of its children's rows of
+    :obj:`x` ``[H, n_{d+1}, ...]`` (zero for leaves)."""
+    width = tree.level_width[d + 1]
+    if width is not None:  # Every parent has `width` children in a row.
+        return x.reshape((x.size(0), -1, width) + x.shape[2:]).sum(2)
+    out = x.new_zeros((x.size(0), tree.level_sizes[d]) + x.shape[2:])
+    return out.index_add(1, tree.level_parent[d], x)
 
 
 def _pool_means(tree: Tree, x: Tensor,
                 sizes: Tuple[Tensor, ...]) -> List[Tensor]:
-    """Per depth, the mean of the leaf rows of :obj:`x` below every node (up
-    pass, deepest level first; sums are pooled, then divided by the
-    ``[n_d, 1]`` leaf counts :obj:`sizes`)."""
+    """Per depth, the mean ``[H, n_d, C]`` of the leaf rows of :obj:`x`
+    ``[H, N, C]`` below every node (up pass, deepest level first; sums are
+    pooled, then divided by the ``[n_d]`` leaf counts :obj:`sizes`)."""
     leaves = _leaf_levels(tree, x)
     sums = [leaves[-1]]
     for d in range(tree.depth - 1, -1, -1):
-        width = tree.level_width[d + 1]
-        if width is not None:  # Every parent has `width` children in a row.
-            total = sums[-1].reshape((-1, width) + x.shape[1:]).sum(1)
-        else:
-            total = segment(sums[-1], tree.level_child_ptr[d], reduce='sum')
+        total = _sum_children(tree, d, sums[-1])
         # Leaves have no children (total = 0), internal nodes no own rows.
         sums.append(total if leaves[d] is None else total + leaves[d])
-    shape = (-1, ) + (1, ) * (x.dim() - 1)
     return [
-        total if d == tree.depth else total / sizes[d].view(shape)
+        total if d == tree.depth else total / sizes[d].unsqueeze(-1)
         for d, total in enumerate(sums[::-1])
     ]
 
@@ -235,11 +282,12 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
 
     Families are padded to power-of-two widths and run as batched dense
     attention, one bucket of equal width at a time. Returns
-    :math:`\vartheta` ``[n_d, H, Cv]`` and :math:`\eta` ``[n_d, H]`` (a
+    :math:`\vartheta` ``[H, n_d, Cv]`` and :math:`\eta` ``[H, n_d]`` (a
     finite surrogate where a node has no sibling); appends the sibling edges
-    (level order) and their weights to :obj:`weights` if it is a list.
+    (level order) and their ``[E, H]`` weights to :obj:`weights` if it is a
+    list.
     """
-    num_nodes = rho_q.size(0)
+    num_nodes = rho_q.size(1)
     offset = tree.level_ptr[d]
     parts = []
     for bucket in tree.level_buckets[d]:
@@ -249,42 +297,36 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
             lo, hi = bucket.span
             shape = (-1, bucket.width)
 
-            def gather(x: Tensor) -> Tensor:
-                return _rows(x, lo, hi).reshape(shape + x.shape[1:])
+            def gather(x: Tensor) -> Tensor:  # [H, F, W, ...]
+                return _rows(x, lo, hi).reshape((x.size(0), ) + shape +
+                                                x.shape[2:])
 
             index = torch.arange(lo, hi, device=rho_q.device).view(shape)
         else:
             index = bucket.index
 
             def gather(x: Tensor) -> Tensor:
-                return x[index]
+                return x[:, index]
 
-        q = gather(rho_q).transpose(1, 2)  # [F, H, W, C]
-        k = gather(rho_k).transpose(1, 2)
-        v = gather(rho_v).transpose(1, 2)
-        p = None
-        if pos is not None:
-            p = gather(pos)
-            p = p.unsqueeze(1) if p.dim() == 3 else p.transpose(1, 2)
-        key_bias = log_size[index].unsqueeze(1).unsqueeze(1)  # [F, 1, 1, W]
-        args = (q, k, v, p, p, key_bias, bucket.valid, loop[index], scale,
-                dropout)
+        p = None if pos is None else gather(pos)
+        args = (gather(rho_q), gather(rho_k), gather(rho_v), p, p,
+                log_size[index].unsqueeze(1), bucket.valid, loop[index],
+                scale, dropout)
         if weights is None:
             theta, eta = _family_softmax_blocks(*args)
         else:
             theta, eta, alpha, allowed = _family_softmax(
                 *args, query_lo=0, with_weights=True)
-        theta = theta.transpose(1, 2).flatten(0, 1)  # [F*W, H, Cv]
-        eta = eta.transpose(1, 2).flatten(0, 1)
+        theta, eta = theta.flatten(1, 2), eta.flatten(1, 2)  # [H, F*W, .]
         if bucket.span is None:  # Drop the padding slots.
-            theta, eta = theta[bucket.slot], eta[bucket.slot]
+            theta, eta = theta[:, bucket.slot], eta[:, bucket.slot]
         parts.append((bucket, theta, eta))
 
         if weights is not None:
-            real = allowed & bucket.valid.unsqueeze(-1)
-            f, i, j = real.nonzero().unbind(-1)
+            f, i, j = (allowed & bucket.valid.unsqueeze(-1)).nonzero().unbind(
+                -1)
             weights.append((torch.stack([index[f, i], index[f, j]]) + offset,
-                            alpha[f, :, i, j]))
+                            alpha[:, f, i, j].t()))
 
     if len(parts) == 1 and parts[0][0].span == (0, num_nodes):
         return parts[0][1], parts[0][2]  # One bucket covers the level.
@@ -293,8 +335,8 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
     theta = 0 * rho_v
     eta = 0 * (rho_q[..., 0] + rho_k[..., 0])
     for bucket, part_theta, part_eta in parts:
-        theta = theta.index_copy(0, bucket.node, part_theta)
-        eta = eta.index_copy(0, bucket.node, part_eta)
+        theta = theta.index_copy(1, bucket.node, part_theta)
+        eta = eta.index_copy(1, bucket.node, part_eta)
     return theta, eta
 
 
@@ -312,7 +354,7 @@ def _family_softmax_blocks(q: Tensor, k: Tensor, v: Tensor,
     """:func:`_family_softmax` over blocks of queries when the bucket's
     logits would exceed :obj:`FAMILY_BLOCK_ENTRIES` (rows are independent,
     so the result is the same)."""
-    num_families, heads, width = q.size(0), q.size(1), q.size(2)
+    heads, num_families, width = q.size(0), q.size(1), q.size(2)
     rows = max(1, FAMILY_BLOCK_ENTRIES // (num_families * heads * width))
     if rows >= width:
         return _family_softmax(q, k, v, p_query, p_key, key_bias, valid,
@@ -338,15 +380,16 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
                     key_bias: Tensor, valid: Tensor, loop: Tensor,
                     scale: float, dropout: float, query_lo: int,
                     with_weights: bool = False):
-    r"""Softmax attention of queries ``q [F, H, Wq, C]`` (slots
-    ``query_lo ..`` of their families) over all members ``k, v [F, H, W,
+    r"""Softmax attention of queries ``q [H, F, Wq, C]`` (slots
+    ``query_lo ..`` of their families) over all members ``k, v [H, F, W,
     .]`` of their family: logit ``scale <q, k> + <p_query, p_key> +
-    key_bias``, positions ``[F, H or 1, Wq or W, P]`` (or :obj:`None`);
-    :obj:`valid` ``[F, W]`` marks real members, :obj:`loop`
-    ``[F, Wq]`` queries that may attend to themselves. Returns
-    :math:`\vartheta` ``[F, H, Wq, Cv]``, :math:`\eta` ``[F, H, Wq]`` and,
-    with :obj:`with_weights`, the weights and the mask of allowed keys."""
-    logit = scale * (q @ k.transpose(-1, -2))  # [F, H, Wq, W]
+    key_bias``, positions ``[H or 1, F, Wq or W, P]`` (or :obj:`None`),
+    :obj:`key_bias` ``[F, 1, W]``; :obj:`valid` ``[F, W]`` marks real
+    members, :obj:`loop` ``[F, Wq]`` queries that may attend to themselves.
+    Returns :math:`\vartheta` ``[H, F, Wq, Cv]``, :math:`\eta` ``[H, F,
+    Wq]`` and, with :obj:`with_weights`, the weights and the ``[F, Wq, W]``
+    mask of allowed keys."""
+    logit = scale * _QueryKey.apply(q, k)  # [H, F, Wq, W]
     if p_key is not None:
         logit = logit + p_query @ p_key.transpose(-1, -2)
     logit = logit + key_bias
@@ -359,14 +402,13 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
     allowed = valid.unsqueeze(1) & (~is_self | loop.unsqueeze(-1))
     # Masked entries get a finite fill and an explicit zero weight, so rows
     # without keys (and their gradients) stay finite.
-    mask = allowed.unsqueeze(1)  # [F, 1, Wq, W]
-    logit = torch.where(mask, logit, torch.finfo(logit.dtype).min)
+    logit = torch.where(allowed, logit, torch.finfo(logit.dtype).min)
     logit_max = logit.detach().amax(dim=-1, keepdim=True)
-    exp = (logit - logit_max).exp() * mask
+    exp = (logit - logit_max).exp() * allowed
     exp_sum = exp.sum(dim=-1, keepdim=True)
     exp_sum = torch.where(exp_sum > 0, exp_sum, 1.0)
     alpha = exp / exp_sum
-    eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [F, H, Wq]
+    eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [H, F, Wq]
     weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
     theta = weight @ v
     if with_weights:
@@ -376,10 +418,11 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
 
 def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
             sizes: Tuple[Tensor, ...]) -> Tuple[List[Tensor], List[Tensor]]:
-    r"""The energy :math:`\varphi` per depth (up pass) as a finite
-    surrogate plus a mask of where it is finite (it is :math:`+\infty` at
-    leaves and above chains of only children ending in a leaf)."""
-    leaves = tree.by_level(tree.is_leaf.unsqueeze(-1))
+    r"""The energy :math:`\varphi` ``[H, n_d]`` per depth (up pass) as a
+    finite surrogate plus an ``[n_d]`` mask of where it is finite (it is
+    :math:`+\infty` at leaves and above chains of only children ending in a
+    leaf)."""
+    leaves = tree.by_level(tree.is_leaf)
     phi_levels = [torch.zeros_like(etas[-1])]
     finite_levels = [torch.zeros_like(has_sibling[-1])]
     for d in range(tree.depth - 1, -1, -1):
@@ -391,10 +434,9 @@ def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
                                 -torch.where(sib_c, eta_c, 0.0))
         term = torch.where(fin_c & sib_c, both,
                            torch.where(fin_c, phi_c, eta_c))
-        infinite = (~fin_c & ~sib_c).to(term.dtype)
-        ptr = tree.level_child_ptr[d]
-        total = segment(term * sizes[d + 1], ptr, reduce='sum')
-        num_infinite = segment(infinite, ptr, reduce='sum')
+        total = _sum_children(tree, d, term * sizes[d + 1])
+        infinite = (~fin_c & ~sib_c).to(term.dtype).unsqueeze(0)
+        num_infinite = _sum_children(tree, d, infinite)[0]
         finite = ~leaves[d] & (num_infinite == 0)
         phi_levels.append(torch.where(finite, total / sizes[d], 0.0))
         finite_levels.append(finite)
@@ -404,8 +446,8 @@ def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
 def _gates(etas: List[Tensor], has_sibling: List[Tensor],
            phis: List[Tensor], phi_finite: List[Tensor]
            ) -> Tuple[List[Tensor], List[Tensor]]:
-    r"""Per depth, :math:`\log\mu` and :math:`\log(1-\mu)` with
-    :math:`\mu = \sigma(\eta - \varphi)`; :math:`\mu = 1` where only
+    r"""Per depth, :math:`\log\mu` and :math:`\log(1-\mu)` ``[H, n_d]``
+    with :math:`\mu = \sigma(\eta - \varphi)`; :math:`\mu = 1` where only
     :math:`\eta` is infinite, :math:`\mu = 0` where :math:`\varphi` is.
     Roots get :math:`\log\mu = 0` so that :math:`W = 1` under a root."""
     log_mu, log_one_minus_mu = [], []
@@ -425,7 +467,8 @@ def _accumulate_down(tree: Tree, thetas: List[Tensor], log_mu: List[Tensor],
                      log_one_minus_mu: List[Tensor]) -> List[Tensor]:
     r"""Down pass: :math:`\log W(A) = \log W(\mathrm{pa}(A)) +
     \log\mu(\mathrm{pa}(A))` and :math:`\mathrm{acc}(A) =
-    \mathrm{acc}(\mathrm{pa}(A)) + W(A)(1-\mu(A))\vartheta(A)`."""
+    \mathrm{acc}(\mathrm{pa}(A)) + W(A)(1-\mu(A))\vartheta(A)`, per depth
+    ``[H, n_d, Cv]``."""
     log_w = torch.zeros_like(log_mu[0])  # W = 1 at the roots
     acc = (log_w + log_one_minus_mu[0]).exp().unsqueeze(-1) * thetas[0]
     acc_levels = [acc]
@@ -433,15 +476,15 @@ def _accumulate_down(tree: Tree, thetas: List[Tensor], log_mu: List[Tensor],
         width = tree.level_width[d]
         log_w = log_w + log_mu[d - 1]
         if width is not None:  # Broadcast each parent over its children.
-            log_w = log_w.unsqueeze(1).expand(-1, width, -1).flatten(0, 1)
+            log_w = log_w.unsqueeze(2).expand(-1, -1, width).flatten(1, 2)
             gain = (log_w + log_one_minus_mu[d]).exp().unsqueeze(-1)
-            acc = (acc.unsqueeze(1) + (gain * thetas[d]).view(
-                (-1, width) + acc.shape[1:])).flatten(0, 1)
+            acc = (acc.unsqueeze(2) + (gain * thetas[d]).view(
+                (acc.size(0), -1, width, acc.size(2)))).flatten(1, 2)
         else:
             par = tree.level_parent[d - 1]
-            log_w = log_w[par]
+            log_w = log_w[:, par]
             gain = (log_w + log_one_minus_mu[d]).exp().unsqueeze(-1)
-            acc = acc[par] + gain * thetas[d]
+            acc = acc[:, par] + gain * thetas[d]
         acc_levels.append(acc)
     return acc_levels
 

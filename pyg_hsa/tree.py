@@ -411,12 +411,13 @@ class Tree:
 
     # Derived structure ####################################################
 
-    def by_level(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Splits a level-order ``[M, ...]`` tensor into one view per depth.
+    def by_level(self, x: Tensor, dim: int = 0) -> Tuple[Tensor, ...]:
+        """Splits a level-order tensor (nodes along :obj:`dim`) into one view
+        per depth.
 
         (One split instead of a slice per level keeps the backward pass
         linear: every slice's gradient would be a full-size tensor.)"""
-        return x.split(self.level_sizes)
+        return x.split(self.level_sizes, dim)
 
     # Utilities ############################################################
 
