@@ -15,8 +15,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from torch_geometric.utils import segment
-
 from pyg_hsa.tree import Tree
 
 TreeLike = Union[Tree, Tensor]
@@ -259,16 +257,48 @@ def _pool_means(tree: Tree, x: Tensor,
     """Per depth, the mean ``[H, n_d, C]`` of the leaf rows of :obj:`x`
     ``[H, N, C]`` below every node (up pass, deepest level first; sums are
     pooled, then divided by the ``[n_d]`` leaf counts :obj:`sizes`)."""
-    leaves = _leaf_levels(tree, x)
-    sums = [leaves[-1]]
-    for d in range(tree.depth - 1, -1, -1):
-        total = _sum_children(tree, d, sums[-1])
-        # Leaves have no children (total = 0), internal nodes no own rows.
-        sums.append(total if leaves[d] is None else total + leaves[d])
-    return [
-        total if d == tree.depth else total / sizes[d].unsqueeze(-1)
-        for d, total in enumerate(sums[::-1])
-    ]
+    return list(_PoolMeans.apply(x, tree, sizes))
+
+
+class _PoolMeans(torch.autograd.Function):
+    """:func:`_pool_means` with a backward pass that is itself one down pass
+    (``grad(x) = sum over the ancestors A of grad(rho(A)) / n(A)``) instead
+    of a broadcast, a copy and an add per level and input."""
+    @staticmethod
+    def forward(ctx, x: Tensor, tree: Tree, sizes: Tuple[Tensor, ...]):
+        ctx.tree, ctx.sizes = tree, sizes
+        leaves = _leaf_levels(tree, x)
+        sums = [leaves[-1]]
+        for d in range(tree.depth - 1, -1, -1):
+            total = _sum_children(tree, d, sums[-1])
+            # Leaves have no children (total = 0), internal nodes no rows.
+            sums.append(total if leaves[d] is None else total + leaves[d])
+        return tuple(
+            total if d == tree.depth else total / sizes[d].unsqueeze(-1)
+            for d, total in enumerate(sums[::-1]))
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[Tensor]):
+        tree, sizes = ctx.tree, ctx.sizes
+        below = None  # sum of grad(rho) / n over the ancestors so far
+        levels = []
+        for d, grad in enumerate(grads):
+            if grad is not None and d < tree.depth:
+                grad = grad / sizes[d].unsqueeze(-1)
+            width = tree.level_width[d]
+            if below is None:
+                below = grad
+            elif width is None:
+                below = below[:, tree.level_parent[d - 1]]
+                below = below if grad is None else below + grad
+            elif grad is None:  # Broadcast each parent over its children.
+                below = below.repeat_interleave(width, dim=1)
+            else:
+                below = (grad.reshape(below.shape[:2] + (width, ) +
+                                   below.shape[2:]) +
+                         below.unsqueeze(2)).flatten(1, 2)
+            levels.append(below)
+        return _leaf_rows(tree, levels), None, None
 
 
 def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
@@ -282,13 +312,18 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
 
     Families are padded to power-of-two widths and run as batched dense
     attention, one bucket of equal width at a time. Returns
-    :math:`\vartheta` ``[H, n_d, Cv]`` and :math:`\eta` ``[H, n_d]`` (a
+    :math:`\vartheta` ``[H, n_d, Cv]`` (or, on a level whose families are
+    reshapes, the ``([H, F, W, W], [H, F, W, Cv])`` weights and values it is
+    the product of) and :math:`\eta` ``[H, n_d]`` (a
     finite surrogate where a node has no sibling); appends the sibling edges
     (level order) and their ``[E, H]`` weights to :obj:`weights` if it is a
     list.
     """
     num_nodes = rho_q.size(1)
     offset = tree.level_ptr[d]
+    # Where every parent above has `width` children in a row, the down pass
+    # multiplies the weights into the values itself (no theta is stored).
+    defer = weights is None and d > 0 and tree.level_width[d] is not None
     parts = []
     for bucket in tree.level_buckets[d]:
         if bucket.width == 1 and not self_loops:
@@ -313,7 +348,9 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
                 log_size[index].unsqueeze(1), bucket.valid, loop[index],
                 scale, dropout)
         if weights is None:
-            theta, eta = _family_softmax_blocks(*args)
+            theta, eta = _family_softmax_blocks(*args, defer_values=defer)
+            if not isinstance(theta, Tensor):  # (weights, values), deferred
+                return theta, eta.flatten(1, 2)
         else:
             theta, eta, alpha, allowed = _family_softmax(
                 *args, query_lo=0, with_weights=True)
@@ -349,16 +386,20 @@ FAMILY_BLOCK_ENTRIES = 1 << 24
 def _family_softmax_blocks(q: Tensor, k: Tensor, v: Tensor,
                            p_query: Optional[Tensor], p_key: Optional[Tensor],
                            key_bias: Tensor, valid: Tensor, loop: Tensor,
-                           scale: float,
-                           dropout: float) -> Tuple[Tensor, Tensor]:
+                           scale: float, dropout: float,
+                           defer_values: bool = False):
     """:func:`_family_softmax` over blocks of queries when the bucket's
     logits would exceed :obj:`FAMILY_BLOCK_ENTRIES` (rows are independent,
-    so the result is the same)."""
+    so the result is the same). With :obj:`defer_values`, a bucket that
+    fits in one block returns ``((weight, v), eta)`` instead of
+    ``(theta, eta)``."""
     heads, num_families, width = q.size(0), q.size(1), q.size(2)
     rows = max(1, FAMILY_BLOCK_ENTRIES // (num_families * heads * width))
     if rows >= width:
-        return _family_softmax(q, k, v, p_query, p_key, key_bias, valid,
-                               loop, scale, dropout, query_lo=0)
+        theta, eta = _family_softmax(q, k, v, p_query, p_key, key_bias, valid,
+                                     loop, scale, dropout, query_lo=0,
+                                     with_values=not defer_values)
+        return ((theta, v) if defer_values else theta), eta
     thetas, etas = [], []
     for lo in range(0, width, rows):  # loop over query blocks
         hi = min(lo + rows, width)
@@ -379,7 +420,7 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
                     p_query: Optional[Tensor], p_key: Optional[Tensor],
                     key_bias: Tensor, valid: Tensor, loop: Tensor,
                     scale: float, dropout: float, query_lo: int,
-                    with_weights: bool = False):
+                    with_weights: bool = False, with_values: bool = True):
     r"""Softmax attention of queries ``q [H, F, Wq, C]`` (slots
     ``query_lo ..`` of their families) over all members ``k, v [H, F, W,
     .]`` of their family: logit ``scale <q, k> + <p_query, p_key> +
@@ -388,7 +429,8 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
     members, :obj:`loop` ``[F, Wq]`` queries that may attend to themselves.
     Returns :math:`\vartheta` ``[H, F, Wq, Cv]``, :math:`\eta` ``[H, F,
     Wq]`` and, with :obj:`with_weights`, the weights and the ``[F, Wq, W]``
-    mask of allowed keys."""
+    mask of allowed keys. Without :obj:`with_values`, the (dropped-out)
+    weights ``[H, F, Wq, W]`` take :math:`\vartheta`'s place."""
     logit = scale * _QueryKey.apply(q, k)  # [H, F, Wq, W]
     if p_key is not None:
         logit = logit + p_query @ p_key.transpose(-1, -2)
@@ -410,6 +452,8 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
     alpha = exp / exp_sum
     eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [H, F, Wq]
     weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
+    if not with_values:
+        return weight, eta
     theta = weight @ v
     if with_weights:
         return theta, eta, alpha, allowed
@@ -477,9 +521,16 @@ def _accumulate_down(tree: Tree, thetas: List[Tensor], log_mu: List[Tensor],
         log_w = log_w + log_mu[d - 1]
         if width is not None:  # Broadcast each parent over its children.
             log_w = log_w.unsqueeze(2).expand(-1, -1, width).flatten(1, 2)
-            gain = (log_w + log_one_minus_mu[d]).exp().unsqueeze(-1)
-            acc = (acc.unsqueeze(2) + (gain * thetas[d]).view(
-                (acc.size(0), -1, width, acc.size(2)))).flatten(1, 2)
+            gain = (log_w + log_one_minus_mu[d]).exp()
+            if isinstance(thetas[d], Tensor):
+                acc = (acc.unsqueeze(2) +
+                       (gain.unsqueeze(-1) * thetas[d]).view(
+                           (acc.size(0), -1, width, acc.size(2))))
+            else:  # (weights, values), deferred by _sibling_attention
+                weight, value = thetas[d]
+                acc = _GatedValues.apply(acc, gain.view(weight.shape[:3]),
+                                         weight, value)
+            acc = acc.flatten(1, 2)
         else:
             par = tree.level_parent[d - 1]
             log_w = log_w[:, par]
@@ -487,6 +538,34 @@ def _accumulate_down(tree: Tree, thetas: List[Tensor], log_mu: List[Tensor],
             acc = acc[:, par] + gain * thetas[d]
         acc_levels.append(acc)
     return acc_levels
+
+
+class _GatedValues(torch.autograd.Function):
+    r"""One step of the down pass on a level of equal families: ``acc[:,
+    f] + gain * (weight @ v)`` for parents' ``acc`` ``[H, F, Cv]``, the
+    children's ``gain`` :math:`W(A)(1 - \mu(A))` ``[H, F, W]``, family
+    weights ``[H, F, W, W]`` and values ``[H, F, W, Cv]``.
+
+    Autograd would store :math:`\vartheta` = ``weight @ v`` and form
+    ``grad * gain`` and ``grad * theta`` at full size; here
+    :math:`\vartheta` is never stored, and the gradients go through the
+    small ``[H, F, W, W]`` product ``grad @ v^T`` instead."""
+    @staticmethod
+    def forward(ctx, acc: Tensor, gain: Tensor, weight: Tensor,
+                v: Tensor) -> Tensor:
+        ctx.save_for_backward(gain, weight, v)
+        out = weight @ v
+        return out.mul_(gain.unsqueeze(-1)).add_(acc.unsqueeze(2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        gain, weight, v = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_values = grad @ v.transpose(-1, -2)  # <grad_i, v_j>
+        grad_gain = (grad_values * weight).sum(-1)
+        grad_weight = grad_values * gain.unsqueeze(-1)
+        grad_v = (weight * gain.unsqueeze(-1)).transpose(-1, -2) @ grad
+        return grad.sum(2), grad_gain, grad_weight, grad_v
 
 
 def hsa_dense(

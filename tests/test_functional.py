@@ -453,3 +453,31 @@ def test_one_wide_family_in_query_blocks(monkeypatch):
     assert torch.allclose(out, expected, atol=1e-5)
     grad, = torch.autograd.grad(out.sum(), q)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize('branching', [2, 4])
+def test_dropout_gradients_on_levels_of_equal_families(branching):
+    # Complete trees with power-of-two families take the reshape paths and
+    # the deferred-values down pass; with the seed fixed
+    # the dropped-out output is a deterministic function of q, k, v and pos,
+    # whose gradient gradcheck compares with finite differences.
+    width = branching**3
+    parent = torch.cat([width + torch.arange(width) // branching,
+                        width + width // branching +
+                        torch.arange(width // branching) // branching,
+                        torch.full((branching, ), width + width // branching
+                                   + width // branching**2),
+                        torch.tensor([-1])])
+    tree = Tree.from_parent(parent, width)
+    assert all(w == branching for w in tree.level_width[1:])
+    q, k, v = (t.requires_grad_() for t in random_qkv(width, seed=3))
+    pos = torch.randn(parent.numel(), 2, dtype=torch.float64,
+                      requires_grad=True)
+
+    def fn(q, k, v, pos):
+        torch.manual_seed(0)
+        return hsa_attention(q, k, v, tree, pos=pos, dropout=0.3)
+
+    assert not torch.allclose(fn(q, k, v, pos),
+                              hsa_attention(q, k, v, tree, pos=pos))
+    assert torch.autograd.gradcheck(fn, (q, k, v, pos), fast_mode=True)

@@ -99,3 +99,46 @@ def test_outputs_and_gradients_are_finite(roots, seed, self_loops, mag):
     out.sum().backward()
     for grad in (q.grad, k.grad, v.grad):
         assert bool(grad.isfinite().all())
+
+
+def complete(branching: int, depth: int):
+    return 'leaf' if depth == 0 else [complete(branching, depth - 1)
+                                      ] * branching
+
+
+# Complete trees make every level one reshape of the level above: the paths
+# with custom backward passes (pooling, deferred values) that random forests
+# reach only on small levels.
+balanced = st.builds(lambda b, depth, roots: [complete(b, depth)] * roots,
+                     st.integers(1, 5), st.integers(1, 3), st.integers(1, 2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(forests, balanced), st.integers(0, 2**16), st.booleans(),
+       st.sampled_from([None, 'shared', 'per_head']))
+def test_gradients_equal_the_dense_gradients(roots, seed, self_loops,
+                                             pos_kind):
+    parent, num_leaves = build(roots, seed)
+    tree = Tree.from_parent(parent, num_leaves)
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    inputs = [q, k, v]
+    if pos_kind is not None:
+        inputs.append(torch.randn(
+            (parent.numel(), 2) if pos_kind == 'shared' else
+            (parent.numel(), 2, 2), generator=gen, dtype=torch.float64))
+    inputs = [x.requires_grad_() for x in inputs]
+    pos = inputs[3] if pos_kind is not None else None
+    weight = torch.randn(v.shape, generator=gen, dtype=torch.float64)
+
+    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+    grads = torch.autograd.grad((out * weight).sum(), inputs,
+                                allow_unused=True)
+    dense = dense_output(hsa_dense(q, k, tree, pos=pos,
+                                   self_loops=self_loops), v)
+    expected = torch.autograd.grad((dense * weight).sum(), inputs,
+                                   allow_unused=True)
+    for grad, reference, x in zip(grads, expected, inputs):
+        grad = torch.zeros_like(x) if grad is None else grad
+        reference = torch.zeros_like(x) if reference is None else reference
+        torch.testing.assert_close(grad, reference, rtol=0, atol=1e-10)
