@@ -294,8 +294,8 @@ class _PoolMeans(torch.autograd.Function):
             elif grad is None:  # Broadcast each parent over its children.
                 below = below.repeat_interleave(width, dim=1)
             else:
-                below = (grad.reshape(below.shape[:2] + (width, ) +
-                                   below.shape[2:]) +
+                shape = below.shape[:2] + (width, ) + below.shape[2:]
+                below = (grad.reshape(shape) +
                          below.unsqueeze(2)).flatten(1, 2)
             levels.append(below)
         return _leaf_rows(tree, levels), None, None
@@ -379,7 +379,9 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
 
 # Wide families are processed a block of queries at a time, each block
 # recomputed in the backward pass, so that a family of b members never holds
-# its b x b logits at once (about this many entries per block).
+# its b x b logits at once: a block's logits have at most this many entries,
+# or as many as the bucket's values where that is more (so families no wider
+# than the channels are never split: their logits are smaller than q).
 FAMILY_BLOCK_ENTRIES = 1 << 24
 
 
@@ -389,12 +391,13 @@ def _family_softmax_blocks(q: Tensor, k: Tensor, v: Tensor,
                            scale: float, dropout: float,
                            defer_values: bool = False):
     """:func:`_family_softmax` over blocks of queries when the bucket's
-    logits would exceed :obj:`FAMILY_BLOCK_ENTRIES` (rows are independent,
-    so the result is the same). With :obj:`defer_values`, a bucket that
-    fits in one block returns ``((weight, v), eta)`` instead of
-    ``(theta, eta)``."""
+    logits would exceed :obj:`FAMILY_BLOCK_ENTRIES` and its values' size
+    (rows are independent, so the result is the same). With
+    :obj:`defer_values`, a bucket that fits in one block returns
+    ``((weight, v), eta)`` instead of ``(theta, eta)``."""
     heads, num_families, width = q.size(0), q.size(1), q.size(2)
-    rows = max(1, FAMILY_BLOCK_ENTRIES // (num_families * heads * width))
+    rows = max(FAMILY_BLOCK_ENTRIES // (num_families * heads * width),
+               q.size(3), v.size(3), 1)
     if rows >= width:
         theta, eta = _family_softmax(q, k, v, p_query, p_key, key_bias, valid,
                                      loop, scale, dropout, query_lo=0,
