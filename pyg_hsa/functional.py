@@ -84,7 +84,9 @@ def hsa_attention(
             :math:`\mathrm{scale}\langle q_i, k_i\rangle + \langle e_i,
             e_i\rangle`; a depth-1 tree then equals
             :func:`~torch.nn.functional.scaled_dot_product_attention`.
-        scale (float, optional): defaults to :math:`1/\sqrt{C}`.
+        scale (float or Tensor, optional): defaults to :math:`1/\sqrt{C}`;
+            a one-element tensor (e.g. a learned temperature) gets a
+            gradient.
         dropout (float): dropout probability on the per-family attention
             weights (training only; pass ``0.0`` in evaluation).
         return_attention_weights (bool): also return ``(edge_index, alpha)``:
@@ -184,24 +186,6 @@ class _HeadsFirst(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         return _HeadsFirst.apply(grad)
-
-
-class _QueryKey(torch.autograd.Function):
-    """``q @ k.transpose(-1, -2)`` on ``[..., W, C]`` batches, with both
-    gradients computed contiguous (autograd's for :obj:`k` would be a
-    transposed product, copied by the reshapes that made the batch)."""
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(q, k)
-        return q @ k.transpose(-1, -2)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
-        q, k = ctx.saved_tensors
-        grad_q = grad @ k if ctx.needs_input_grad[0] else None
-        grad_k = grad.transpose(-1, -2) @ q if ctx.needs_input_grad[1] \
-            else None
-        return grad_q, grad_k
 
 
 def _leaf_levels(tree: Tree, x: Tensor) -> List[Optional[Tensor]]:
@@ -434,26 +418,16 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
     Wq]`` and, with :obj:`with_weights`, the weights and the ``[F, Wq, W]``
     mask of allowed keys. Without :obj:`with_values`, the (dropped-out)
     weights ``[H, F, Wq, W]`` take :math:`\vartheta`'s place."""
-    logit = scale * _QueryKey.apply(q, k)  # [H, F, Wq, W]
-    if p_key is not None:
-        logit = logit + p_query @ p_key.transpose(-1, -2)
-    logit = logit + key_bias
-
     # Keys: real members other than the query (or the query itself for a
     # leaf with a self loop).
     width = k.size(2)
     query = torch.arange(query_lo, query_lo + q.size(2), device=q.device)
     is_self = query.unsqueeze(-1) == torch.arange(width, device=q.device)
     allowed = valid.unsqueeze(1) & (~is_self | loop.unsqueeze(-1))
-    # Masked entries get a finite fill and an explicit zero weight, so rows
-    # without keys (and their gradients) stay finite.
-    logit = torch.where(allowed, logit, torch.finfo(logit.dtype).min)
-    logit_max = logit.detach().amax(dim=-1, keepdim=True)
-    exp = (logit - logit_max).exp() * allowed
-    exp_sum = exp.sum(dim=-1, keepdim=True)
-    exp_sum = torch.where(exp_sum > 0, exp_sum, 1.0)
-    alpha = exp / exp_sum
-    eta = -(exp_sum.log() + logit_max).squeeze(-1)  # [H, F, Wq]
+    if isinstance(scale, Tensor):
+        scale = scale.to(q.dtype).reshape(())
+    alpha, eta = _FamilySoftmax.apply(q, k, p_query, p_key, key_bias,
+                                      allowed, scale)
     weight = F.dropout(alpha, p=dropout) if dropout > 0 else alpha
     if not with_values:
         return weight, eta
@@ -461,6 +435,63 @@ def _family_softmax(q: Tensor, k: Tensor, v: Tensor,
     if with_weights:
         return theta, eta, alpha, allowed
     return theta, eta
+
+
+class _FamilySoftmax(torch.autograd.Function):
+    r"""Per family, the weights :math:`\alpha` ``[H, F, Wq, W]`` =
+    softmax over the allowed keys of ``scale <q, k> + <p_query, p_key> +
+    key_bias`` and :math:`\eta = -\log\sum \exp` ``[H, F, Wq]``
+    (arguments as in :func:`_family_softmax`; ``allowed`` ``[F, Wq, W]``).
+
+    The forward pass works in place on one logits buffer and the backward
+    pass needs only :math:`\alpha`: :math:`\partial\ell / \partial
+    \mathrm{logit} = \alpha \odot (g_\alpha - \langle g_\alpha,
+    \alpha\rangle - g_\eta)`. Disallowed keys get a finite fill and an
+    exact zero weight, so rows without keys (and their gradients) stay
+    finite."""
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, p_query: Optional[Tensor],
+                p_key: Optional[Tensor], key_bias: Tensor, allowed: Tensor,
+                scale: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
+        logit = (q @ k.transpose(-1, -2)).mul_(scale)
+        if p_key is not None:
+            logit.add_(p_query @ p_key.transpose(-1, -2))
+        logit.add_(key_bias).masked_fill_(~allowed,
+                                          torch.finfo(logit.dtype).min)
+        logit_max = logit.amax(dim=-1, keepdim=True)
+        alpha = logit.sub_(logit_max).exp_().mul_(allowed)
+        total = alpha.sum(dim=-1, keepdim=True)
+        total = torch.where(total > 0, total, 1.0)
+        alpha.div_(total)
+        eta = (total.log_() + logit_max).squeeze(-1).neg_()
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, p_query, p_key, alpha)
+        return alpha, eta
+
+    @staticmethod
+    def backward(ctx, grad_alpha: Optional[Tensor],
+                 grad_eta: Optional[Tensor]):
+        q, k, p_query, p_key, alpha = ctx.saved_tensors
+        scale = ctx.scale
+        grad = torch.zeros_like(alpha) if grad_alpha is None else \
+            grad_alpha - (grad_alpha * alpha).sum(dim=-1, keepdim=True)
+        if grad_eta is not None:
+            grad.sub_(grad_eta.unsqueeze(-1))
+        grad_logit = grad.mul_(alpha)
+        grads = [None] * 7
+        scaled = grad_logit * scale
+        if ctx.needs_input_grad[0]:
+            grads[0] = scaled @ k
+        if ctx.needs_input_grad[1]:
+            grads[1] = scaled.transpose(-1, -2) @ q
+        if p_key is not None and any(ctx.needs_input_grad[2:4]):
+            per_pair = grad_logit if p_key.size(0) == grad_logit.size(0) \
+                else grad_logit.sum(0, keepdim=True)
+            grads[2] = per_pair @ p_key
+            grads[3] = per_pair.transpose(-1, -2) @ p_query
+        if ctx.needs_input_grad[6]:
+            grads[6] = (grad_logit * (q @ k.transpose(-1, -2))).sum()
+        return tuple(grads)
 
 
 def _energy(tree: Tree, etas: List[Tensor], has_sibling: List[Tensor],
@@ -765,7 +796,11 @@ def check_float_on_tree(x: Tensor, name: str, tree: Tree,
 
 
 def _check_options(scale, dropout) -> None:
-    # (A tensor scale, e.g. a learned temperature, is taken as it is.)
+    # (A one-element tensor scale, e.g. a learned temperature, is taken as
+    # it is and differentiated.)
+    if isinstance(scale, Tensor) and scale.numel() != 1:
+        raise ValueError(f"'scale' must be a number or a one-element tensor "
+                         f"(got a tensor of shape {tuple(scale.shape)})")
     if scale is not None and not isinstance(scale, Tensor):
         if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
             raise TypeError(f"'scale' must be a number or None "

@@ -481,3 +481,22 @@ def test_dropout_gradients_on_levels_of_equal_families(branching):
     assert not torch.allclose(fn(q, k, v, pos),
                               hsa_attention(q, k, v, tree, pos=pos))
     assert torch.autograd.gradcheck(fn, (q, k, v, pos), fast_mode=True)
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_learned_scale_gradient_equals_the_dense_gradient(self_loops):
+    parent, num_leaves = random_case(4)
+    q, k, v = random_qkv(num_leaves, seed=4)
+    pos = torch.randn(parent.numel(), 2, 3, dtype=torch.float64,
+                      requires_grad=True)
+    scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v.shape, dtype=torch.float64)
+    out = hsa_attention(q, k, v, parent, pos=pos, scale=scale,
+                        self_loops=self_loops)
+    dense = dense_output(hsa_dense(q, k, parent, pos=pos, scale=scale,
+                                   self_loops=self_loops), v)
+    grads = torch.autograd.grad((out * weight).sum(), (scale, pos))
+    expected = torch.autograd.grad((dense * weight).sum(), (scale, pos))
+    for grad, reference in zip(grads, expected):
+        torch.testing.assert_close(grad, reference, rtol=0, atol=1e-10)
+    assert float(grads[0]) != 0.0

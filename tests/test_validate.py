@@ -280,3 +280,10 @@ def test_hsa_conv_mixed_dtypes_under_autocast_are_allowed():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = conv(x.bfloat16(), PARENT, pe=pe, validate=True)
     torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+def test_scale_tensor_with_several_elements():
+    q, k, v = random_qkv(5)
+    with pytest.raises(ValueError, match=r"'scale' must be a number or a "
+                       r"one-element tensor \(got a tensor of shape \(2,\)\)"):
+        hsa_attention(q, k, v, PARENT, scale=torch.ones(2))
