@@ -138,7 +138,6 @@ def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     of a level are then contiguous ``[H * F, W, C]`` batches for the matrix
     products, with no transposes (copies) around every one of them."""
     dtype, heads = q.dtype, q.size(1)
-    q, k, v = (_HeadsFirst.apply(x) for x in (q, k, v))
     # Everything below is a list with one tensor per depth level.
     sizes = tree.by_level(tree.size.to(dtype))  # [n_d]
     rho_q, rho_k, rho_v = (_pool_means(tree, x, sizes) for x in (q, k, v))
@@ -239,19 +238,20 @@ def _sum_children(tree: Tree, d: int, x: Tensor) -> Tensor:
 def _pool_means(tree: Tree, x: Tensor,
                 sizes: Tuple[Tensor, ...]) -> List[Tensor]:
     """Per depth, the mean ``[H, n_d, C]`` of the leaf rows of :obj:`x`
-    ``[H, N, C]`` below every node (up pass, deepest level first; sums are
+    ``[N, H, C]`` below every node (up pass, deepest level first; sums are
     pooled, then divided by the ``[n_d]`` leaf counts :obj:`sizes`)."""
     return list(_PoolMeans.apply(x, tree, sizes))
 
 
 class _PoolMeans(torch.autograd.Function):
-    """:func:`_pool_means` with a backward pass that is itself one down pass
-    (``grad(x) = sum over the ancestors A of grad(rho(A)) / n(A)``) instead
-    of a broadcast, a copy and an add per level and input."""
+    """:func:`_pool_means`, heads first, with a backward pass that is
+    itself one down pass (``grad(x) = sum over the ancestors A of
+    grad(rho(A)) / n(A)``) instead of a broadcast, a copy and an add per
+    level, and that writes the leaves' gradient in :obj:`x`'s layout."""
     @staticmethod
     def forward(ctx, x: Tensor, tree: Tree, sizes: Tuple[Tensor, ...]):
         ctx.tree, ctx.sizes = tree, sizes
-        leaves = _leaf_levels(tree, x)
+        leaves = _leaf_levels(tree, x.transpose(0, 1).contiguous())
         sums = [leaves[-1]]
         for d in range(tree.depth - 1, -1, -1):
             total = _sum_children(tree, d, sums[-1])
@@ -277,12 +277,24 @@ class _PoolMeans(torch.autograd.Function):
                 below = below if grad is None else below + grad
             elif grad is None:  # Broadcast each parent over its children.
                 below = below.repeat_interleave(width, dim=1)
+            elif d == tree.depth and tree.leaf_order is None and \
+                    tree.level_leaf_span[d] == (0, tree.num_leaves):
+                # All leaves, in order: the add writes x's [N, H, C] layout.
+                heads, parents = below.shape[:2]
+                out = below.new_empty((tree.num_leaves, heads) +
+                                      below.shape[2:])
+                torch.add(grad.reshape((heads, parents, width) +
+                                       below.shape[2:]),
+                          below.unsqueeze(2),
+                          out=out.view((parents, width, heads) +
+                                       below.shape[2:]).permute(2, 0, 1, 3))
+                return out, None, None
             else:
                 shape = below.shape[:2] + (width, ) + below.shape[2:]
                 below = (grad.reshape(shape) +
                          below.unsqueeze(2)).flatten(1, 2)
             levels.append(below)
-        return _leaf_rows(tree, levels), None, None
+        return _leaf_rows(tree, levels).transpose(0, 1), None, None
 
 
 def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
