@@ -12,6 +12,11 @@ memory is its own. Methods:
   separate column)
 * ``hsa_conv``   -- ``HSAConv`` (projections, LayerNorm, HSA, skip) on it
 * ``hsa_flat``   -- ``hsa_attention`` on a one-level tree (= softmax)
+* ``hsa_points`` -- ``hsa_attention`` on the hierarchy
+  ``PointCloudToHierarchy()`` makes of points on a sphere (irregular
+  families: the gather paths)
+* ``hsa_sequence`` -- ``hsa_attention`` on ``SequenceToHierarchy()``'s
+  token windows of 2, 8, 64 and 1024 tokens
 * ``sdpa``       -- ``torch.nn.functional.scaled_dot_product_attention``
 * ``transformer_conv`` -- PyG's ``TransformerConv`` on the complete graph
 
@@ -44,6 +49,24 @@ def balanced_parent(branching: int, num_leaves: int):
     return torch.cat(parents)
 
 
+REAL = ('hsa_points', 'hsa_sequence')
+
+
+def real_hierarchy(method: str, num_leaves: int):
+    """The hierarchy a dataset transform makes of ``num_leaves`` points
+    (uniform on the unit sphere) or tokens, with its default arguments."""
+    import torch
+    from torch_geometric.data import Data
+
+    from pyg_hsa.transforms import PointCloudToHierarchy, SequenceToHierarchy
+    gen = torch.Generator().manual_seed(0)
+    if method == 'hsa_points':
+        pos = torch.randn(num_leaves, 3, generator=gen)
+        pos = pos / pos.norm(dim=1, keepdim=True)
+        return PointCloudToHierarchy()(Data(pos=pos))
+    return SequenceToHierarchy()(Data(x=torch.zeros(num_leaves, 1)))
+
+
 def worker(method: str, num_leaves: int, branching: int, backward: bool,
            repeats: int, scatter: bool) -> dict:
     import torch
@@ -63,6 +86,11 @@ def worker(method: str, num_leaves: int, branching: int, backward: bool,
                   balanced_parent(branching, num_leaves))
         start = time.perf_counter()
         tree = Tree.from_parent(parent, num_leaves)
+        result['compile_s'] = time.perf_counter() - start
+    elif method in REAL:
+        hierarchy = real_hierarchy(method, num_leaves)
+        start = time.perf_counter()
+        tree = Tree.from_hetero(hierarchy)
         result['compile_s'] = time.perf_counter() - start
     if method == 'hsa_conv':
         conv = HSAConv(HEADS * CHANNELS, CHANNELS, heads=HEADS)
@@ -143,7 +171,8 @@ def sweep(args):
     for backward in (False, True):
         for num_leaves in sizes:
             configs = [('sdpa', 0), ('transformer_conv', 0), ('hsa_flat', 0),
-                       ('hsa', 8), ('hsa', 32), ('hsa_conv', 8)]
+                       ('hsa', 8), ('hsa', 32), ('hsa_conv', 8),
+                       ('hsa_points', 0), ('hsa_sequence', 0)]
             for method, branching in configs:
                 for scatter in ((False, True) if method == 'hsa' else
                                 (False, )):

@@ -163,7 +163,7 @@ def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     phis, phi_finite = _energy(tree, etas, has_sibling, sizes)
     log_mu, log_one_minus_mu = _gates(etas, has_sibling, phis, phi_finite)
     out = _accumulate_down(tree, thetas, log_mu, log_one_minus_mu)
-    out = _HeadsFirst.apply(_leaf_rows(tree, out))
+    out = _UserRows.apply(tree, *out)
     if not need_weights:
         return out, None
     # (No edges at all where no node has a sibling.)
@@ -174,35 +174,38 @@ def _dynamic_program(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     return out, (tree.perm[edge_index], alpha)
 
 
-class _HeadsFirst(torch.autograd.Function):
-    """``x.transpose(0, 1).contiguous()`` whose gradient is contiguous too
-    (autograd's would be a transposed view, which every reshape after it
-    copies again)."""
+class _UserRows(torch.autograd.Function):
+    """The leaves' rows of per-level ``[H, n_d, ...]`` tensors, in the
+    user's ``[N, H, ...]`` order and layout (the inverse of
+    :func:`_leaf_levels`, which is its backward)."""
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return x.transpose(0, 1).contiguous()
+    def forward(ctx, tree: Tree, *levels: Tensor) -> Tensor:
+        ctx.tree = tree
+        return _to_user_rows(tree, levels)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _HeadsFirst.apply(grad)
+    def backward(ctx, grad: Tensor):
+        return (None, *_leaf_levels(ctx.tree, grad.transpose(0, 1)))
 
 
 def _leaf_levels(tree: Tree, x: Tensor) -> List[Optional[Tensor]]:
-    """Per depth, the ``[H, n_d, ...]`` rows of the leaves' :obj:`x` ``[H,
-    N, ...]`` at that depth (zeros for internal nodes), or ``None`` where
-    there are none."""
+    """Per depth, the contiguous ``[H, n_d, ...]`` rows of the leaves'
+    :obj:`x` ``[H, N, ...]`` (any strides) at that depth (zeros for internal
+    nodes), or ``None`` where there are none."""
     out = []
     for d, (pos, src, span) in enumerate(
             zip(tree.level_leaf_pos, tree.level_leaf_src,
                 tree.level_leaf_span)):
         if span is not None:  # The whole level, in the user's order.
-            out.append(_rows(x, *span))
+            out.append(_rows(x, *span).contiguous())
         elif src.numel() == 0:
             out.append(None)
+        elif src.numel() == tree.level_sizes[d]:  # Only leaves, permuted.
+            out.append(x.index_select(1, src))
         else:
             rows = x.new_zeros((x.size(0), tree.level_sizes[d]) +
                                x.shape[2:])
-            out.append(rows.index_copy(1, pos, x[:, src]))
+            out.append(rows.index_copy(1, pos, x.index_select(1, src)))
     return out
 
 
@@ -216,13 +219,27 @@ def _leaf_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
     """Inverse of :func:`_leaf_levels`: the leaf rows ``[H, N, ...]`` in the
     user's order."""
     rows = [
-        level if span is not None else level[:, pos]
+        level if span is not None else level.index_select(1, pos)
         for level, pos, span in zip(levels, tree.level_leaf_pos,
                                     tree.level_leaf_span)
         if span is not None or pos.numel() > 0
     ]
     rows = rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
-    return rows if tree.leaf_order is None else rows[:, tree.leaf_order]
+    return rows if tree.leaf_order is None else rows.index_select(
+        1, tree.leaf_order)
+
+
+def _to_user_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
+    """:func:`_leaf_rows` in the user's ``[N, H, ...]`` layout, the
+    transpose riding on the copy where all leaves share the deepest
+    level."""
+    d, leaves = tree.depth, tree.level_leaf_src[-1]
+    if leaves.numel() != tree.num_leaves:
+        return _leaf_rows(tree, levels).transpose(0, 1).contiguous()
+    level = levels[d].transpose(0, 1)
+    if tree.level_leaf_span[d] is not None:  # (then it is 0 .. N-1)
+        return level.contiguous()
+    return level.new_empty(level.shape).index_copy_(0, leaves, level)
 
 
 def _sum_children(tree: Tree, d: int, x: Tensor) -> Tensor:
@@ -251,7 +268,7 @@ class _PoolMeans(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, tree: Tree, sizes: Tuple[Tensor, ...]):
         ctx.tree, ctx.sizes = tree, sizes
-        leaves = _leaf_levels(tree, x.transpose(0, 1).contiguous())
+        leaves = _leaf_levels(tree, x.transpose(0, 1))
         sums = [leaves[-1]]
         for d in range(tree.depth - 1, -1, -1):
             total = _sum_children(tree, d, sums[-1])
@@ -273,7 +290,7 @@ class _PoolMeans(torch.autograd.Function):
             if below is None:
                 below = grad
             elif width is None:
-                below = below[:, tree.level_parent[d - 1]]
+                below = below.index_select(1, tree.level_parent[d - 1])
                 below = below if grad is None else below + grad
             elif grad is None:  # Broadcast each parent over its children.
                 below = below.repeat_interleave(width, dim=1)
@@ -294,7 +311,7 @@ class _PoolMeans(torch.autograd.Function):
                 below = (grad.reshape(shape) +
                          below.unsqueeze(2)).flatten(1, 2)
             levels.append(below)
-        return _leaf_rows(tree, levels).transpose(0, 1), None, None
+        return _to_user_rows(tree, levels), None, None
 
 
 def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
@@ -317,32 +334,38 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
     """
     num_nodes = rho_q.size(1)
     offset = tree.level_ptr[d]
+    buckets = tree.level_buckets[d]
     # Where every parent above has `width` children in a row, the down pass
     # multiplies the weights into the values itself (no theta is stored).
     defer = weights is None and d > 0 and tree.level_width[d] is not None
+    whole = len(buckets) == 1 and buckets[0].span == (0, num_nodes)
+    if whole:  # The level is its families, back to back: a reshape.
+        indices = [torch.arange(num_nodes, device=rho_q.device).view(
+            -1, buckets[0].width)]
+
+        def blocks(x: Tensor) -> List[Tensor]:  # [H, F, W, ...] per bucket
+            return [x.reshape((x.size(0), -1, buckets[0].width) +
+                              x.shape[2:])]
+    else:  # One gather into bucket order, then a view per bucket.
+        indices = [bucket.index for bucket in buckets]
+
+        def blocks(x: Tensor) -> List[Tensor]:
+            parts = x.index_select(1, tree.level_bucket_order[d]).split(
+                [index.numel() for index in indices], dim=1)
+            return [
+                part.reshape((x.size(0), ) + index.shape + x.shape[2:])
+                for part, index in zip(parts, indices)
+            ]
+
+    ps = [None] * len(buckets) if pos is None else blocks(pos)
     parts = []
-    for bucket in tree.level_buckets[d]:
+    for bucket, index, q, k, v, p in zip(buckets, indices, blocks(rho_q),
+                                         blocks(rho_k), blocks(rho_v), ps):
         if bucket.width == 1 and not self_loops:
-            continue  # Lone nodes without self loops attend to nothing.
-        if bucket.span is not None:
-            lo, hi = bucket.span
-            shape = (-1, bucket.width)
-
-            def gather(x: Tensor) -> Tensor:  # [H, F, W, ...]
-                return _rows(x, lo, hi).reshape((x.size(0), ) + shape +
-                                                x.shape[2:])
-
-            index = torch.arange(lo, hi, device=rho_q.device).view(shape)
-        else:
-            index = bucket.index
-
-            def gather(x: Tensor) -> Tensor:
-                return x[:, index]
-
-        p = None if pos is None else gather(pos)
-        args = (gather(rho_q), gather(rho_k), gather(rho_v), p, p,
-                log_size[index].unsqueeze(1), bucket.valid, loop[index],
-                scale, dropout)
+            parts.append(None)  # Lone nodes without self loops: no keys.
+            continue
+        args = (q, k, v, p, p, log_size[index].unsqueeze(1), bucket.valid,
+                loop[index], scale, dropout)
         if weights is None:
             theta, eta = _family_softmax_blocks(*args, defer_values=defer)
             if not isinstance(theta, Tensor):  # (weights, values), deferred
@@ -350,27 +373,30 @@ def _sibling_attention(tree: Tree, d: int, rho_q: Tensor, rho_k: Tensor,
         else:
             theta, eta, alpha, allowed = _family_softmax(
                 *args, query_lo=0, with_weights=True)
-        theta, eta = theta.flatten(1, 2), eta.flatten(1, 2)  # [H, F*W, .]
-        if bucket.span is None:  # Drop the padding slots.
-            theta, eta = theta[:, bucket.slot], eta[:, bucket.slot]
-        parts.append((bucket, theta, eta))
-
-        if weights is not None:
             f, i, j = (allowed & bucket.valid.unsqueeze(-1)).nonzero().unbind(
                 -1)
             weights.append((torch.stack([index[f, i], index[f, j]]) + offset,
                             alpha[:, f, i, j].t()))
+        parts.append((theta.flatten(1, 2), eta.flatten(1, 2)))  # [H, F*W, .]
 
-    if len(parts) == 1 and parts[0][0].span == (0, num_nodes):
-        return parts[0][1], parts[0][2]  # One bucket covers the level.
-    # (Multiplying by zero keeps q, k and v in the autograd graph, with zero
-    # gradients, even where no node has a sibling, e.g. in a one-leaf tree.)
-    theta = 0 * rho_v
-    eta = 0 * (rho_q[..., 0] + rho_k[..., 0])
-    for bucket, part_theta, part_eta in parts:
-        theta = theta.index_copy(1, bucket.node, part_theta)
-        eta = eta.index_copy(1, bucket.node, part_eta)
-    return theta, eta
+    if all(part is None for part in parts):
+        # (Multiplying by zero keeps q, k and v in the autograd graph, with
+        # zero gradients, even where no node has a sibling, e.g. in a
+        # one-leaf tree.)
+        return 0 * rho_v, 0 * (rho_q[..., 0] + rho_k[..., 0])
+    if whole:
+        return parts[0]
+    # Back from bucket order (dropping the padding slots): one gather.
+    heads, slot = rho_v.size(0), tree.level_bucket_slot[d]
+    theta = torch.cat([
+        rho_v.new_zeros((heads, index.numel(), rho_v.size(2)))
+        if part is None else part[0] for part, index in zip(parts, indices)
+    ], dim=1)
+    eta = torch.cat([
+        rho_v.new_zeros((heads, index.numel())) if part is None else part[1]
+        for part, index in zip(parts, indices)
+    ], dim=1)
+    return theta.index_select(1, slot), eta.index_select(1, slot)
 
 
 # Wide families are processed a block of queries at a time, each block
@@ -579,9 +605,9 @@ def _accumulate_down(tree: Tree, thetas: List[Tensor], log_mu: List[Tensor],
             acc = acc.flatten(1, 2)
         else:
             par = tree.level_parent[d - 1]
-            log_w = log_w[:, par]
+            log_w = log_w.index_select(1, par)
             gain = (log_w + log_one_minus_mu[d]).exp().unsqueeze(-1)
-            acc = acc[:, par] + gain * thetas[d]
+            acc = acc.index_select(1, par) + gain * thetas[d]
         acc_levels.append(acc)
     return acc_levels
 

@@ -141,6 +141,21 @@ class Tree:
             internal = count > 0
             self.level_buckets.append(
                 _family_buckets(start[internal], count[internal]))
+        #: Per depth d: the level's rows in bucket order (every bucket's
+        #: ``index``, flattened, one bucket after another) and the place of
+        #: every node of the level in that order, so that a level takes one
+        #: gather in and one out whatever its number of buckets.
+        self.level_bucket_order, self.level_bucket_slot = [], []
+        for d, buckets in enumerate(self.level_buckets):
+            self.level_bucket_order.append(
+                torch.cat([b.index.reshape(-1) for b in buckets]))
+            slot = torch.empty(self.level_sizes[d], dtype=torch.long,
+                               device=perm.device)
+            start = 0
+            for b in buckets:
+                slot[b.node] = start + b.slot
+                start += b.index.numel()
+            self.level_bucket_slot.append(slot)
         #: Per depth d >= 1: ``W`` if every node at depth d - 1 has exactly
         #: ``W`` children, so that parent-child maps are reshapes.
         self.level_width = [None] + [

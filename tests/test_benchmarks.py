@@ -20,9 +20,10 @@ def test_bench_hsa_smoke(tmp_path):
     assert done.returncode == 0, done.stderr
     table = out.read_text()
     for method in ('| sdpa |', '| hsa b=8 |', '| hsa b=32 |', '| hsa_flat |',
-                   '| hsa_conv b=8 |', '| transformer_conv |'):
+                   '| hsa_conv b=8 |', '| transformer_conv |',
+                   '| hsa_points |', '| hsa_sequence |'):
         assert method in table
-    assert table.count('| fwd+bwd | 256 |') == 6
+    assert table.count('| fwd+bwd | 256 |') == 8
     assert plot.stat().st_size > 10_000
 
 
