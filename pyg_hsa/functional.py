@@ -295,7 +295,8 @@ class _PoolMeans(torch.autograd.Function):
             elif grad is None:  # Broadcast each parent over its children.
                 below = below.repeat_interleave(width, dim=1)
             elif d == tree.depth and tree.leaf_order is None and \
-                    tree.level_leaf_span[d] == (0, tree.num_leaves):
+                    tree.level_leaf_span[d] == (0, tree.num_leaves) and \
+                    not torch.is_grad_enabled():  # (out= is not recorded)
                 # All leaves, in order: the add writes x's [N, H, C] layout.
                 heads, parents = below.shape[:2]
                 out = below.new_empty((tree.num_leaves, heads) +
@@ -514,8 +515,8 @@ class _FamilySoftmax(torch.autograd.Function):
         grad = torch.zeros_like(alpha) if grad_alpha is None else \
             grad_alpha - (grad_alpha * alpha).sum(dim=-1, keepdim=True)
         if grad_eta is not None:
-            grad.sub_(grad_eta.unsqueeze(-1))
-        grad_logit = grad.mul_(alpha)
+            grad = grad - grad_eta.unsqueeze(-1)
+        grad_logit = grad * alpha
         grads = [None] * 7
         scaled = grad_logit * scale
         if ctx.needs_input_grad[0]:

@@ -122,9 +122,7 @@ class Tree:
         order = torch.cat(self.level_leaf_src)
         self.leaf_order = None if _as_span(order) == (0, num_leaves) else \
             torch.argsort(order)
-        #: Per depth d: CSR pointer from level d into its children (level
-        #: d + 1), and the parents of level d + 1 relative to level d.
-        self.level_child_ptr = [_cumsum(c) for c in children[:-1]]
+        #: Per depth d: the parents of level d + 1 relative to level d.
         self.level_parent = [
             parent_new[level_ptr[d + 1]:level_ptr[d + 2]] - level_ptr[d]
             for d in range(self.depth)

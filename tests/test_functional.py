@@ -500,3 +500,23 @@ def test_learned_scale_gradient_equals_the_dense_gradient(self_loops):
     for grad, reference in zip(grads, expected):
         torch.testing.assert_close(grad, reference, rtol=0, atol=1e-10)
     assert float(grads[0]) != 0.0
+
+
+@pytest.mark.parametrize('parent', [
+    [8, 8, 8, 8, 9, 9, 9, 9, 10, 10, -1],  # equal families: reshape paths
+    [7, 8, 8, 9, -1, -1, 5, 6, -1, 8],  # chains, a lone root, buckets
+])
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_second_derivatives(parent, self_loops):
+    # The custom backward passes are built from differentiable operations,
+    # so gradient penalties and Hessian-vector products work.
+    parent = torch.tensor(parent)
+    tree = Tree.from_parent(parent)
+    q, k, v = (t.requires_grad_()
+               for t in random_qkv(tree.num_leaves, seed=1))
+    pos = torch.randn(parent.numel(), 2, dtype=torch.float64,
+                      requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v, pos: hsa_attention(q, k, v, tree, pos=pos,
+                                           self_loops=self_loops),
+        (q, k, v, pos))
