@@ -181,7 +181,10 @@ class _UserRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tree: Tree, *levels: Tensor) -> Tensor:
         ctx.tree = tree
-        return _to_user_rows(tree, levels)
+        out = _to_user_rows(tree, levels)
+        # With one head or one leaf the layout change is a no-op view; the
+        # output must own its memory so that users may modify it in place.
+        return out.clone() if out._is_view() else out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -503,15 +506,17 @@ class _FamilySoftmax(torch.autograd.Function):
         total = torch.where(total > 0, total, 1.0)
         alpha.div_(total)
         eta = (total.log_() + logit_max).squeeze(-1).neg_()
-        ctx.scale = scale
-        ctx.save_for_backward(q, k, p_query, p_key, alpha)
+        learned = isinstance(scale, Tensor)  # saved, so in-place edits
+        ctx.scale = None if learned else scale  # are caught by autograd
+        ctx.save_for_backward(q, k, p_query, p_key, alpha,
+                              scale if learned else None)
         return alpha, eta
 
     @staticmethod
     def backward(ctx, grad_alpha: Optional[Tensor],
                  grad_eta: Optional[Tensor]):
-        q, k, p_query, p_key, alpha = ctx.saved_tensors
-        scale = ctx.scale
+        q, k, p_query, p_key, alpha, learned = ctx.saved_tensors
+        scale = ctx.scale if learned is None else learned
         grad = torch.zeros_like(alpha) if grad_alpha is None else \
             grad_alpha - (grad_alpha * alpha).sum(dim=-1, keepdim=True)
         if grad_eta is not None:

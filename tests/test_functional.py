@@ -520,3 +520,22 @@ def test_second_derivatives(parent, self_loops):
         lambda q, k, v, pos: hsa_attention(q, k, v, tree, pos=pos,
                                            self_loops=self_loops),
         (q, k, v, pos))
+
+
+@pytest.mark.parametrize('heads,parent', [
+    (1, [4, 4, 5, 5, 6, 6, -1]),  # one head: the layout change is a no-op
+    (2, [-1]),  # one leaf
+])
+def test_output_can_be_modified_in_place(heads, parent):
+    parent = torch.tensor(parent)
+    num_leaves = int((parent.numel() + 1) // 2) if parent.numel() > 1 else 1
+    q, k, v = (t.requires_grad_()
+               for t in random_qkv(num_leaves, heads=heads, seed=2))
+    out = hsa_attention(q, k, v, parent)
+    expected = 2 * hsa_attention(q, k, v, parent)
+    out.mul_(2)
+    torch.testing.assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), (q, v))
+    expected_grads = torch.autograd.grad(expected.sum(), (q, v))
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference)
