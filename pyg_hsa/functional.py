@@ -282,21 +282,19 @@ class _PoolMeans(torch.autograd.Function):
             for d, total in enumerate(sums[::-1]))
 
     @staticmethod
-    def backward(ctx, *grads: Optional[Tensor]):
+    def backward(ctx, *grads: Tensor):
+        # (Autograd passes zeros for outputs that were not used.)
         tree, sizes = ctx.tree, ctx.sizes
         below = None  # sum of grad(rho) / n over the ancestors so far
         levels = []
         for d, grad in enumerate(grads):
-            if grad is not None and d < tree.depth:
+            if d < tree.depth:
                 grad = grad / sizes[d].unsqueeze(-1)
             width = tree.level_width[d]
             if below is None:
                 below = grad
             elif width is None:
-                below = below.index_select(1, tree.level_parent[d - 1])
-                below = below if grad is None else below + grad
-            elif grad is None:  # Broadcast each parent over its children.
-                below = below.repeat_interleave(width, dim=1)
+                below = below.index_select(1, tree.level_parent[d - 1]) + grad
             elif d == tree.depth and tree.leaf_order is None and \
                     tree.level_leaf_span[d] == (0, tree.num_leaves) and \
                     not torch.is_grad_enabled():  # (out= is not recorded)
@@ -513,15 +511,11 @@ class _FamilySoftmax(torch.autograd.Function):
         return alpha, eta
 
     @staticmethod
-    def backward(ctx, grad_alpha: Optional[Tensor],
-                 grad_eta: Optional[Tensor]):
+    def backward(ctx, grad_alpha: Tensor, grad_eta: Tensor):
         q, k, p_query, p_key, alpha, learned = ctx.saved_tensors
         scale = ctx.scale if learned is None else learned
-        grad = torch.zeros_like(alpha) if grad_alpha is None else \
-            grad_alpha - (grad_alpha * alpha).sum(dim=-1, keepdim=True)
-        if grad_eta is not None:
-            grad = grad - grad_eta.unsqueeze(-1)
-        grad_logit = grad * alpha
+        grad_logit = alpha * (grad_alpha - grad_eta.unsqueeze(-1) - (
+            grad_alpha * alpha).sum(dim=-1, keepdim=True))
         grads = [None] * 7
         scaled = grad_logit * scale
         if ctx.needs_input_grad[0]:
