@@ -181,10 +181,7 @@ class _UserRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tree: Tree, *levels: Tensor) -> Tensor:
         ctx.tree = tree
-        out = _to_user_rows(tree, levels)
-        # With one head or one leaf the layout change is a no-op view; the
-        # output must own its memory so that users may modify it in place.
-        return out.clone() if out._is_view() else out
+        return _to_user_rows(tree, levels)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -234,14 +231,16 @@ def _leaf_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
 
 def _to_user_rows(tree: Tree, levels: List[Tensor]) -> Tensor:
     """:func:`_leaf_rows` in the user's ``[N, H, ...]`` layout, the
-    transpose riding on the copy where all leaves share the deepest
-    level."""
+    transpose riding on the copy where all leaves share the deepest level.
+    Always a new tensor (with one head or one leaf the layout change alone
+    would be a view, and outputs must own their memory for in-place use)."""
     d, leaves = tree.depth, tree.level_leaf_src[-1]
     if leaves.numel() != tree.num_leaves:
-        return _leaf_rows(tree, levels).transpose(0, 1).contiguous()
+        return _leaf_rows(tree, levels).transpose(0, 1).clone(
+            memory_format=torch.contiguous_format)
     level = levels[d].transpose(0, 1)
     if tree.level_leaf_span[d] is not None:  # (then it is 0 .. N-1)
-        return level.contiguous()
+        return level.clone(memory_format=torch.contiguous_format)
     return level.new_empty(level.shape).index_copy_(0, leaves, level)
 
 
