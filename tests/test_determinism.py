@@ -11,7 +11,8 @@ import torch
 from torch_geometric.data import Data, HeteroData
 
 from helpers import random_forest, random_qkv
-from pyg_hsa import Tree, functional, hsa_attention
+from pyg_hsa import Tree, hsa_attention
+from pyg_hsa.functional import family_softmax
 from pyg_hsa.nn import HSAConv, HSAGPS
 from pyg_hsa.transforms import (
     GraphToHierarchy,
@@ -64,7 +65,7 @@ def conv_pass(seed, blocked=False):
 @pytest.mark.parametrize('blocked', [False, True])
 def test_hsa_conv_same_seed_same_bits(blocked, monkeypatch):
     if blocked:  # Every family in query blocks, recomputed in backward.
-        monkeypatch.setattr(functional, 'FAMILY_BLOCK_ENTRIES', 5)
+        monkeypatch.setattr(family_softmax, 'FAMILY_BLOCK_ENTRIES', 5)
     first, second = conv_pass(7, blocked), conv_pass(7, blocked)
     assert_bitwise_equal(first, second)
     other = conv_pass(8, blocked)
@@ -101,22 +102,22 @@ def test_dropout_in_recomputed_query_blocks_matches_the_forward(
         monkeypatch):
     # With the seed fixed before every call, the output is a deterministic
     # function of q, k, v; gradcheck compares the backward pass (which
-    # recomputes every query block under checkpointing) with finite
+    # recomputes every query block) with finite
     # differences of that function, so it fails unless the recomputation
     # draws the forward's dropout masks again.
-    monkeypatch.setattr(functional, 'FAMILY_BLOCK_ENTRIES', 5)
+    monkeypatch.setattr(family_softmax, 'FAMILY_BLOCK_ENTRIES', 5)
     # Leaves 0..6: a family of 4 and one of 3 under the root 9.
     tree = Tree.from_parent(torch.tensor([7, 7, 7, 7, 8, 8, 8, 9, 9, -1]))
     q, k, v = (t.requires_grad_() for t in random_qkv(
         7, heads=1, channels=2, value_channels=2, seed=5))
     calls = []
-    original = functional._family_softmax
+    original = family_softmax._block_forward
 
-    def spy(*args, **kwargs):
-        calls.append(args[0].size(2) < args[1].size(2))
-        return original(*args, **kwargs)
+    def spy(x, lo, hi, *args, **kwargs):
+        calls.append(hi - lo < x.q.size(2))
+        return original(x, lo, hi, *args, **kwargs)
 
-    monkeypatch.setattr(functional, '_family_softmax', spy)
+    monkeypatch.setattr(family_softmax, '_block_forward', spy)
 
     def fn(q, k, v):
         torch.manual_seed(0)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from helpers import (dense_output, random_forest, random_qkv, renumber,
                      root_paths)
-from pyg_hsa import Tree, functional, hsa_attention, hsa_dense
+from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa.functional import family_softmax
 
 POS_KINDS = [None, 'shared', 'per_head']
 
@@ -330,8 +331,9 @@ def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
         start, width = start + width, -(-width // branching)
     parent = torch.cat(parents + [torch.tensor([-1])])
     tree = Tree.from_parent(parent, num_leaves)
-    uniform = num_leaves == branching**tree.depth and branching in (2, 4, 8)
-    assert all(w is not None for w in tree.level_width[1:]) == uniform
+    uniform = num_leaves == branching**tree.depth
+    assert all(w is not None
+               for w in tree._layout.level_width[1:]) == uniform
     q, k, v = random_qkv(num_leaves, seed=branching)
     pos = make_pos('per_head', parent.numel(), 2)
     out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
@@ -418,7 +420,7 @@ def test_autocast_on_levels_with_several_family_widths():
 @pytest.mark.parametrize('seed', range(12))
 def test_wide_families_in_query_blocks_match_dense(seed, monkeypatch):
     # Tiny blocks force every family through the blocked, recomputed path.
-    monkeypatch.setattr(functional, 'FAMILY_BLOCK_ENTRIES', 7)
+    monkeypatch.setattr(family_softmax, 'FAMILY_BLOCK_ENTRIES', 7)
     parent, num_leaves = random_case(seed)
     q, k, v = random_qkv(num_leaves, seed=seed)
     for tensor in (q, k, v):
@@ -439,7 +441,7 @@ def test_one_wide_family_in_query_blocks(monkeypatch):
     # Flat: one softmax over 1500 leaves, in blocks of 32 queries (as a
     # family of ~500k members would be by default); equal to SDPA, with
     # finite gradients.
-    monkeypatch.setattr(functional, 'FAMILY_BLOCK_ENTRIES', 1 << 16)
+    monkeypatch.setattr(family_softmax, 'FAMILY_BLOCK_ENTRIES', 1 << 16)
     num_leaves = 1500
     parent = torch.cat([torch.full((num_leaves, ), num_leaves),
                         torch.tensor([-1])])
@@ -469,7 +471,7 @@ def test_dropout_gradients_on_levels_of_equal_families(branching):
                                    + width // branching**2),
                         torch.tensor([-1])])
     tree = Tree.from_parent(parent, width)
-    assert all(w == branching for w in tree.level_width[1:])
+    assert all(w == branching for w in tree._layout.level_width[1:])
     q, k, v = (t.requires_grad_() for t in random_qkv(width, seed=3))
     pos = torch.randn(parent.numel(), 2, dtype=torch.float64,
                       requires_grad=True)

@@ -37,11 +37,12 @@ def test_from_parent_compiles_levels_and_sizes():
     tree = Tree.from_parent(torch.tensor([5, 5, 5, 6, 7, 7, 7, -1]))
     assert tree.num_leaves == 5 and tree.num_nodes == 8
     assert tree.num_roots == 1 and tree.depth == 2
-    assert tree.level_ptr == (0, 1, 4, 8)
+    layout = tree._layout
+    assert layout.level_ptr == (0, 1, 4, 8)
     assert repr(tree) == ('Tree(num_nodes=8, num_leaves=5, num_roots=1, '
                           'depth=2)')
     size = torch.empty(8, dtype=torch.long)
-    size[tree.perm] = tree.size
+    size[layout.perm] = layout.size
     assert size.tolist() == [1, 1, 1, 1, 1, 3, 1, 5]
     assert tree.batch.tolist() == [0] * 5
 
@@ -52,35 +53,32 @@ def test_level_order_keeps_families_contiguous(seed):
                                        max_depth=5, max_branch=6,
                                        num_roots=3)
     tree = Tree.from_parent(parent, num_leaves)
-    new_parent = tree.parent_new
+    layout = tree._layout
+    new_parent = layout.parent
     non_root = new_parent[tree.num_roots:]
     assert bool((new_parent[:tree.num_roots] == -1).all())
     assert bool((non_root[1:] >= non_root[:-1]).all())  # sorted by parent
-    old = tree.perm
+    old = layout.perm
     expected = torch.where(parent[old] < 0, -1, parent[old])
     assert bool((torch.where(new_parent < 0, -1, old[new_parent.clamp(
         min=0)]) == expected).all())
-    # Family buckets: every node sits in exactly one real slot, next to
-    # exactly its siblings (a root alone), padded to a power of two.
+    # Buckets: every member of a family of two or more sits in exactly one
+    # real slot, next to exactly its siblings; views are back to back.
     seen = torch.zeros(parent.numel(), dtype=torch.long)
-    for d, buckets in enumerate(tree.level_buckets):
-        offset = tree.level_ptr[d]
-        for bucket in buckets:
-            assert bucket.index.size(1) == bucket.width
-            index = bucket.index + offset  # level order
-            members = index[bucket.valid]
-            assert members.tolist() == (bucket.node + offset).tolist()
-            seen.index_add_(0, members, torch.ones_like(members))
-            first = index[:, :1].expand_as(index)
-            same = new_parent[index] == new_parent[first]
-            assert bool(same[bucket.valid].all())
-            count = bucket.valid.sum(1)
-            assert bool((count > bucket.width // 2).all())
-            assert bool((tree.family_size[index[:, 0]] == count).all())
-            if bucket.span is not None:
-                lo, hi = bucket.span
-                assert bucket.index.flatten().tolist() == list(range(lo, hi))
-    assert bool((seen == 1).all())
+    for bucket in layout.buckets:
+        assert bucket.index.size(1) == bucket.width
+        members = bucket.index[bucket.valid]
+        seen.index_add_(0, members, torch.ones_like(members))
+        first = bucket.index[:, :1].expand_as(bucket.index)
+        same = new_parent[bucket.index] == new_parent[first]
+        assert bool(same[bucket.valid].all())
+        count = bucket.valid.sum(1)
+        assert bool((layout.family_size[bucket.index[:, 0]] == count).all())
+        assert bool((count >= 2).all())
+        if bucket.start is not None:
+            assert bucket.index.flatten().tolist() == list(
+                range(bucket.start, bucket.start + bucket.index.numel()))
+    assert bool(((seen == 1) == (layout.family_size >= 2)).all())
     # Example index of each leaf: roots ordered by id.
     roots = (parent < 0).nonzero().view(-1)
     root_of = parent.clone()
@@ -218,7 +216,7 @@ def test_to_moves_every_tensor_and_keeps_results():
     parent, num_leaves = random_forest(np.random.default_rng(0))
     tree = Tree.from_parent(parent, num_leaves)
     moved = tree.to('cpu')
-    assert moved.level_buckets[0][0].index.device == torch.device('cpu')
+    assert moved._layout.buckets[0].index.device == torch.device('cpu')
     assert moved.device == torch.device('cpu')
     q, k, v = random_qkv(num_leaves)
     torch.testing.assert_close(hsa_attention(q, k, v, moved, self_loops=True),

@@ -7,11 +7,8 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import HeteroDictLinear, Linear
 
-from pyg_hsa.functional import (
-    _non_finite_row,
-    check_float_on_tree,
-    hsa_attention,
-)
+from pyg_hsa.functional import hsa_attention
+from pyg_hsa.functional.checks import check_float_on_tree, non_finite_row
 from pyg_hsa.tree import Tree, _shape
 
 Channels = Union[int, Dict[str, int]]
@@ -342,7 +339,7 @@ class HSAConv(MessagePassing):
         else:
             named = [("'x'", x)] + ([] if pe is None else [("'pe'", pe)])
         for name, tensor in named:
-            bad = _non_finite_row(tensor)
+            bad = non_finite_row(tensor)
             if bad is not None:
                 raise ValueError(f"{name} has a non-finite value ({bad[1]}) "
                                  f"at row {bad[0]}; expected finite values")
@@ -414,7 +411,7 @@ def _check_input(x: Tensor, name: str, lin: Linear, tree: Tree,
 def _check_finite_projections(tree: Tree, hetero: bool,
                               **projections: Optional[Tensor]):
     for what, x in projections.items():
-        bad = None if x is None else _non_finite_row(x)
+        bad = None if x is None else non_finite_row(x)
         if bad is None:
             continue
         row = f'row {bad[0]}'

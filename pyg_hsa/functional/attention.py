@@ -1,0 +1,135 @@
+r"""Hierarchical Self-Attention on tensors: :func:`hsa_attention`.
+
+The math and its derivation are in ``docs/hsa.md``; the notation below
+follows it. The computation is split by responsibility:
+:mod:`~pyg_hsa.functional.layout` (level order, buckets, tree sums),
+:mod:`~pyg_hsa.functional.family_softmax` (attention inside families),
+:mod:`~pyg_hsa.functional.dynamic_program` (the passes up and down) and
+:mod:`~pyg_hsa.functional.dense` (the quadratic reference).
+"""
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from pyg_hsa.functional.checks import (
+    TreeLike,
+    as_tree,
+    check_finite,
+    check_inputs,
+    check_options,
+)
+from pyg_hsa.functional.dynamic_program import dynamic_program
+
+
+def hsa_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    tree: TreeLike,
+    *,
+    pos: Optional[Tensor] = None,
+    self_loops: bool = False,
+    scale: Optional[float] = None,
+    dropout: float = 0.0,
+    return_attention_weights: bool = False,
+    validate: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+    r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025).
+
+    For leaves :math:`i`, returns :math:`\mathbf{o}_i = \sum_j \Theta_{ij}
+    \mathbf{v}_j`, where :math:`\Theta` is the row-stochastic matrix that is
+    constant on the sibling blocks of the tree and closest in KL divergence
+    to softmax attention. With :math:`\rho` the mean over the leaves below a
+    node, :math:`n(B)` the number of those leaves and, for siblings
+    :math:`A \neq B`,
+
+    .. math::
+        s(A, B) = \mathrm{scale} \cdot \langle \rho_q(A), \rho_k(B) \rangle
+        + \langle \mathbf{e}(A), \mathbf{e}(B) \rangle,
+
+    the output telescopes along the path from a leaf to its root:
+
+    .. math::
+        \mathbf{o}_i = \sum_{A} W(A)\,(1 - \mu(A))\, \vartheta(A), \qquad
+        \vartheta(A) = \sum_{B \in \mathrm{sib}(A)}
+        \mathrm{softmax}_B\big(s(A, B) + \log n(B)\big)\, \rho_v(B),
+
+    with :math:`\eta(A) = -\log \sum_{B \in \mathrm{sib}(A)} n(B)
+    e^{s(A, B)}`, :math:`\varphi(P) = -\sum_{A \in \mathrm{chd}(P)}
+    \frac{n(A)}{n(P)} \log(e^{-\varphi(A)} + e^{-\eta(A)})`
+    (:math:`+\infty` at leaves), the gate :math:`\mu(A) =
+    \sigma(\eta(A) - \varphi(A))` and :math:`W(A)` the product of the gates
+    of the strict non-root ancestors of :math:`A`.
+
+    The cost is :math:`O(\#\text{nodes} + \#\text{sibling pairs})` per head
+    and channel, with one sequential step per depth level. Half-precision
+    inputs are computed in float32 and cast back, so under autocast only
+    the projections before and the cast after lose precision (tested:
+    :class:`~pyg_hsa.nn.HSAConv` under CPU autocast stays within
+    ``1e-2 * (1 + |out|)`` of float32 in float16, ``5e-2 * (1 + |out|)``
+    in bfloat16). Logits of magnitude ``1e4`` and trees of depth 64 keep
+    outputs and gradients finite.
+
+    Args:
+        q (Tensor): ``[N, H, C]`` leaf queries.
+        k (Tensor): ``[N, H, C]`` leaf keys.
+        v (Tensor): ``[N, H, Cv]`` leaf values.
+        tree (Tree or LongTensor): a compiled :class:`~pyg_hsa.Tree`, or a
+            parent vector of length ``M >= N`` (leaves ``0 .. N-1`` first,
+            ``-1`` for roots), compiled on the fly.
+        pos (Tensor, optional): ``[M, P]`` (shared by heads) or ``[M, H, P]``
+            position-in-family vectors of all nodes, in the tree's numbering;
+            siblings :math:`A, B` add :math:`\langle \mathrm{pos}_A,
+            \mathrm{pos}_B \rangle` to their logit. Roots' rows are unused.
+        self_loops (bool): every leaf also attends to itself, with logit
+            :math:`\mathrm{scale}\langle q_i, k_i\rangle + \langle e_i,
+            e_i\rangle`; a depth-1 tree then equals
+            :func:`~torch.nn.functional.scaled_dot_product_attention`.
+        scale (float or Tensor, optional): defaults to :math:`1/\sqrt{C}`;
+            a one-element tensor (e.g. a learned temperature) gets a
+            gradient.
+        dropout (float): dropout probability on the per-family attention
+            weights (training only; pass ``0.0`` in evaluation).
+        return_attention_weights (bool): also return ``(edge_index, alpha)``:
+            the sibling edges ``A -> B`` in the tree's numbering and their
+            ``[E, H]`` softmax weights (summing to 1 over the edges that
+            leave one node).
+        validate (bool): also check that :obj:`q`, :obj:`k`, :obj:`v` and
+            :obj:`pos` are finite, and raise a :class:`ValueError` naming the
+            argument and its first row holding a NaN or an infinity. Off by
+            default: the check reads every entry and, on a GPU, waits for
+            it. (Shapes, dtypes and devices are always checked, and the tree
+            when it is built.)
+
+    Returns:
+        ``[N, H, Cv]`` outputs (and the attention weights if requested).
+    """
+    tree = as_tree(tree, q)
+    check_inputs(q, k, v, tree, pos)
+    check_options(scale, dropout)
+    if validate:
+        check_finite(q=q, k=k, v=v, pos=pos)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
+                                    v.dtype)
+    dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    layout = tree._layout
+    if pos is not None:  # to level order, heads first: [H or 1, M, P]
+        pos = pos.to(dtype)[layout.perm]
+        pos = pos.unsqueeze(0) if pos.dim() == 2 else pos.transpose(0, 1)
+
+    # The whole dynamic program runs in `dtype`: autocast would otherwise
+    # send its matrix products to half precision.
+    with torch.autocast(q.device.type, enabled=False):
+        out, weights = dynamic_program(layout, q, k, v, pos, self_loops,
+                                       scale, dropout,
+                                       return_attention_weights)
+    out = out.to(out_dtype)
+    if return_attention_weights:
+        edge_index, alpha = weights
+        return out, (layout.perm[edge_index], alpha)
+    return out

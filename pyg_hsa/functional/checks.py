@@ -1,0 +1,106 @@
+"""Checks of the functional core's tensor inputs, each in one place:
+:func:`~pyg_hsa.hsa_attention`, :func:`~pyg_hsa.hsa_dense` and the layers
+call these rather than repeating them."""
+import math
+import numbers
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from pyg_hsa.tree import Tree
+
+TreeLike = Union[Tree, Tensor]
+
+
+def as_tree(tree: TreeLike, q: Tensor) -> Tree:
+    if isinstance(tree, Tree):
+        return tree
+    if isinstance(tree, Tensor):
+        if not isinstance(q, Tensor) or q.dim() < 1:
+            raise TypeError("'q' must be a tensor of shape [N, H, C]")
+        return Tree.for_rows(tree, q.size(0), 'q')
+    raise TypeError(f"'tree' must be a pyg_hsa.Tree or a parent LongTensor "
+                    f"(got {type(tree).__name__})")
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
+                  pos: Optional[Tensor]) -> None:
+    named = [('q', q), ('k', k)] + ([('v', v)] if v is not None else [])
+    for name, x in named + ([('pos', pos)] if pos is not None else []):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"'{name}' must be a tensor "
+                            f"(got {type(x).__name__})")
+        check_float_on_tree(x, f"'{name}'", tree)
+    for name, x in named:
+        if x.dim() != 3:
+            raise ValueError(f"'{name}' must have shape [N, H, C] "
+                             f"(got {tuple(x.shape)})")
+        if x.size(1) == 0 or x.size(2) == 0:
+            raise ValueError(f"'{name}' must have at least one head and one "
+                             f"channel (got shape {tuple(x.shape)})")
+        if x.size(0) != tree.num_leaves:
+            raise ValueError(f"'{name}' has {x.size(0)} rows but the tree has "
+                             f"{tree.num_leaves} leaves")
+    if q.shape != k.shape:
+        raise ValueError(f"'q' and 'k' must have the same shape "
+                         f"(got {tuple(q.shape)} and {tuple(k.shape)})")
+    if v is not None and v.size(1) != q.size(1):
+        raise ValueError(f"'v' has {v.size(1)} heads but 'q' has {q.size(1)}")
+    if pos is not None:
+        if pos.dim() not in (2, 3) or pos.size(0) != tree.num_nodes:
+            raise ValueError(f"'pos' must have shape [M, P] or [M, H, P] with "
+                             f"M = {tree.num_nodes} tree nodes (got "
+                             f"{tuple(pos.shape)})")
+        if pos.dim() == 3 and pos.size(1) != q.size(1):
+            raise ValueError(f"'pos' has {pos.size(1)} heads but 'q' has "
+                             f"{q.size(1)}")
+
+
+def check_float_on_tree(x: Tensor, name: str, tree: Tree,
+                        hint: str = '') -> None:
+    """Input :obj:`x` (called :obj:`name` in messages) is floating point
+    and on the tree's device."""
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (got "
+                        f"{x.dtype}){hint}")
+    if x.device != tree.device:
+        raise ValueError(f"{name} is on {x.device} but the tree is on "
+                         f"{tree.device}; move one with .to()")
+
+
+def check_options(scale, dropout) -> None:
+    # (A one-element tensor scale, e.g. a learned temperature, is taken as
+    # it is and differentiated.)
+    if isinstance(scale, Tensor) and scale.numel() != 1:
+        raise ValueError(f"'scale' must be a number or a one-element tensor "
+                         f"(got a tensor of shape {tuple(scale.shape)})")
+    if scale is not None and not isinstance(scale, Tensor):
+        if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
+            raise TypeError(f"'scale' must be a number or None "
+                            f"(got {type(scale).__name__})")
+        if not math.isfinite(scale):
+            raise ValueError(f"'scale' must be finite (got {scale})")
+    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout!r})")
+
+
+def non_finite_row(x: Tensor) -> Optional[Tuple[int, float]]:
+    """The first row of :obj:`x` holding a NaN or an infinity and that
+    value, or :obj:`None` if :obj:`x` is finite (one synchronisation)."""
+    finite = torch.isfinite(x.detach())
+    if finite.dim() > 1:
+        finite = finite.flatten(1).all(1)
+    if bool(finite.all()):
+        return None
+    row = int((~finite).nonzero()[0])
+    values = x.detach()[row].reshape(-1)
+    return row, float(values[~torch.isfinite(values)][0])
+
+
+def check_finite(**tensors: Optional[Tensor]) -> None:
+    for name, x in tensors.items():
+        bad = None if x is None else non_finite_row(x)
+        if bad is not None:
+            raise ValueError(f"'{name}' has a non-finite value ({bad[1]}) at "
+                             f"row {bad[0]}; expected finite values")

@@ -1,0 +1,157 @@
+r"""The explicit HSA attention matrix, built by a separate route from the
+dynamic program: lowest common ancestors of every leaf pair, in quadratic
+memory. It is the reference :func:`~pyg_hsa.hsa_attention` is tested
+against, and serves plots."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyg_hsa.functional.checks import (
+    TreeLike,
+    as_tree,
+    check_finite,
+    check_inputs,
+    check_options,
+)
+
+
+def hsa_dense(
+    q: Tensor,
+    k: Tensor,
+    tree: TreeLike,
+    *,
+    pos: Optional[Tensor] = None,
+    self_loops: bool = False,
+    scale: Optional[float] = None,
+    validate: bool = False,
+) -> Tensor:
+    r"""The explicit ``[H, N, N]`` HSA attention matrix :math:`\Theta`.
+
+    For leaves :math:`i \neq j` with lowest common ancestor :math:`C`, and
+    :math:`A', B'` the children of :math:`C` above :math:`i` and :math:`j`,
+
+    .. math::
+        \Theta_{ij} = W(A') \frac{\exp s(A', B')}{e^{-\varphi(A')} +
+        e^{-\eta(A')}},
+
+    and :math:`\Theta_{ij} = 0` for leaves of different roots. With
+    :obj:`self_loops`, :math:`\Theta_{ii} = W(i)\, e^{s(i, i) + \eta(i)}`.
+    Built from the leaf-pair ancestry in :math:`O(N^2)` memory, independently
+    of :func:`hsa_attention` (its reference), e.g. for plots. The
+    arguments are those of :func:`hsa_attention`; :obj:`validate` checks
+    :obj:`q`, :obj:`k` and :obj:`pos` for NaN and infinity.
+    """
+    tree = as_tree(tree, q)
+    check_inputs(q, k, None, tree, pos)
+    check_options(scale, 0.0)
+    if validate:
+        check_finite(q=q, k=k, pos=pos)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k = q.to(dtype), k.to(dtype)
+    parent, num_leaves = tree.parent, tree.num_leaves
+    num_nodes, device = parent.numel(), parent.device
+    inf = math.inf
+
+    # ancestors[t, x]: the t-th ancestor of node x (x itself at t = 0).
+    ancestors = [torch.arange(num_nodes, device=device)]
+    while bool((ancestors[-1] >= 0).any()):
+        a = ancestors[-1]
+        ancestors.append(torch.where(a >= 0, parent[a.clamp(min=0)], -1))
+    ancestors = torch.stack(ancestors[:-1])  # [T, M]
+    depth = (ancestors >= 0).sum(0) - 1
+
+    # below[A, i] = 1 if leaf i lies below (or is) node A.
+    below = torch.zeros(num_nodes, num_leaves, dtype=dtype, device=device)
+    leaf_anc = ancestors[:, :num_leaves]
+    cols = torch.arange(num_leaves, device=device).expand_as(leaf_anc)
+    valid = leaf_anc >= 0
+    below[leaf_anc[valid], cols[valid]] = 1.0
+    size = below.sum(1)
+    rho_q = torch.einsum('mi,ihc->mhc', below, q) / size.view(-1, 1, 1)
+    rho_k = torch.einsum('mi,ihc->mhc', below, k) / size.view(-1, 1, 1)
+
+    logit = scale * torch.einsum('ahc,bhc->hab', rho_q, rho_k)
+    if pos is not None:
+        pos = pos.to(dtype)
+        if pos.dim() == 2:
+            logit = logit + (pos @ pos.t()).unsqueeze(0)
+        else:
+            logit = logit + torch.einsum('ahp,bhp->hab', pos, pos)
+
+    siblings = (parent.view(-1, 1) == parent.view(1, -1)) & \
+        (parent.view(-1, 1) >= 0)
+    siblings.fill_diagonal_(False)
+    if self_loops:
+        idx = torch.arange(num_leaves, device=device)
+        siblings[idx, idx] = True
+    # +inf values are kept as finite stand-ins plus masks (eta is infinite
+    # where there is no sibling, phi where phi_finite is False), so that the
+    # backward pass never differentiates inf - inf.
+    has_sibling = siblings.any(-1)  # [M]
+    masked = torch.where(siblings, logit + size.log(),
+                         torch.finfo(dtype).min)
+    eta = torch.where(has_sibling, -torch.logsumexp(masked, dim=-1), 0.0)
+
+    # phi, one sweep per depth from the deepest internal nodes upwards.
+    child_w = torch.where(parent.view(1, -1) == torch.arange(
+        num_nodes, device=device).view(-1, 1), size.view(1, -1) /
+                          size.view(-1, 1), 0.0)  # [P, A]
+    is_leaf = torch.arange(num_nodes, device=device) < num_leaves
+    phi = torch.zeros_like(eta)
+    phi_finite = torch.zeros_like(is_leaf)
+    for _ in range(int(depth.max())):
+        # -log(e^-phi(A) + e^-eta(A)); +inf when both are.
+        term = torch.where(phi_finite & has_sibling,
+                           -torch.logaddexp(-phi, -eta),
+                           torch.where(phi_finite, phi, eta))
+        infinite = ~phi_finite & ~has_sibling
+        summed = (child_w * term.unsqueeze(1)).sum(-1)
+        phi_finite = ~is_leaf & ~((child_w > 0) & infinite).any(-1)
+        phi = torch.where(phi_finite, summed, 0.0)
+
+    # mu = sigmoid(eta - phi): 1 where only eta is infinite, 0 where phi is.
+    log_mu = torch.where(
+        phi_finite,
+        torch.where(has_sibling, F.logsigmoid(eta - phi), 0.0), -inf)
+    # log W(A): sum of log mu over the strict ancestors of A except the root.
+    log_w = torch.zeros_like(eta)
+    for t in range(1, ancestors.size(0)):
+        a = ancestors[t]
+        counts = (a >= 0) & (parent[a.clamp(min=0)] >= 0)
+        log_w = log_w + torch.where(counts, log_mu[:, a.clamp(min=0)], 0.0)
+    # log(e^-phi + e^-eta), only used where eta is finite.
+    log_norm = torch.where(phi_finite & has_sibling,
+                           torch.logaddexp(-phi, -eta), -eta)
+
+    # Lowest common ancestor of every leaf pair from the root-first paths.
+    root_first = torch.full((int(depth.max()) + 1, num_leaves), -1,
+                            device=device, dtype=torch.long)
+    leaf_depth = depth[:num_leaves]
+    for t in range(ancestors.size(0)):
+        ok = t <= leaf_depth
+        level = (leaf_depth - t).clamp(min=0)
+        root_first[level[ok], cols[0][ok]] = ancestors[t, :num_leaves][ok]
+    same = (root_first.unsqueeze(2) == root_first.unsqueeze(1)) & \
+        (root_first.unsqueeze(2) >= 0)  # [D, N, N]
+    shared = same.long().cumprod(0).sum(0)  # length of the common path
+    below_lca = shared.clamp(max=root_first.size(0) - 1)
+    a = root_first.t().gather(1, below_lca)  # A'[i, j] = branch of i
+    b = root_first.gather(0, below_lca)  # B'[i, j] = branch of j
+    a, b = a.clamp(min=0), b.clamp(min=0)
+    heads = torch.arange(q.size(1), device=device).view(-1, 1, 1)
+    log_theta = (log_w[heads, a] + logit[heads, a, b] - log_norm[heads, a])
+    pair_ok = (shared > 0) & ~torch.eye(num_leaves, dtype=torch.bool,
+                                        device=device)
+    theta = torch.where(pair_ok, log_theta.exp(), 0.0)
+    if self_loops:
+        i = torch.arange(num_leaves, device=device)
+        diag = (log_w[:, i] + logit[:, i, i] + eta[:, i]).exp()
+        theta[:, i, i] = diag
+    return theta
+
+

@@ -1,0 +1,280 @@
+r"""The level-order layout of a forest, compiled once per :class:`~pyg_hsa.Tree`.
+
+:class:`Layout` renumbers the nodes of a validated forest in *level order*:
+the roots first, then depth 1, depth 2, and so on, each level sorted by
+parent. Then every depth level is one contiguous slice, so the dynamic
+program takes one vectorised step per level, and every family (the
+children of one parent) is one contiguous slice: the children of node ``P``
+start at ``num_roots + (number of children of the nodes before P)``.
+
+Families of two or more members, from every level at once, are grouped into
+:class:`Bucket` s of one padded width, the unit of batched attention (see
+:func:`plan_buckets`).
+"""
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+# Families of at least this many members run through the fused attention
+# kernel (measured: from 32 members it beats batched matrix products here).
+WIDE_FAMILY = 32
+# Bucket planning: cost of one bucket call in units of per-element work,
+# and the nominal head count and channels the work is counted for.
+BUCKET_OVERHEAD = 300_000
+NOMINAL_HEADS, NOMINAL_CHANNELS = 4, 32
+# A run of equal, back-to-back families with at least this many members is
+# its own bucket even where merging would save a call: its inputs are
+# views, not gathers.
+SPAN_MIN_NODES = 4096
+
+
+class Bucket(NamedTuple):
+    """Families of one padded ``width``: ``index[f, w]`` is the level-order
+    node in slot ``w`` of family ``f`` (padding repeats the family's first
+    member); ``valid`` marks real members."""
+    width: int
+    index: Tensor  # [F, W]
+    valid: Tensor  # [F, W] bool
+    #: Level-order start of the nodes if the families are exactly
+    #: ``start .. start + F * W - 1``, back to back (inputs are then views).
+    start: Optional[int]
+    #: Run through the fused kernel (families of at least WIDE_FAMILY).
+    wide: bool
+    #: Whether every member is a leaf (all sizes 1: no key bias needed).
+    all_leaves: bool
+    #: Whether the members' log-sum-exps (eta) can reach the output: through
+    #: an internal member's own gate, or through the energy of a parent
+    #: that is not a root. (A family of leaves under a root, like a flat
+    #: tree, uses none.)
+    eta_used: bool
+    #: The real slots (``[K]``, into ``index.view(-1)``) and their nodes.
+    slots: Tensor
+    nodes: Tensor
+
+
+class Layout:
+    """Level-order structure of a validated forest (see module docstring).
+
+    All tensors are level-ordered unless named otherwise."""
+    def __init__(self, parent: Tensor, num_leaves: int, depth: Tensor):
+        device = parent.device
+        num_nodes = parent.numel()
+        self.num_leaves, self.num_nodes = num_leaves, num_nodes
+
+        # Level order: roots by id, then each level sorted by parent.
+        num_levels = int(depth.max()) + 1
+        counts = torch.bincount(depth, minlength=num_levels).tolist()
+        by_depth = torch.argsort(depth, stable=True)
+        new_id = torch.empty(num_nodes, dtype=torch.long, device=device)
+        levels, start = [], 0
+        for count in counts:
+            nodes = by_depth[start:start + count]
+            if start > 0:  # Not the roots: sort by the parent's new id.
+                nodes = nodes[torch.argsort(new_id[parent[nodes]],
+                                            stable=True)]
+            new_id[nodes] = torch.arange(start, start + count, device=device)
+            levels.append(nodes)
+            start += count
+        #: ``perm[level-order id] = user id``.
+        self.perm = torch.cat(levels)
+        self.level_ptr = tuple([0] + torch.tensor(counts).cumsum(0).tolist())
+        self.level_sizes = tuple(counts)
+        self.depth = num_levels - 1
+        self.num_roots = counts[0]
+        has_parent = parent[self.perm] >= 0
+        self.parent = torch.where(has_parent, new_id[parent[self.perm]], -1)
+        self.num_children = torch.bincount(self.parent[has_parent],
+                                           minlength=num_nodes)
+        self.is_leaf = self.num_children == 0
+        #: Members of every node's family (1 for roots).
+        self.family_size = torch.where(
+            has_parent, self.num_children[self.parent.clamp(min=0)], 1)
+        #: Leaves without siblings: with self loops, they attend only to
+        #: themselves.
+        self.lone_leaves = (self.is_leaf &
+                            (self.family_size == 1)).nonzero().view(-1)
+        #: Level-order node of every leaf, in the user's leaf order.
+        self.leaf_node = new_id[:num_leaves]
+        #: ``s`` if leaf ``i`` sits at node ``s + i`` for every ``i`` (the
+        #: layout changes are then strided copies, not index operations).
+        self.leaf_start = _start_of_run(self.leaf_node)
+
+        # Per level d >= 1, relative to level d - 1: the parent of every
+        # node, and ``W`` if every node of level d - 1 has exactly W
+        # children (then sums over children are reshapes).
+        self.level_parent: List[Optional[Tensor]] = [None]
+        self.level_width: List[Optional[int]] = [None]
+        for d in range(1, num_levels):
+            lo, hi = self.level_ptr[d - 1], self.level_ptr[d]
+            self.level_parent.append(
+                self.parent[hi:self.level_ptr[d + 1]] - lo)
+            children = self.num_children[lo:hi]
+            width = int(children[0])
+            uniform = bool((children == width).all())
+            self.level_width.append(width if uniform else None)
+
+        #: Number of leaves below every node.
+        self.size = torch.zeros(num_nodes, dtype=torch.long, device=device)
+        self.size[self.leaf_node] = 1
+        sizes = self.by_level(self.size)
+        for d in range(num_levels - 1, 0, -1):
+            sizes[d - 1].add_(sum_children(self, d, sizes[d].view(1, -1)
+                                            )[0])
+
+        # Example (root) of every leaf, for graph-level pooling.
+        root = torch.arange(num_nodes, device=device)
+        for d in range(1, num_levels):
+            lo, hi = self.level_ptr[d], self.level_ptr[d + 1]
+            root[lo:hi] = root[self.parent[lo:hi]]
+        self.batch = root[self.leaf_node]
+
+        #: Whether the leaves are exactly the deepest level, in the user's
+        #: order (then the layout changes are strided copies).
+        self.leaves_deepest = self.leaf_start == self.level_ptr[-2] and \
+            num_leaves == counts[-1]
+        self.buckets = plan_buckets(self)
+        #: The node ranges of the view buckets, in order.
+        self.view_ranges = sorted(
+            (b.start, b.start + b.index.numel()) for b in self.buckets
+            if b.start is not None)
+
+    def by_level(self, x: Tensor, dim: int = 0) -> Tuple[Tensor, ...]:
+        """Views of a level-ordered :obj:`x` (nodes along :obj:`dim`), one
+        per depth level."""
+        return x.split(self.level_sizes, dim)
+
+
+# Buckets ##################################################################
+
+
+def plan_buckets(layout: Layout) -> Tuple[Bucket, ...]:
+    r"""Groups the families of two or more members, across all levels, into
+    buckets of one padded width.
+
+    Wide families (:data:`WIDE_FAMILY` members or more) go to the fused
+    kernel in buckets of one exact size. Narrow families are grouped by
+    exact size, and adjacent sizes are merged into one padded bucket where
+    that is cheaper: a dynamic program over the sorted sizes minimises
+    ``BUCKET_OVERHEAD`` per bucket plus, per family, the work of a padded
+    family of width :math:`W`, :math:`H(10 W^2 + 4 C W)` (ten passes over
+    the logits, four over the features). A run of back-to-back equal
+    families with at least :data:`SPAN_MIN_NODES` members stays a bucket of
+    its own, read as a view; other buckets gather their inputs.
+    """
+    device = layout.perm.device
+    count = layout.num_children
+    first_child = layout.num_roots + torch.cumsum(count, 0) - count
+    # One row per family: its first node and its size.
+    is_family = count >= 2
+    starts, sizes = first_child[is_family], count[is_family]
+    parents = is_family.nonzero().view(-1)
+    eta_used = layout.parent[parents] >= 0  # parent of the family not a root
+
+    groups = []  # (size, starts, eta_used) per exact size
+    if sizes.numel():
+        order = torch.argsort(sizes * (layout.num_nodes + 1) + starts)
+        starts, sizes, eta_used = starts[order], sizes[order], eta_used[order]
+        unique, counts = torch.unique_consecutive(sizes, return_counts=True)
+        for size, part in zip(unique.tolist(),
+                              torch.split(torch.arange(sizes.numel(),
+                                                       device=device),
+                                          counts.tolist())):
+            groups.append((size, starts[part], bool(eta_used[part].any())))
+
+    spans, narrow, wide = [], [], []
+    for size, st, used in groups:
+        back_to_back = bool((st[1:] - st[:-1] == size).all())
+        if back_to_back and (st.numel() * size >= SPAN_MIN_NODES
+                             or size >= WIDE_FAMILY):
+            spans.append((size, st, used))
+        elif size >= WIDE_FAMILY:
+            wide.append((size, st, used))
+        else:
+            narrow.append((size, st, used))
+    merged = [[g] for g in wide] + _merge_narrow(narrow)
+
+    buckets = []
+    for size, st, used in spans:
+        index = st.view(-1, 1) + torch.arange(size, device=device)
+        buckets.append(_bucket(layout, size, index,
+                               torch.ones_like(index, dtype=torch.bool),
+                               int(st[0]), used))
+    for group in merged:
+        width = max(size for size, _, _ in group)
+        slot = torch.arange(width, device=device)
+        st = torch.cat([s for _, s, _ in group])
+        sz = torch.cat([torch.full_like(s, size) for size, s, _ in group])
+        valid = slot < sz.view(-1, 1)
+        index = torch.where(valid, st.view(-1, 1) + slot, st.view(-1, 1))
+        buckets.append(_bucket(layout, width, index, valid, None,
+                               any(used for _, _, used in group)))
+    return tuple(buckets)
+
+
+def _merge_narrow(groups: list) -> List[list]:
+    """Partitions the exact-size groups (sorted by size) into contiguous
+    runs, each run one bucket padded to its largest size, at the least
+    modelled cost (dynamic program over the sorted sizes)."""
+    if not groups:
+        return []
+
+    def family_cost(width: int) -> int:
+        return NOMINAL_HEADS * (10 * width * width +
+                                4 * NOMINAL_CHANNELS * width)
+
+    best = [0.0] + [float('inf')] * len(groups)
+    cut = [0] * (len(groups) + 1)
+    for j in range(1, len(groups) + 1):
+        width, families = groups[j - 1][0], 0
+        for i in range(j, 0, -1):  # run i - 1 .. j - 1 at `width`
+            families += groups[i - 1][1].numel()
+            cost = best[i - 1] + BUCKET_OVERHEAD + families * family_cost(
+                width)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    runs, j = [], len(groups)
+    while j > 0:
+        runs.append(groups[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]
+
+
+def _bucket(layout: Layout, width: int, index: Tensor, valid: Tensor,
+            start: Optional[int], parent_not_root: bool) -> Bucket:
+    all_leaves = bool(layout.is_leaf[index].all())
+    slots = valid.view(-1).nonzero().view(-1)
+    return Bucket(width, index, valid, start, width >= WIDE_FAMILY,
+                  all_leaves, parent_not_root or not all_leaves, slots,
+                  index.view(-1)[slots])
+
+
+def _start_of_run(index: Tensor) -> Optional[int]:
+    """``s`` if :obj:`index` is ``s, s + 1, ..., s + len - 1``."""
+    if index.numel() == 0:
+        return None
+    first = int(index[0])
+    run = torch.arange(first, first + index.numel(), device=index.device)
+    return first if bool((index == run).all()) else None
+
+
+# Moves between levels ####################################################
+
+
+def sum_children(layout: Layout, d: int, x: Tensor) -> Tensor:
+    """Per node of level ``d - 1``, the sum of its children's rows of
+    :obj:`x` ``[H, n_d, ...]`` (zero for childless nodes)."""
+    width = layout.level_width[d]
+    if width is not None:
+        return x.reshape((x.size(0), -1, width) + x.shape[2:]).sum(2)
+    out = x.new_zeros((x.size(0), layout.level_sizes[d - 1]) + x.shape[2:])
+    return out.index_add_(1, layout.level_parent[d], x)
+
+
+def from_parents(layout: Layout, d: int, above: Tensor) -> Tensor:
+    """Every node of level ``d`` takes its parent's row of :obj:`above`
+    ``[H, n_{d-1}, ...]``."""
+    width = layout.level_width[d]
+    if width is not None:
+        return above.repeat_interleave(width, dim=1)
+    return above.index_select(1, layout.level_parent[d])
