@@ -45,16 +45,29 @@ class Tree:
     """
     def __init__(self, parent: Tensor, num_leaves: int, depth: Tensor):
         # Use the ``from_*`` constructors: they validate first.
-        from pyg_hsa.functional.layout import Layout
         self.parent = parent
         self.num_leaves = num_leaves
         self.num_nodes = parent.numel()
-        self._layout = Layout(parent, num_leaves, depth)
-        self.num_roots = self._layout.num_roots
-        self.depth = self._layout.depth
-        self.batch = self._layout.batch
+        self.depth = int(depth.max())
+        roots = (parent < 0).nonzero().view(-1)
+        self.num_roots = roots.numel()
+        rank = torch.empty_like(parent)
+        rank[roots] = torch.arange(roots.numel(), device=parent.device)
+        self.batch = rank[_roots_of(parent)[:num_leaves]]
         self.node_slices: Optional[Dict[str, Tuple[int, int]]] = None
         self.leaf_types: Optional[List[str]] = None
+        self._layouts: Dict[bool, object] = {}
+        self._layout(False)  # compiled now; the self-loop one on first use
+
+    def _layout(self, self_loops: bool):
+        """The level-order layout the dynamic program runs on (see
+        :class:`~pyg_hsa.functional.layout.Layout`)."""
+        layout = self._layouts.get(bool(self_loops))
+        if layout is None:
+            from pyg_hsa.functional.layout import Layout
+            layout = Layout(self.parent, self.num_leaves, bool(self_loops))
+            self._layouts[bool(self_loops)] = layout
+        return layout
 
     # Construction ##########################################################
 
@@ -315,6 +328,17 @@ def validate_parent(parent: Tensor, num_leaves: Optional[int],
                          f"every group needs at least one leaf below it "
                          f"(leaves are nodes 0..{num_leaves - 1})")
     return parent, num_leaves, _depth_by_pointer_jumping(parent, describe)
+
+
+def _roots_of(parent: Tensor) -> Tensor:
+    """The root above every node of a forest, by pointer jumping."""
+    root = torch.where(parent >= 0, parent, torch.arange(
+        parent.numel(), device=parent.device))
+    while True:
+        higher = root[root]
+        if bool((higher == root).all()):
+            return root
+        root = higher
 
 
 def _depth_by_pointer_jumping(parent: Tensor, describe) -> Tensor:

@@ -37,8 +37,9 @@ def test_from_parent_compiles_levels_and_sizes():
     tree = Tree.from_parent(torch.tensor([5, 5, 5, 6, 7, 7, 7, -1]))
     assert tree.num_leaves == 5 and tree.num_nodes == 8
     assert tree.num_roots == 1 and tree.depth == 2
-    layout = tree._layout
-    assert layout.level_ptr == (0, 1, 4, 8)
+    layout = tree._layout(True)  # (without self loops node 6 is
+    assert layout.level_ptr == (0, 1, 4, 8)  # contracted away)
+    assert tree._layout(False).level_ptr == (0, 1, 4, 7)
     assert repr(tree) == ('Tree(num_nodes=8, num_leaves=5, num_roots=1, '
                           'depth=2)')
     size = torch.empty(8, dtype=torch.long)
@@ -53,18 +54,25 @@ def test_level_order_keeps_families_contiguous(seed):
                                        max_depth=5, max_branch=6,
                                        num_roots=3)
     tree = Tree.from_parent(parent, num_leaves)
-    layout = tree._layout
+    layout = tree._layout(seed % 2 == 0)
     new_parent = layout.parent
     non_root = new_parent[tree.num_roots:]
     assert bool((new_parent[:tree.num_roots] == -1).all())
     assert bool((non_root[1:] >= non_root[:-1]).all())  # sorted by parent
-    old = layout.perm
-    expected = torch.where(parent[old] < 0, -1, parent[old])
-    assert bool((torch.where(new_parent < 0, -1, old[new_parent.clamp(
-        min=0)]) == expected).all())
+    # Every node's new parent is the user's node above it once unary
+    # chains are contracted: between them only nodes with one child, the
+    # topmost of which lends the node its position (perm).
+    children = torch.bincount(parent[parent >= 0], minlength=parent.numel())
+    for x, p in enumerate(new_parent.tolist()):
+        node, top = int(layout.node[x]), int(layout.node[x])
+        node = int(parent[node])
+        while node >= 0 and (p < 0 or node != int(layout.node[p])):
+            assert int(children[node]) == 1
+            top, node = node, int(parent[node])
+        assert top == int(layout.perm[x])
     # Buckets: every member of a family of two or more sits in exactly one
     # real slot, next to exactly its siblings; views are back to back.
-    seen = torch.zeros(parent.numel(), dtype=torch.long)
+    seen = torch.zeros(layout.num_nodes, dtype=torch.long)
     for bucket in layout.buckets:
         assert bucket.index.size(1) == bucket.width
         members = bucket.index[bucket.valid]
@@ -216,7 +224,8 @@ def test_to_moves_every_tensor_and_keeps_results():
     parent, num_leaves = random_forest(np.random.default_rng(0))
     tree = Tree.from_parent(parent, num_leaves)
     moved = tree.to('cpu')
-    assert moved._layout.buckets[0].index.device == torch.device('cpu')
+    assert moved._layout(False).buckets[0].index.device == \
+        torch.device('cpu')
     assert moved.device == torch.device('cpu')
     q, k, v = random_qkv(num_leaves)
     torch.testing.assert_close(hsa_attention(q, k, v, moved, self_loops=True),

@@ -117,7 +117,7 @@ def hsa_attention(
                                     v.dtype)
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    layout = tree._layout
+    layout = tree._layout(self_loops)
     if pos is not None:  # to level order, heads first: [H or 1, M, P]
         pos = pos.to(dtype)[layout.perm]
         pos = pos.unsqueeze(0) if pos.dim() == 2 else pos.transpose(0, 1)

@@ -43,9 +43,15 @@ def dynamic_program(layout: Layout, q: Tensor, k: Tensor, v: Tensor,
     order; with :obj:`need_weights` also the sibling edges (level order)
     and their ``[E, H]`` weights."""
     size = layout.size.to(q.dtype)
-    rho = SubtreeSums.apply(layout, True, q, k, v)  # means, [H, M, .] each
+    # The means below every node, stacked [3, H, M, C] (or [2, H, M, C] and
+    # [1, H, M, Cv]), so that each step moves all three at once.
+    if v.size(-1) == q.size(-1):
+        stacks = (SubtreeSums.apply(layout, True, q, k, v), )
+    else:
+        stacks = (SubtreeSums.apply(layout, True, q, k),
+                  SubtreeSums.apply(layout, True, v))
     has_sibling = (layout.family_size > 1) | (layout.is_leaf & self_loops)
-    theta, eta, weights = sibling_attention(layout, rho, pos, self_loops,
+    theta, eta, weights = sibling_attention(layout, stacks, pos, self_loops,
                                             scale, dropout, need_weights)
     gain = node_gains(layout, eta, has_sibling, size)
     return GatedPathSums.apply(layout, theta, gain), weights

@@ -15,8 +15,8 @@ the keys' bias :math:`\log n` ``[F, W]``. The forward pass builds the
 ``[H, F, W, W]`` logits in place in one buffer; the backward pass needs only
 the weights :math:`\alpha`: :math:`\partial\ell/\partial\mathrm{logit} =
 \alpha \odot (g_\alpha - \langle g_\alpha, \alpha\rangle - g_\eta)`.
-Disallowed keys get a finite fill and an exact zero weight, so rows without
-keys (and their gradients) stay finite. Families whose logits would exceed
+Padding, and a member's own key unless it loops, are an additive mask of a
+large finite negative number: exact zero weights, finite gradients. Families whose logits would exceed
 :data:`FAMILY_BLOCK_ENTRIES` go a block of query rows at a time, and the
 backward pass recomputes each block, so memory stays bounded.
 """
@@ -36,7 +36,8 @@ FAMILY_BLOCK_ENTRIES = 1 << 24
 class NarrowInputs(NamedTuple):
     """One bucket's inputs (see the module docstring); ``valid`` ``[F, W]``
     marks real members, ``loop`` ``[F, W]`` (or ``None``) members that
-    attend to themselves."""
+    attend to themselves; ``mask`` (optional) is the additive ``[F, W, W]``
+    form of all three, :func:`additive_mask`, precomputed."""
     q: Tensor
     k: Tensor
     v: Tensor
@@ -44,13 +45,14 @@ class NarrowInputs(NamedTuple):
     key_bias: Optional[Tensor]
     valid: Tensor
     loop: Optional[Tensor]
+    mask: Optional[Tensor] = None
 
 
 def matmul(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """``a @ b`` for ``[H, F, ., .]`` views without copying them: one
     batched product where heads and families merge into one batch
     dimension, else one per head (e.g. for a bucket that is a slice of the
-    nodes); written into :obj:`out` if given."""
+    nodes); written into :obj:`out` if given.r"""
     if all(_mergeable(t) for t in (a, b) + (() if out is None else (out, ))):
         flat = torch.bmm(a.flatten(0, 1), b.flatten(0, 1),
                          out=None if out is None else out.view(
@@ -85,19 +87,19 @@ def narrow_forward(x: NarrowInputs, scale: Scale, dropout: float,
     backward pass can draw them again."""
     width, rows = x.q.size(2), block_rows(x)
     if rows >= width:
-        allowed = allowed_keys(x.valid, x.loop, 0, width)
+        mask = x.mask if x.mask is not None else additive_mask(x, 0, width)
         keep = _keep_mask(x, 0, width, dropout, generator)
-        theta, eta, alpha = _block_forward(x, 0, width, allowed, scale, keep,
+        theta, eta, alpha = _block_forward(x, 0, width, mask, scale, keep,
                                            theta)
-        return theta, eta, (allowed, alpha, keep)
+        return theta, eta, (alpha, keep)
     if theta is None:
         theta = x.v.new_empty(x.q.shape[:3] + x.v.shape[3:])
     etas = []
     for lo in range(0, width, rows):
         hi = min(lo + rows, width)
-        allowed = allowed_keys(x.valid, x.loop, lo, hi - lo)
+        mask = additive_mask(x, lo, hi - lo)
         keep = _keep_mask(x, lo, hi, dropout, generator)
-        block, eta, _ = _block_forward(x, lo, hi, allowed, scale, keep)
+        block, eta, _ = _block_forward(x, lo, hi, mask, scale, keep)
         theta[:, :, lo:hi] = block
         etas.append(eta)
     return theta, torch.cat(etas, dim=2), None
@@ -113,9 +115,9 @@ def narrow_backward(x: NarrowInputs, scale: Scale, dropout: float,
     :func:`narrow_forward`."""
     width, rows = x.q.size(2), block_rows(x)
     if saved is not None:
-        allowed, alpha, keep = saved
-        return _block_backward(x, 0, width, allowed, alpha, keep, scale,
-                               grad_theta, grad_eta, want_scale, out)
+        alpha, keep = saved
+        return _block_backward(x, 0, width, alpha, keep, scale, grad_theta,
+                               grad_eta, want_scale, out)
     if out is None:
         out = tuple(torch.empty_like(t) for t in (x.q, x.k, x.v))
     grad_q, grad_k, grad_v = out
@@ -125,11 +127,11 @@ def narrow_backward(x: NarrowInputs, scale: Scale, dropout: float,
     grad_scale = 0.0 if want_scale else None
     for lo in range(0, width, rows):  # recompute every block
         hi = min(lo + rows, width)
-        allowed = allowed_keys(x.valid, x.loop, lo, hi - lo)
+        mask = additive_mask(x, lo, hi - lo)
         keep = _keep_mask(x, lo, hi, dropout, generator)
-        _, _, alpha = _block_forward(x, lo, hi, allowed, scale, keep)
+        _, _, alpha = _block_forward(x, lo, hi, mask, scale, keep)
         gq, gk, gv, gp, gs = _block_backward(
-            x, lo, hi, allowed, alpha, keep, scale, grad_theta[:, :, lo:hi],
+            x, lo, hi, alpha, keep, scale, grad_theta[:, :, lo:hi],
             grad_eta[:, :, lo:hi], want_scale)
         grad_q[:, :, lo:hi] = gq
         grad_k += gk
@@ -154,6 +156,30 @@ def allowed_keys(valid: Tensor, loop: Optional[Tensor], lo: int,
     return allowed
 
 
+def additive_mask(x: NarrowInputs, lo: int, rows: int) -> Tensor:
+    r"""``[F, rows, W]``: the keys' bias :math:`\log n` where query ``lo +
+    r`` may attend to the key, a large negative number elsewhere (whose
+    weight is then exactly zero: every row has a key, since every family
+    has two members or more)."""
+    return mask_for(x.valid, x.loop, x.key_bias, x.q.dtype, lo, rows)
+
+
+def mask_for(valid: Tensor, loop: Optional[Tensor],
+             key_bias: Optional[Tensor], dtype: torch.dtype, lo: int = 0,
+             rows: Optional[int] = None) -> Tensor:
+    """:func:`additive_mask` from its parts.r"""
+    rows = valid.size(1) if rows is None else rows
+    allowed = allowed_keys(valid, loop, lo, rows)
+    fill = torch.full((), _masked(dtype), dtype=dtype, device=valid.device)
+    bias = fill.new_zeros(()) if key_bias is None else \
+        key_bias.unsqueeze(1).to(dtype)
+    return torch.where(allowed, bias, fill)
+
+
+def _masked(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min / 4
+
+
 def _keep_mask(x: NarrowInputs, lo: int, hi: int, dropout: float,
                generator: Optional[torch.Generator]) -> Optional[Tensor]:
     """Inverted-dropout multipliers of the weights of rows ``lo .. hi``."""
@@ -173,41 +199,36 @@ def _rows(x: NarrowInputs, lo: int, hi: int):
     return x.q[:, :, lo:hi], pos
 
 
-def _block_forward(x: NarrowInputs, lo: int, hi: int, allowed: Tensor,
+def _block_forward(x: NarrowInputs, lo: int, hi: int, mask: Tensor,
                    scale: Scale, keep: Optional[Tensor],
                    theta: Optional[Tensor] = None):
     q, pos_q = _rows(x, lo, hi)
     logit = matmul(q, x.k.transpose(-1, -2)).mul_(scale)
     if pos_q is not None:
         logit.add_(matmul(pos_q, x.pos.transpose(-1, -2)))
-    if x.key_bias is not None:
-        logit.add_(x.key_bias.unsqueeze(1))
-    logit.masked_fill_(~allowed, torch.finfo(logit.dtype).min)
-    logit_max = logit.amax(dim=-1, keepdim=True)
-    alpha = logit.sub_(logit_max).exp_().mul_(allowed)
-    total = alpha.sum(dim=-1, keepdim=True)
-    total = torch.where(total > 0, total, 1.0)
-    alpha.div_(total)
-    eta = (total.log_() + logit_max).squeeze(-1).neg_()
-    eta = torch.where(allowed.any(-1), eta, 0.0)
+    logit.add_(mask)
+    eta = torch.logsumexp(logit, dim=-1).neg_()
+    alpha = torch.softmax(logit, dim=-1)
     weight = alpha if keep is None else alpha * keep
     return matmul(weight, x.v, theta), eta, alpha
 
 
-def _block_backward(x: NarrowInputs, lo: int, hi: int, allowed: Tensor,
-                    alpha: Tensor, keep: Optional[Tensor], scale: Scale,
-                    grad_theta: Tensor, grad_eta: Tensor, want_scale: bool,
+def _block_backward(x: NarrowInputs, lo: int, hi: int, alpha: Tensor,
+                    keep: Optional[Tensor], scale: Scale, grad_theta: Tensor,
+                    grad_eta: Tensor, want_scale: bool,
                     out: Optional[Tuple[Tensor, Tensor, Tensor]] = None):
     """Gradients of rows ``lo .. hi``; those of q (the rows), k and v (all
-    members) go into :obj:`out` if given."""
+    members) go into :obj:`out` if given.r"""
     q, pos_q = _rows(x, lo, hi)
     out_q, out_k, out_v = (None, None, None) if out is None else out
     weight = alpha if keep is None else alpha * keep
     grad_weight = matmul(grad_theta, x.v.transpose(-1, -2))
     grad_v = matmul(weight.transpose(-1, -2), grad_theta, out_v)
     grad_alpha = grad_weight if keep is None else grad_weight.mul_(keep)
-    grad_logit = grad_alpha.sub_(grad_eta.unsqueeze(-1) + (
-        grad_alpha * alpha).sum(dim=-1, keepdim=True)).mul_(alpha)
+    # eta = -logsumexp: its gradient w.r.t. the logits is -alpha.
+    grad_logit = torch._softmax_backward_data(grad_alpha, alpha, -1,
+                                              alpha.dtype)
+    grad_logit.sub_(alpha * grad_eta.unsqueeze(-1))
     scaled = grad_logit * scale
     grad_q = matmul(scaled, x.k, out_q)
     grad_k = matmul(scaled.transpose(-1, -2), q, out_k)

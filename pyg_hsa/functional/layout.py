@@ -54,18 +54,34 @@ class Bucket(NamedTuple):
 
 
 class Layout:
-    """Level-order structure of a validated forest (see module docstring).
+    r"""Level-order structure of a validated forest (see module docstring),
+    for one value of ``self_loops``.
 
-    All tensors are level-ordered unless named otherwise."""
-    def __init__(self, parent: Tensor, num_leaves: int, depth: Tensor):
+    **Unary chains are contracted.** A node with one child has the same
+    means as that child, and the child has no sibling, so the child
+    contributes nothing of its own and passes its energy up unchanged
+    (:math:`\eta = +\infty` gives :math:`\varphi(P) = \varphi(A)` and
+    :math:`\mu(A) = 1`). The child can therefore take its parent's place
+    in the parent's family, with the parent's position: the result is the
+    same, with fewer nodes and levels. With self loops, a leaf that is an
+    only child attends to itself at its own level, so its parent stays.
+
+    All tensors are level-ordered unless named otherwise.r"""
+    def __init__(self, parent: Tensor, num_leaves: int, self_loops: bool):
         device = parent.device
+        self.self_loops = self_loops
+        self._constants = {}
+        kept, parent, rep = contract_unary_chains(parent, num_leaves,
+                                                  self_loops)
         num_nodes = parent.numel()
         self.num_leaves, self.num_nodes = num_leaves, num_nodes
+        depth = depth_of(parent)
 
-        # Level order: roots by id, then each level sorted by parent.
+        # Level order: roots in the order of the user's roots, then each
+        # level sorted by parent.
         num_levels = int(depth.max()) + 1
         counts = torch.bincount(depth, minlength=num_levels).tolist()
-        by_depth = torch.argsort(depth, stable=True)
+        by_depth = torch.argsort(depth * (int(rep.max()) + 1) + rep)
         new_id = torch.empty(num_nodes, dtype=torch.long, device=device)
         levels, start = [], 0
         for count in counts:
@@ -76,14 +92,19 @@ class Layout:
             new_id[nodes] = torch.arange(start, start + count, device=device)
             levels.append(nodes)
             start += count
-        #: ``perm[level-order id] = user id``.
-        self.perm = torch.cat(levels)
+        order = torch.cat(levels)
+        #: ``perm[level-order id]``: the user's node whose position the node
+        #: takes (the top of its contracted chain) and whose id its sibling
+        #: edges report.
+        self.perm = rep[order]
+        #: ``node[level-order id]``: the user's node it is.
+        self.node = kept[order]
         self.level_ptr = tuple([0] + torch.tensor(counts).cumsum(0).tolist())
         self.level_sizes = tuple(counts)
         self.depth = num_levels - 1
         self.num_roots = counts[0]
-        has_parent = parent[self.perm] >= 0
-        self.parent = torch.where(has_parent, new_id[parent[self.perm]], -1)
+        has_parent = parent[order] >= 0
+        self.parent = torch.where(has_parent, new_id[parent[order]], -1)
         self.num_children = torch.bincount(self.parent[has_parent],
                                            minlength=num_nodes)
         self.is_leaf = self.num_children == 0
@@ -94,11 +115,13 @@ class Layout:
         #: themselves.
         self.lone_leaves = (self.is_leaf &
                             (self.family_size == 1)).nonzero().view(-1)
-        #: Level-order node of every leaf, in the user's leaf order.
+        #: Level-order node of every leaf, in the user's leaf order (leaves
+        #: are never contracted and come first among the kept nodes).
         self.leaf_node = new_id[:num_leaves]
         #: ``s`` if leaf ``i`` sits at node ``s + i`` for every ``i`` (the
         #: layout changes are then strided copies, not index operations).
         self.leaf_start = _start_of_run(self.leaf_node)
+        self.internal_nodes = (~self.is_leaf).nonzero().view(-1)
 
         # Per level d >= 1, relative to level d - 1: the parent of every
         # node, and ``W`` if every node of level d - 1 has exactly W
@@ -122,13 +145,16 @@ class Layout:
             sizes[d - 1].add_(sum_children(self, d, sizes[d].view(1, -1)
                                             )[0])
 
-        # Example (root) of every leaf, for graph-level pooling.
-        root = torch.arange(num_nodes, device=device)
-        for d in range(1, num_levels):
-            lo, hi = self.level_ptr[d], self.level_ptr[d + 1]
-            root[lo:hi] = root[self.parent[lo:hi]]
-        self.batch = root[self.leaf_node]
-
+        #: Per level: the positions of its leaves inside the level, and
+        #: their indices in the user's leaf order.
+        user_leaf = torch.full((num_nodes, ), -1, dtype=torch.long,
+                               device=device)
+        user_leaf[self.leaf_node] = torch.arange(num_leaves, device=device)
+        self.level_leaves = []
+        for leaf, users in zip(self.by_level(self.is_leaf),
+                               self.by_level(user_leaf)):
+            where = leaf.nonzero().view(-1)
+            self.level_leaves.append((where, users[where]))
         #: Whether the leaves are exactly the deepest level, in the user's
         #: order (then the layout changes are strided copies).
         self.leaves_deepest = self.leaf_start == self.level_ptr[-2] and \
@@ -139,10 +165,88 @@ class Layout:
             (b.start, b.start + b.index.numel()) for b in self.buckets
             if b.start is not None)
 
+    def bucket_constants(self, i: int, dtype: torch.dtype):
+        r"""Bucket ``i``'s ``(log_size, loop, mask)`` in :obj:`dtype`: the
+        keys' :math:`\log n` ``[F, W]`` (``None`` for leaves only), which
+        members attend to themselves (``None`` without self loops), and for
+        narrow buckets the additive mask of
+        :func:`~pyg_hsa.functional.family_softmax.additive_mask`. Built once
+        per dtype.r"""
+        key = (i, dtype)
+        if key not in self._constants:
+            from pyg_hsa.functional.family_softmax import mask_for
+            bucket = self.buckets[i]
+            log_size = None if bucket.all_leaves else \
+                self.size[bucket.index].to(dtype).log()
+            loop = self.is_leaf[bucket.index] if self.self_loops else None
+            mask = None if bucket.wide else mask_for(bucket.valid, loop,
+                                                     log_size, dtype)
+            self._constants[key] = (log_size, loop, mask)
+        return self._constants[key]
+
     def by_level(self, x: Tensor, dim: int = 0) -> Tuple[Tensor, ...]:
         """Views of a level-ordered :obj:`x` (nodes along :obj:`dim`), one
         per depth level."""
         return x.split(self.level_sizes, dim)
+
+
+# Contraction and depth ####################################################
+
+
+def contract_unary_chains(parent: Tensor, num_leaves: int,
+                          self_loops: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Removes the nodes with exactly one child (with self loops: those
+    whose only child is internal; see :class:`Layout`). Returns the user
+    ids of the kept nodes (leaves first, in order), their parents among the
+    kept nodes (``-1`` for roots) and the user node each takes the family
+    position of (the top of the removed chain above it, or itself)."""
+    num_nodes = parent.numel()
+    device = parent.device
+    has_parent = parent >= 0
+    children = torch.bincount(parent[has_parent], minlength=num_nodes)
+    removable = children == 1
+    if self_loops:  # an only child that is a leaf keeps its parent
+        only = has_parent & (children[parent.clamp(min=0)] == 1)
+        leaf_child = torch.zeros_like(removable)
+        leaf_child[parent[only]] = only[only] & (
+            torch.arange(num_nodes, device=device)[only] < num_leaves)
+        removable &= ~leaf_child
+    arange = torch.arange(num_nodes, device=device)
+    if not bool(removable.any()):
+        return arange, parent, arange
+    # Nearest kept ancestor, and the top of the removed chain right above,
+    # by pointer jumping (chains may be long).
+    up = parent.clone()
+    top = torch.where(has_parent & removable[parent.clamp(min=0)], parent,
+                      arange)
+    for _ in range(max(1, num_nodes.bit_length()) + 1):
+        skip = (up >= 0) & removable[up.clamp(min=0)]
+        if not bool(skip.any()):
+            break
+        up = torch.where(skip, up[up.clamp(min=0)], up)
+    for _ in range(max(1, num_nodes.bit_length()) + 1):
+        higher = top[top]
+        if bool((higher == top).all()):
+            break
+        top = higher
+    kept = (~removable).nonzero().view(-1)
+    index = torch.full((num_nodes, ), -1, dtype=torch.long, device=device)
+    index[kept] = torch.arange(kept.numel(), device=device)
+    new_parent = torch.where(up[kept] >= 0, index[up[kept].clamp(min=0)], -1)
+    return kept, new_parent, top[kept]
+
+
+def depth_of(parent: Tensor) -> Tensor:
+    """Depth of every node of a forest (no cycles), by pointer jumping."""
+    jump = parent.clone()
+    depth = (parent >= 0).long()
+    while True:
+        active = jump >= 0
+        if not bool(active.any()):
+            return depth
+        target = jump.clamp(min=0)
+        depth = torch.where(active, depth + depth[target], depth)
+        jump = torch.where(active, jump[target], jump)
 
 
 # Buckets ##################################################################

@@ -35,42 +35,49 @@ from pyg_hsa.functional.fused_attention import (
 from pyg_hsa.functional.layout import Bucket, Layout
 
 
-def sibling_attention(layout: Layout, rho: Tuple[Tensor, Tensor, Tensor],
+def sibling_attention(layout: Layout, stacks: Tuple[Tensor, ...],
                       pos: Optional[Tensor], self_loops: bool, scale: Scale,
                       dropout: float, need_weights: bool):
     r""":math:`\vartheta` ``[H, M, Cv]`` and :math:`\eta` ``[H, M]`` of every
-    node (0 where it has no sibling) from the pooled means :obj:`rho` (``[H,
-    M, C]`` queries and keys, ``[H, M, Cv]`` values) and positions ``[H or
-    1, M, P]`` (level order); with :obj:`need_weights` also the sibling
-    edges (level order) and their ``[E, H]`` weights."""
+    node (0 where it has no sibling) from the pooled means, stacked as
+    ``[3, H, M, C]`` (queries, keys, values) or as ``[2, H, M, C]`` and
+    ``[1, H, M, Cv]``, and positions ``[H or 1, M, P]`` (level order); with
+    :obj:`need_weights` also the sibling edges (level order) and their
+    ``[E, H]`` weights."""
     seed = int(torch.randint(2**62, ())) if dropout > 0 else 0
     if need_weights:
-        return sibling_reference(layout, self_loops, dropout, seed, *rho,
-                                 pos, scale, need_weights=True)
+        return sibling_reference(layout, self_loops, dropout, seed, pos,
+                                 scale, *stacks, need_weights=True)
     theta, eta = SiblingAttention.apply(layout, self_loops, dropout, seed,
-                                        *rho, pos, scale)
+                                        pos, scale, *stacks)
     return theta, eta, None
 
 
-def _inputs(layout: Layout, bucket: Bucket, q: Tensor, k: Tensor, v: Tensor,
-            pos: Optional[Tensor], self_loops: bool) -> NarrowInputs:
-    """One bucket's inputs ``[H, F, W, .]``: views of a slice of the nodes,
-    or gathered."""
+def planes(stacks) -> Tuple[Tensor, Tensor, Tensor]:
+    """The query, key and value planes of the stacks."""
+    return tuple(plane for stack in stacks for plane in stack.unbind(0))
+
+
+def _inputs(layout: Layout, i: int, stacks,
+            pos: Optional[Tensor]) -> NarrowInputs:
+    """Bucket ``i``'s inputs ``[H, F, W, .]``: views of a slice of the
+    nodes, or gathered."""
+    bucket = layout.buckets[i]
     shape = bucket.index.shape
     if bucket.start is not None:
         rows = slice(bucket.start, bucket.start + bucket.index.numel())
-        cut = (lambda x: x[:, rows])
+        stacks = [stack[:, :, rows] for stack in stacks]
+        pos = None if pos is None else pos[:, rows]
     else:
         index = bucket.index.view(-1)
-        cut = (lambda x: x.index_select(1, index))
-    q, k, v = (cut(x).view(x.shape[:1] + shape + x.shape[2:])
-               for x in (q, k, v))
+        stacks = [stack.index_select(2, index) for stack in stacks]
+        pos = None if pos is None else pos.index_select(1, index)
+    q, k, v = (x.view(x.shape[:1] + shape + x.shape[2:])
+               for x in planes(stacks))
     if pos is not None:
-        pos = cut(pos).view(pos.shape[:1] + shape + pos.shape[2:])
-    log_size = None if bucket.all_leaves else \
-        layout.size[bucket.index].to(q.dtype).log()
-    loop = layout.is_leaf[bucket.index] if self_loops else None
-    return NarrowInputs(q, k, v, pos, log_size, bucket.valid, loop)
+        pos = pos.view(pos.shape[:1] + shape + pos.shape[2:])
+    log_size, loop, mask = layout.bucket_constants(i, q.dtype)
+    return NarrowInputs(q, k, v, pos, log_size, bucket.valid, loop, mask)
 
 
 def _node_rows(bucket: Bucket, x: Tensor) -> Tensor:
@@ -92,18 +99,20 @@ def _generator(x: Tensor, seed: int, i: int) -> Optional[torch.Generator]:
 class SiblingAttention(torch.autograd.Function):
     r""":func:`sibling_attention` without weights; ``seed`` seeds the
     dropout masks of bucket ``i`` with ``seed + i``, so the backward pass
-    draws them again."""
+    draws them again.r"""
     @staticmethod
     def forward(ctx, layout: Layout, self_loops: bool, dropout: float,
-                seed: int, q: Tensor, k: Tensor, v: Tensor,
-                pos: Optional[Tensor], scale: Scale):
+                seed: int, pos: Optional[Tensor], scale: Scale,
+                *stacks: Tensor):
+        q, k, v = planes(stacks)
         heads, num_nodes, value_channels = v.shape
         theta = v.new_empty(heads, num_nodes, value_channels)
         _zero_rows_outside_views_(layout, theta)
         eta = v.new_zeros(heads, num_nodes)
-        states = []
+        states, inputs = [], []
         for i, bucket in enumerate(layout.buckets):
-            x = _inputs(layout, bucket, q, k, v, pos, self_loops)
+            x = _inputs(layout, i, stacks, pos)
+            inputs.append(x)
             view = bucket.start is not None
             if _fused(bucket, v, dropout):
                 prepared = prepare(x.q, x.k, x.v, x.pos, scale)
@@ -134,37 +143,45 @@ class SiblingAttention(torch.autograd.Function):
 
         ctx.layout, ctx.self_loops = layout, self_loops
         ctx.dropout, ctx.seed, ctx.states = dropout, seed, states
+        ctx.inputs = inputs
         learned = isinstance(scale, Tensor)
         ctx.scale = None if learned else scale
-        ctx.save_for_backward(q, k, v, pos, scale if learned else None)
+        ctx.save_for_backward(pos, scale if learned else None, *stacks)
         return theta, eta
 
     @staticmethod
     def backward(ctx, grad_theta: Tensor, grad_eta: Tensor):
-        q, k, v, pos, learned = ctx.saved_tensors
+        pos, learned, *stacks = ctx.saved_tensors
         scale = ctx.scale if learned is None else learned
         layout = ctx.layout
         if torch.is_grad_enabled():  # second derivatives
-            return _double_backward(ctx, q, k, v, pos, scale, grad_theta,
+            return _double_backward(ctx, pos, scale, stacks, grad_theta,
                                     grad_eta)
-        want_scale = learned is not None and ctx.needs_input_grad[8]
-        grads = [torch.empty_like(x) for x in (q, k, v)]
-        for g in grads:
-            _zero_rows_outside_views_(layout, g)
+        want_scale = learned is not None and ctx.needs_input_grad[5]
+        grad_stacks = [torch.empty_like(stack) for stack in stacks]
+        for g in grad_stacks:
+            _zero_rows_outside_views_(layout, g.flatten(0, 1))
+        grads = planes(grad_stacks)
+        q, k, v = planes(stacks)
         grad_pos = None if pos is None else torch.zeros_like(pos)
         grad_scale = 0.0 if want_scale else None
-        for i, (bucket, state) in enumerate(zip(layout.buckets, ctx.states)):
-            x = _inputs(layout, bucket, q, k, v, pos, ctx.self_loops)
+        for i, (bucket, state, x) in enumerate(
+                zip(layout.buckets, ctx.states, ctx.inputs)):
             view = bucket.start is not None
             shape = x.q.shape[:3]
             if view:
                 g_theta = _node_rows(bucket, grad_theta)
                 g_eta = _node_rows(bucket, grad_eta)
+                out = tuple(_node_rows(bucket, g) for g in grads)
             else:
                 g_theta, g_eta = _slot_rows(bucket, grad_theta, shape), \
                     _slot_rows(bucket, grad_eta, shape)
-            out = tuple(_node_rows(bucket, g) for g in grads) if view \
-                else None
+                slot_stacks = [stack.new_empty(stack.shape[:2] +
+                                               (bucket.index.numel(), ) +
+                                               stack.shape[3:])
+                               for stack in stacks]
+                out = tuple(g.view(g.shape[:1] + shape[1:] + g.shape[2:])
+                            for g in planes(slot_stacks))
             if isinstance(state, dict):  # the fused kernel
                 parts = fused_backward(
                     state, _pad_like(g_theta.transpose(0, 1), state['v']),
@@ -172,17 +189,16 @@ class SiblingAttention(torch.autograd.Function):
                     else None)
                 dq, dk, dv, dp, ds = unprepare(parts, x.q, x.k, x.v, x.pos,
                                                scale, want_scale)
-                if view:
-                    for target, part in zip(out, (dq, dk, dv)):
-                        target.copy_(part)
+                for target, part in zip(out, (dq, dk, dv)):
+                    target.copy_(part)
             else:
                 dq, dk, dv, dp, ds = narrow_backward(
                     x, scale, ctx.dropout, _generator(v, ctx.seed, i), state,
                     g_theta, g_eta, want_scale, out)
             if not view:
                 index = bucket.index.view(-1)
-                for target, part in zip(grads, (dq, dk, dv)):
-                    target.index_add_(1, index, part.flatten(1, 2))
+                for target, part in zip(grad_stacks, slot_stacks):
+                    target.index_add_(2, index, part)
             if dp is not None:
                 if view:
                     _node_rows(bucket, grad_pos).add_(dp)
@@ -200,8 +216,9 @@ class SiblingAttention(torch.autograd.Function):
         if want_scale:
             grad_scale = torch.as_tensor(grad_scale, dtype=v.dtype).reshape(
                 learned.shape)
-        return (None, None, None, None, *grads,
-                grad_pos if ctx.needs_input_grad[7] else None, grad_scale)
+        return (None, None, None, None,
+                grad_pos if ctx.needs_input_grad[4] else None, grad_scale,
+                *grad_stacks)
 
 
 def _zero_rows_outside_views_(layout: Layout, x: Tensor) -> None:
@@ -217,9 +234,10 @@ def _zero_rows_outside_views_(layout: Layout, x: Tensor) -> None:
 def _slot_rows(bucket: Bucket, x: Tensor, shape) -> Tensor:
     """``x`` ``[H, M, ...]``'s rows in a gathered bucket's slots (zero in
     padding slots), ``[H, F, W, ...]``."""
-    out = x.new_zeros(x.shape[:1] + (bucket.index.numel(), ) + x.shape[2:])
-    out.index_copy_(1, bucket.slots, x.index_select(1, bucket.nodes))
-    return out.view(x.shape[:1] + tuple(shape[1:]) + x.shape[2:])
+    rows = x.index_select(1, bucket.index.view(-1))
+    rows = rows.view(x.shape[:1] + tuple(shape[1:]) + x.shape[2:])
+    valid = bucket.valid.view(bucket.valid.shape + (1, ) * (x.dim() - 2))
+    return rows.mul_(valid) if not bool(bucket.valid.all()) else rows
 
 
 def _key_bias(x: NarrowInputs) -> Optional[Tensor]:
@@ -282,16 +300,16 @@ def _lone_scale_grad(layout, q, k, grad_eta) -> Tensor:
 
 
 def sibling_reference(layout: Layout, self_loops: bool, dropout: float,
-                      seed: int, q: Tensor, k: Tensor, v: Tensor,
-                      pos: Optional[Tensor], scale: Scale,
-                      need_weights: bool = False):
+                      seed: int, pos: Optional[Tensor], scale: Scale,
+                      *stacks: Tensor, need_weights: bool = False):
     """:func:`sibling_attention` by plain differentiable operations, with
     the same dropout masks; returns ``(theta, eta, weights)``, the weights
     ``None`` unless :obj:`need_weights`."""
+    q, k, v = planes(stacks)
     heads, num_nodes, value_channels = v.shape
     nodes, values_theta, values_eta, edges = [], [], [], []
     for i, bucket in enumerate(layout.buckets):
-        x = _inputs(layout, bucket, q, k, v, pos, self_loops)
+        x = _inputs(layout, i, stacks, pos)
         keep = _reference_keep(x, dropout, _generator(v, seed, i))
         theta, eta, alpha = narrow_reference(
             x, scale, None if keep is None else (lambda a: a * keep))
@@ -346,14 +364,15 @@ def _reference_keep(x: NarrowInputs, dropout: float,
     ], dim=2)
 
 
-def _double_backward(ctx, q, k, v, pos, scale, grad_theta, grad_eta):
+def _double_backward(ctx, pos, scale, stacks, grad_theta, grad_eta):
     """Gradients as differentiable functions of the inputs, from
     :func:`sibling_reference`."""
     with torch.enable_grad():
         theta, eta, _ = sibling_reference(ctx.layout, ctx.self_loops,
-                                          ctx.dropout, ctx.seed, q, k, v,
-                                          pos, scale)
-    inputs = [q, k, v, pos, scale if isinstance(scale, Tensor) else None]
+                                          ctx.dropout, ctx.seed, pos, scale,
+                                          *stacks)
+    inputs = [pos, scale if isinstance(scale, Tensor) else None] + \
+        list(stacks)
     wanted = [x for x in inputs if x is not None and x.requires_grad]
     found = iter(torch.autograd.grad((theta, eta), wanted,
                                      (grad_theta, grad_eta),

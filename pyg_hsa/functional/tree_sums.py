@@ -16,7 +16,7 @@ derivatives come for free. Where the leaves are exactly the deepest level
 in the user's order (complete trees, sequences), the change of layout rides
 on the one pass that reads or writes the leaves.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -25,53 +25,53 @@ from pyg_hsa.functional.layout import Layout, from_parents, sum_children
 
 
 class SubtreeSums(torch.autograd.Function):
-    """Leaf rows ``[N, H, C_i]`` (any number of tensors) to the sums (means
-    with :obj:`divide`) over the leaves below every node, ``[H, M,
-    C_i]``."""
+    """Leaf rows ``[N, H, C]`` of :obj:`xs` (tensors of one width) to the
+    sums (means with :obj:`divide`) over the leaves below every node,
+    stacked: ``[len(xs), H, M, C]``."""
     @staticmethod
     def forward(ctx, layout: Layout, divide: bool, *xs: Tensor):
         ctx.layout, ctx.divide = layout, divide
-        return tuple(_subtree_sums(layout, divide, x) for x in xs)
+        return _subtree_sums(layout, divide, xs)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):
-        return (None, None) + PathSums.apply(ctx.layout, ctx.divide, *grads)
+    def backward(ctx, grad: Tensor):
+        return (None, None) + PathSums.apply(ctx.layout, ctx.divide, grad)
 
 
 class PathSums(torch.autograd.Function):
-    """Per-node rows ``[H, M, C_i]`` to the sum over every leaf's root path
-    (of the rows divided by the leaf counts with :obj:`divide`), ``[N, H,
-    C_i]``."""
+    """Stacked per-node rows ``[S, H, M, C]`` to the sum over every leaf's
+    root path (of the rows divided by the leaf counts with
+    :obj:`divide`): ``S`` tensors ``[N, H, C]``."""
     @staticmethod
-    def forward(ctx, layout: Layout, divide: bool, *xs: Tensor):
+    def forward(ctx, layout: Layout, divide: bool, x: Tensor):
         ctx.layout, ctx.divide = layout, divide
-        return tuple(_path_sums(layout, divide, x) for x in xs)
+        return tuple(_path_sums(layout, divide, x))
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        return (None, None) + SubtreeSums.apply(ctx.layout, ctx.divide,
-                                                *grads)
+        return None, None, SubtreeSums.apply(ctx.layout, ctx.divide, *grads)
 
 
 class GatedPathSums(torch.autograd.Function):
     """:class:`PathSums` of ``gain.unsqueeze(-1) * theta`` for ``theta``
     ``[H, M, C]`` and ``gain`` ``[H, M]``, with the product formed only on
-    the internal rows."""
+    the internal rows: ``[N, H, C]``.r"""
     @staticmethod
     def forward(ctx, layout: Layout, theta: Tensor, gain: Tensor):
         ctx.layout = layout
         ctx.save_for_backward(theta, gain)
-        return _path_sums(layout, False, theta, gain)
+        out, = _path_sums(layout, False, theta.unsqueeze(0), gain)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         theta, gain = ctx.saved_tensors
         layout = ctx.layout
         if torch.is_grad_enabled():  # second derivatives
-            below, = SubtreeSums.apply(layout, False, grad)
+            below = SubtreeSums.apply(layout, False, grad)[0]
             return (None, gain.unsqueeze(-1) * below,
                     (below * theta).sum(-1))
-        below = _subtree_sums(layout, False, grad)
+        below = _subtree_sums(layout, False, (grad, ))[0]
         grad_gain = (below * theta).sum(-1) if ctx.needs_input_grad[2] \
             else None
         grad_theta = below.mul_(gain.unsqueeze(-1)) \
@@ -79,38 +79,41 @@ class GatedPathSums(torch.autograd.Function):
         return None, grad_theta, grad_gain
 
 
-def _subtree_sums(layout: Layout, divide: bool, x: Tensor) -> Tensor:
-    heads, channels = x.size(1), x.size(2)
-    out = x.new_empty(heads, layout.num_nodes, channels)
+def _subtree_sums(layout: Layout, divide: bool, xs) -> Tensor:
+    heads, channels = xs[0].size(1), xs[0].size(2)
+    out = xs[0].new_empty(len(xs), heads, layout.num_nodes, channels)
     start = layout.leaf_start
-    if start is not None:  # the leaves' rows are one block
-        out[:, start:start + layout.num_leaves].copy_(x.transpose(0, 1))
-        out[:, :start].zero_()
-        out[:, start + layout.num_leaves:].zero_()
+    for x, rows in zip(xs, out):
+        if start is not None:  # the leaves' rows are one block
+            rows[:, start:start + layout.num_leaves].copy_(x.transpose(0, 1))
+        else:
+            rows.index_copy_(1, layout.leaf_node, x.transpose(0, 1))
+    flat = out.view(-1, layout.num_nodes, channels)  # [S * H, M, C]
+    if start is not None:
+        flat[:, :start].zero_()
+        flat[:, start + layout.num_leaves:].zero_()
     else:
-        out.zero_().index_copy_(1, layout.leaf_node, x.transpose(0, 1))
-    levels = layout.by_level(out, dim=1)
+        flat.index_fill_(1, layout.internal_nodes, 0.0)
+    levels = layout.by_level(flat, dim=1)
     for d in range(layout.depth, 0, -1):
         levels[d - 1].add_(sum_children(layout, d, levels[d]))
     if divide:
-        _divide_internal_(layout, out)
+        end = layout.level_ptr[layout.depth]
+        flat[:, :end].div_(layout.size[:end].to(flat.dtype).view(1, -1, 1))
     return out
 
 
-def _divide_internal_(layout: Layout, x: Tensor) -> None:
-    """Divides the rows above the deepest level (which holds only leaves)
-    by their leaf counts, in place."""
-    end = layout.level_ptr[layout.depth]
-    x[:, :end].div_(layout.size[:end].to(x.dtype).view(1, -1, 1))
-
-
 def _path_sums(layout: Layout, divide: bool, x: Tensor,
-               gain: Optional[Tensor] = None) -> Tensor:
-    """Leaf rows ``[N, H, C]`` of the path sums of ``x`` (``x / size`` with
-    :obj:`divide`, ``gain * x`` with :obj:`gain`)."""
+               gain: Optional[Tensor] = None) -> List[Tensor]:
+    """Leaf rows ``[N, H, C]`` (``S`` tensors) of the path sums of the
+    stacked ``x``
+    ``[S, H, M, C]`` (of ``x / size`` with :obj:`divide`, of ``gain * x``
+    with :obj:`gain` ``[H, M]``, for ``S = 1``)."""
+    stack, heads, _, channels = x.shape
     depth, end = layout.depth, layout.level_ptr[layout.depth]
+    flat = x.reshape(stack * heads, -1, channels)
     # Internal rows (above the deepest level), weighted.
-    acc = x[:, :end]
+    acc = flat[:, :end]
     if gain is not None:
         acc = acc * gain[:, :end].unsqueeze(-1)
     elif divide:
@@ -120,34 +123,37 @@ def _path_sums(layout: Layout, divide: bool, x: Tensor,
     levels = acc.split(layout.level_sizes[:-1], 1)
     for d in range(1, depth):
         levels[d].add_(from_parents(layout, d, levels[d - 1]))
-    deepest = x[:, end:]
-    heads, channels = x.size(0), x.size(2)
-    out = x.new_empty(layout.num_leaves, heads, channels)
+    deepest = flat[:, end:]
+    out = [x.new_empty(layout.num_leaves, heads, channels)
+           for _ in range(stack)]
     width = layout.level_width[depth]
     if layout.leaves_deepest and width is not None and depth > 0:
         # leaf = deepest row (* gain) + parent's sum, written in the user's
         # layout by the same pass.
-        parents = levels[depth - 1].unsqueeze(2)
-        rows = deepest.view(heads, -1, width, channels)
-        target = out.view(-1, width, heads, channels).permute(2, 0, 1, 3)
-        if gain is None:
-            torch.add(rows, parents, out=target)
-        else:
-            torch.addcmul(parents, rows,
-                          gain[:, end:].view(heads, -1, width, 1),
-                          out=target)
+        parents = levels[depth - 1].view(stack, heads, -1, 1, channels)
+        rows = deepest.view(stack, heads, -1, width, channels)
+        for s in range(stack):
+            target = out[s].view(-1, width, heads, channels).permute(
+                2, 0, 1, 3)
+            if gain is None:
+                torch.add(rows[s], parents[s], out=target)
+            else:
+                torch.addcmul(parents[s], rows[s],
+                              gain[:, end:].view(heads, -1, width, 1),
+                              out=target)
         return out
-    # General case: the deepest level's sums too, then the leaves' rows.
-    deep = deepest if gain is None else deepest * gain[:, end:].unsqueeze(-1)
-    if depth > 0:
-        deep = deep + from_parents(layout, depth, levels[depth - 1])
-    elif gain is None:
-        deep = deep.clone()
-    full = torch.cat([acc, deep], 1) if end > 0 else deep
-    if layout.leaf_start is not None:
-        rows = full[:, layout.leaf_start:layout.leaf_start +
-                    layout.num_leaves]
-    else:
-        rows = full.index_select(1, layout.leaf_node)
-    out.copy_(rows.transpose(0, 1))
+    # General case: every level's leaves, written to their user rows.
+    for d, (where, users) in enumerate(layout.level_leaves):
+        if d == depth:  # (the deepest level is only leaves)
+            rows = deepest if gain is None else \
+                deepest * gain[:, end:].unsqueeze(-1)
+            if depth > 0:
+                rows = rows + from_parents(layout, depth, levels[depth - 1])
+        elif users.numel():
+            rows = levels[d].index_select(1, where)
+        else:
+            continue
+        rows = rows.view(stack, heads, -1, channels)
+        for target, part in zip(out, rows):
+            target.index_copy_(0, users, part.transpose(0, 1))
     return out
