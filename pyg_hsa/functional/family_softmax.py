@@ -52,7 +52,7 @@ def matmul(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """``a @ b`` for ``[H, F, ., .]`` views without copying them: one
     batched product where heads and families merge into one batch
     dimension, else one per head (e.g. for a bucket that is a slice of the
-    nodes); written into :obj:`out` if given.r"""
+    nodes); written into :obj:`out` if given."""
     if all(_mergeable(t) for t in (a, b) + (() if out is None else (out, ))):
         flat = torch.bmm(a.flatten(0, 1), b.flatten(0, 1),
                          out=None if out is None else out.view(
@@ -167,7 +167,7 @@ def additive_mask(x: NarrowInputs, lo: int, rows: int) -> Tensor:
 def mask_for(valid: Tensor, loop: Optional[Tensor],
              key_bias: Optional[Tensor], dtype: torch.dtype, lo: int = 0,
              rows: Optional[int] = None) -> Tensor:
-    """:func:`additive_mask` from its parts.r"""
+    """:func:`additive_mask` from its parts."""
     rows = valid.size(1) if rows is None else rows
     allowed = allowed_keys(valid, loop, lo, rows)
     fill = torch.full((), _masked(dtype), dtype=dtype, device=valid.device)
@@ -218,7 +218,7 @@ def _block_backward(x: NarrowInputs, lo: int, hi: int, alpha: Tensor,
                     grad_eta: Tensor, want_scale: bool,
                     out: Optional[Tuple[Tensor, Tensor, Tensor]] = None):
     """Gradients of rows ``lo .. hi``; those of q (the rows), k and v (all
-    members) go into :obj:`out` if given.r"""
+    members) go into :obj:`out` if given."""
     q, pos_q = _rows(x, lo, hi)
     out_q, out_k, out_v = (None, None, None) if out is None else out
     weight = alpha if keep is None else alpha * keep

@@ -79,7 +79,7 @@ def unprepare(grads: Tuple[Tensor, Tensor, Tensor], q: Tensor, k: Tensor,
               v: Tensor, pos: Optional[Tensor], scale: Scale,
               want_scale: bool):
     """Gradients of :func:`prepare`'s outputs as gradients ``(q, k, v, pos,
-    scale)`` of its heads-first inputs.r"""
+    scale)`` of its heads-first inputs."""
     dq, dk, dv = (g.transpose(0, 1) for g in grads)
     channels = q.size(-1)
     dq_scaled = dq[..., :channels]

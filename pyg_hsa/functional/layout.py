@@ -66,7 +66,7 @@ class Layout:
     same, with fewer nodes and levels. With self loops, a leaf that is an
     only child attends to itself at its own level, so its parent stays.
 
-    All tensors are level-ordered unless named otherwise.r"""
+    All tensors are level-ordered unless named otherwise."""
     def __init__(self, parent: Tensor, num_leaves: int, self_loops: bool):
         device = parent.device
         self.self_loops = self_loops
@@ -171,7 +171,7 @@ class Layout:
         members attend to themselves (``None`` without self loops), and for
         narrow buckets the additive mask of
         :func:`~pyg_hsa.functional.family_softmax.additive_mask`. Built once
-        per dtype.r"""
+        per dtype."""
         key = (i, dtype)
         if key not in self._constants:
             from pyg_hsa.functional.family_softmax import mask_for

@@ -99,7 +99,7 @@ def _generator(x: Tensor, seed: int, i: int) -> Optional[torch.Generator]:
 class SiblingAttention(torch.autograd.Function):
     r""":func:`sibling_attention` without weights; ``seed`` seeds the
     dropout masks of bucket ``i`` with ``seed + i``, so the backward pass
-    draws them again.r"""
+    draws them again."""
     @staticmethod
     def forward(ctx, layout: Layout, self_loops: bool, dropout: float,
                 seed: int, pos: Optional[Tensor], scale: Scale,

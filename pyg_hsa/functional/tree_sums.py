@@ -55,7 +55,7 @@ class PathSums(torch.autograd.Function):
 class GatedPathSums(torch.autograd.Function):
     """:class:`PathSums` of ``gain.unsqueeze(-1) * theta`` for ``theta``
     ``[H, M, C]`` and ``gain`` ``[H, M]``, with the product formed only on
-    the internal rows: ``[N, H, C]``.r"""
+    the internal rows: ``[N, H, C]``."""
     @staticmethod
     def forward(ctx, layout: Layout, theta: Tensor, gain: Tensor):
         ctx.layout = layout
