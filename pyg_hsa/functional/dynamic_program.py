@@ -91,7 +91,7 @@ def node_gains(layout: Layout, eta: Tensor, has_sibling: Tensor,
 
     # Gates and weights, shallowest level first. W = 1 under a root.
     gains = []
-    log_w = None
+    log_w = log_mu = None  # of the level above
     for d in range(depth + 1):
         sib = siblings[d]
         if d == 0:  # W = 1; only a leaf attending to itself has siblings

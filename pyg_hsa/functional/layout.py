@@ -11,7 +11,7 @@ Families of two or more members, from every level at once, are grouped into
 :class:`Bucket` s of one padded width, the unit of batched attention (see
 :func:`plan_buckets`).
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -364,6 +364,39 @@ def _start_of_run(index: Tensor) -> Optional[int]:
 
 # Moves between levels ####################################################
 
+# Index operations along the node dimension of ``[B, n, ...]`` tensors. On
+# the CPU one 2-D operation per leading slice copies whole rows and is
+# several times faster than the 3-D operation (which indexes element by
+# element) once the tensor is large; small tensors take one call.
+SLICED_INDEXING = 1 << 15
+
+
+def _sliced(x: Tensor) -> bool:
+    # (The sliced form writes into its output: not for autograd.)
+    return x.dim() >= 2 and x.numel() >= SLICED_INDEXING and \
+        x.device.type == 'cpu' and not (x.requires_grad and
+                                        torch.is_grad_enabled())
+
+
+def select_nodes(x: Tensor, index: Tensor) -> Tensor:
+    """``x.index_select(1, index)`` for ``x`` ``[B, n, ...]``."""
+    if not _sliced(x):
+        return x.index_select(1, index)
+    out = x.new_empty((x.size(0), index.numel()) + x.shape[2:])
+    for part, target in zip(x, out):
+        torch.ops.aten.index_select.out(part, 0, index, out=target)
+    return out
+
+
+def copy_nodes_(out: Tensor, index: Tensor, src: Tensor) -> Tensor:
+    """``out.index_copy_(1, index, src)`` for ``[B, n, ...]`` tensors."""
+    if not _sliced(src):
+        return out.index_copy_(1, index, src)
+    for target, part in zip(out, src):
+        target.index_copy_(0, index, part)
+    return out
+
+
 
 def sum_children(layout: Layout, d: int, x: Tensor) -> Tensor:
     """Per node of level ``d - 1``, the sum of its children's rows of
@@ -375,10 +408,38 @@ def sum_children(layout: Layout, d: int, x: Tensor) -> Tensor:
     return out.index_add_(1, layout.level_parent[d], x)
 
 
+def add_children_(layout: Layout, d: int, rows: Tensor, x: Tensor) -> None:
+    """Adds to every node of level ``d - 1`` (:obj:`rows`) the sum of its
+    children's rows of :obj:`x`, in place."""
+    width = layout.level_width[d]
+    if width is not None:
+        rows.add_(x.reshape((x.size(0), -1, width) + x.shape[2:]).sum(2))
+    else:
+        rows.index_add_(1, layout.level_parent[d], x)
+
+
+def add_parents_(layout: Layout, d: int, rows: Tensor, above: Tensor) -> None:
+    """Adds to every node of level ``d`` (:obj:`rows`) its parent's row of
+    :obj:`above`, in place (gathering one slice at a time through one small
+    buffer, see :data:`SLICED_INDEXING`)."""
+    width = layout.level_width[d]
+    if width is not None:
+        rows.view((rows.size(0), -1, width) + rows.shape[2:]).add_(
+            above.unsqueeze(2))
+    elif not _sliced(rows):
+        rows.add_(above.index_select(1, layout.level_parent[d]))
+    else:
+        buffer = rows.new_empty(rows.shape[1:])
+        for target, part in zip(rows, above):
+            torch.ops.aten.index_select.out(part, 0, layout.level_parent[d],
+                                            out=buffer)
+            target.add_(buffer)
+
+
 def from_parents(layout: Layout, d: int, above: Tensor) -> Tensor:
     """Every node of level ``d`` takes its parent's row of :obj:`above`
     ``[H, n_{d-1}, ...]``."""
     width = layout.level_width[d]
     if width is not None:
         return above.repeat_interleave(width, dim=1)
-    return above.index_select(1, layout.level_parent[d])
+    return select_nodes(above, layout.level_parent[d])

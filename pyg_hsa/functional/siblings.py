@@ -10,7 +10,7 @@ autograd would write. Its second derivatives, and the attention weights,
 come from :func:`sibling_reference`, the same computation by plain
 differentiable operations.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -32,7 +32,12 @@ from pyg_hsa.functional.fused_attention import (
     prepare,
     unprepare,
 )
-from pyg_hsa.functional.layout import Bucket, Layout
+from pyg_hsa.functional.layout import (
+    Bucket,
+    Layout,
+    copy_nodes_,
+    select_nodes,
+)
 
 
 def sibling_attention(layout: Layout, stacks: Tuple[Tensor, ...],
@@ -70,8 +75,9 @@ def _inputs(layout: Layout, i: int, stacks,
         pos = None if pos is None else pos[:, rows]
     else:
         index = bucket.index.view(-1)
-        stacks = [stack.index_select(2, index) for stack in stacks]
-        pos = None if pos is None else pos.index_select(1, index)
+        stacks = [select_nodes(stack.flatten(0, 1), index).view(
+            stack.shape[:2] + (-1, ) + stack.shape[3:]) for stack in stacks]
+        pos = None if pos is None else select_nodes(pos, index)
     q, k, v = (x.view(x.shape[:1] + shape + x.shape[2:])
                for x in planes(stacks))
     if pos is not None:
@@ -131,10 +137,10 @@ class SiblingAttention(torch.autograd.Function):
                 _node_rows(bucket, eta).copy_(e)
             else:
                 slots = bucket.slots
-                theta.index_copy_(1, bucket.nodes,
-                                  t.flatten(1, 2).index_select(1, slots))
-                eta.index_copy_(1, bucket.nodes,
-                                e.flatten(1, 2).index_select(1, slots))
+                copy_nodes_(theta, bucket.nodes,
+                            select_nodes(t.flatten(1, 2), slots))
+                copy_nodes_(eta, bucket.nodes,
+                            select_nodes(e.flatten(1, 2), slots))
             states.append(state)
         if self_loops and layout.lone_leaves.numel():
             lone_theta, lone_eta = _lone_leaves(layout, q, k, v, pos, scale)
@@ -234,7 +240,7 @@ def _zero_rows_outside_views_(layout: Layout, x: Tensor) -> None:
 def _slot_rows(bucket: Bucket, x: Tensor, shape) -> Tensor:
     """``x`` ``[H, M, ...]``'s rows in a gathered bucket's slots (zero in
     padding slots), ``[H, F, W, ...]``."""
-    rows = x.index_select(1, bucket.index.view(-1))
+    rows = select_nodes(x, bucket.index.view(-1))
     rows = rows.view(x.shape[:1] + tuple(shape[1:]) + x.shape[2:])
     valid = bucket.valid.view(bucket.valid.shape + (1, ) * (x.dim() - 2))
     return rows.mul_(valid) if not bool(bucket.valid.all()) else rows

@@ -21,7 +21,14 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from pyg_hsa.functional.layout import Layout, from_parents, sum_children
+from pyg_hsa.functional.layout import (
+    SLICED_INDEXING,
+    Layout,
+    add_children_,
+    add_parents_,
+    copy_nodes_,
+    select_nodes,
+)
 
 
 class SubtreeSums(torch.autograd.Function):
@@ -86,8 +93,14 @@ def _subtree_sums(layout: Layout, divide: bool, xs) -> Tensor:
     for x, rows in zip(xs, out):
         if start is not None:  # the leaves' rows are one block
             rows[:, start:start + layout.num_leaves].copy_(x.transpose(0, 1))
-        else:
-            rows.index_copy_(1, layout.leaf_node, x.transpose(0, 1))
+            continue
+        for where, users, level in zip(*zip(*layout.level_leaves),
+                                       layout.by_level(rows, dim=1)):
+            if where.numel() == level.size(1):  # a level of only leaves
+                gather_leaves(x, users, out=level)
+            elif where.numel():
+                copy_nodes_(level, where, x.index_select(0, users).transpose(
+                    0, 1))
     flat = out.view(-1, layout.num_nodes, channels)  # [S * H, M, C]
     if start is not None:
         flat[:, :start].zero_()
@@ -96,7 +109,7 @@ def _subtree_sums(layout: Layout, divide: bool, xs) -> Tensor:
         flat.index_fill_(1, layout.internal_nodes, 0.0)
     levels = layout.by_level(flat, dim=1)
     for d in range(layout.depth, 0, -1):
-        levels[d - 1].add_(sum_children(layout, d, levels[d]))
+        add_children_(layout, d, levels[d - 1], levels[d])
     if divide:
         end = layout.level_ptr[layout.depth]
         flat[:, :end].div_(layout.size[:end].to(flat.dtype).view(1, -1, 1))
@@ -112,26 +125,19 @@ def _path_sums(layout: Layout, divide: bool, x: Tensor,
     stack, heads, _, channels = x.shape
     depth, end = layout.depth, layout.level_ptr[layout.depth]
     flat = x.reshape(stack * heads, -1, channels)
-    # Internal rows (above the deepest level), weighted.
-    acc = flat[:, :end]
-    if gain is not None:
-        acc = acc * gain[:, :end].unsqueeze(-1)
-    elif divide:
-        acc = acc / layout.size[:end].to(x.dtype).view(1, -1, 1)
-    else:
-        acc = acc.clone()
-    levels = acc.split(layout.level_sizes[:-1], 1)
-    for d in range(1, depth):
-        levels[d].add_(from_parents(layout, d, levels[d - 1]))
-    deepest = flat[:, end:]
     out = [x.new_empty(layout.num_leaves, heads, channels)
            for _ in range(stack)]
     width = layout.level_width[depth]
     if layout.leaves_deepest and width is not None and depth > 0:
-        # leaf = deepest row (* gain) + parent's sum, written in the user's
-        # layout by the same pass.
+        # Internal rows weighted and summed down; then leaf = deepest row
+        # (* gain) + parent's sum, written in the user's layout by the same
+        # pass.
+        acc = _weighted(layout, flat[:, :end], divide, gain, 0, end)
+        levels = acc.split(layout.level_sizes[:-1], 1)
+        for d in range(1, depth):
+            add_parents_(layout, d, levels[d], levels[d - 1])
         parents = levels[depth - 1].view(stack, heads, -1, 1, channels)
-        rows = deepest.view(stack, heads, -1, width, channels)
+        rows = flat[:, end:].view(stack, heads, -1, width, channels)
         for s in range(stack):
             target = out[s].view(-1, width, heads, channels).permute(
                 2, 0, 1, 3)
@@ -142,18 +148,36 @@ def _path_sums(layout: Layout, divide: bool, x: Tensor,
                               gain[:, end:].view(heads, -1, width, 1),
                               out=target)
         return out
-    # General case: every level's leaves, written to their user rows.
-    for d, (where, users) in enumerate(layout.level_leaves):
-        if d == depth:  # (the deepest level is only leaves)
-            rows = deepest if gain is None else \
-                deepest * gain[:, end:].unsqueeze(-1)
-            if depth > 0:
-                rows = rows + from_parents(layout, depth, levels[depth - 1])
-        elif users.numel():
-            rows = levels[d].index_select(1, where)
-        else:
-            continue
-        rows = rows.view(stack, heads, -1, channels)
-        for target, part in zip(out, rows):
-            target.index_copy_(0, users, part.transpose(0, 1))
+    # General case: all rows weighted and summed down in one buffer, then
+    # one gather of the leaves' rows and one change of layout per tensor.
+    full = _weighted(layout, flat, divide, gain, 0, flat.size(1))
+    levels = layout.by_level(full, dim=1)
+    for d in range(1, depth + 1):
+        add_parents_(layout, d, levels[d], levels[d - 1])
+    rows = select_nodes(full, layout.leaf_node).view(
+        stack, heads, layout.num_leaves, channels)
+    for target, part in zip(out, rows):
+        target.copy_(part.transpose(0, 1))
+    return out
+
+
+def _weighted(layout: Layout, x: Tensor, divide: bool,
+              gain: Optional[Tensor], lo: int, hi: int) -> Tensor:
+    """A new tensor: rows ``lo .. hi`` of the ``[B, M, C]`` :obj:`x` times
+    the gain, or divided by the leaf counts, or as they are."""
+    if gain is not None:
+        return x * gain[:, lo:hi].unsqueeze(-1)
+    if divide:
+        return x / layout.size[lo:hi].to(x.dtype).view(1, -1, 1)
+    return x.clone()
+
+
+def gather_leaves(x: Tensor, users: Tensor, out: Tensor) -> Tensor:
+    """``out[h, i] = x[users[i], h]`` for the user's ``[N, H, C]``
+    :obj:`x` (a gather per head, see
+    :data:`~pyg_hsa.functional.layout.SLICED_INDEXING`)."""
+    if out.numel() < SLICED_INDEXING:
+        return out.copy_(x.index_select(0, users).transpose(0, 1))
+    for h in range(x.size(1)):
+        torch.ops.aten.index_select.out(x[:, h], 0, users, out=out[h])
     return out
