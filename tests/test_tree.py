@@ -58,7 +58,13 @@ def test_level_order_keeps_families_contiguous(seed):
     new_parent = layout.parent
     non_root = new_parent[tree.num_roots:]
     assert bool((new_parent[:tree.num_roots] == -1).all())
-    assert bool((non_root[1:] >= non_root[:-1]).all())  # sorted by parent
+    # Every family is one run of nodes, larger families first in a level.
+    changes = (non_root[1:] != non_root[:-1]).sum() + 1
+    assert int(changes) == int(non_root.unique().numel())
+    size = layout.num_children[non_root]
+    for lo, hi in zip(layout.level_ptr[1:], layout.level_ptr[2:]):
+        part = size[lo - tree.num_roots:hi - tree.num_roots]
+        assert bool((part[1:] <= part[:-1]).all())
     # Every node's new parent is the user's node above it once unary
     # chains are contracted: between them only nodes with one child, the
     # topmost of which lends the node its position (perm).

@@ -78,17 +78,21 @@ class Layout:
         depth = depth_of(parent)
 
         # Level order: roots in the order of the user's roots, then each
-        # level sorted by parent.
+        # level by family, larger families first (so that families of one
+        # size lie back to back) and by parent.
         num_levels = int(depth.max()) + 1
         counts = torch.bincount(depth, minlength=num_levels).tolist()
         by_depth = torch.argsort(depth * (int(rep.max()) + 1) + rep)
+        children = torch.bincount(parent[parent >= 0], minlength=num_nodes)
         new_id = torch.empty(num_nodes, dtype=torch.long, device=device)
         levels, start = [], 0
         for count in counts:
             nodes = by_depth[start:start + count]
-            if start > 0:  # Not the roots: sort by the parent's new id.
-                nodes = nodes[torch.argsort(new_id[parent[nodes]],
-                                            stable=True)]
+            if start > 0:  # Not the roots: by family size, then parent.
+                above = parent[nodes]
+                nodes = nodes[torch.argsort(
+                    -children[above] * (num_nodes + 1) + new_id[above],
+                    stable=True)]
             new_id[nodes] = torch.arange(start, start + count, device=device)
             levels.append(nodes)
             start += count
@@ -268,34 +272,35 @@ def plan_buckets(layout: Layout) -> Tuple[Bucket, ...]:
     """
     device = layout.perm.device
     count = layout.num_children
-    first_child = layout.num_roots + torch.cumsum(count, 0) - count
-    # One row per family: its first node and its size.
+    nodes = torch.arange(layout.num_nodes, device=device)
+    has_parent = layout.parent >= 0
+    first_child = torch.full_like(count, layout.num_nodes).scatter_reduce_(
+        0, layout.parent[has_parent], nodes[has_parent], 'amin')
+    # One row per family: its first node, size and level.
     is_family = count >= 2
     starts, sizes = first_child[is_family], count[is_family]
     parents = is_family.nonzero().view(-1)
     eta_used = layout.parent[parents] >= 0  # parent of the family not a root
-
-    groups = []  # (size, starts, eta_used) per exact size
-    if sizes.numel():
-        order = torch.argsort(sizes * (layout.num_nodes + 1) + starts)
-        starts, sizes, eta_used = starts[order], sizes[order], eta_used[order]
-        unique, counts = torch.unique_consecutive(sizes, return_counts=True)
-        for size, part in zip(unique.tolist(),
-                              torch.split(torch.arange(sizes.numel(),
-                                                       device=device),
-                                          counts.tolist())):
-            groups.append((size, starts[part], bool(eta_used[part].any())))
+    level = torch.bucketize(starts, torch.tensor(layout.level_ptr[1:],
+                                                 device=device), right=True)
 
     spans, narrow, wide = [], [], []
-    for size, st, used in groups:
-        back_to_back = bool((st[1:] - st[:-1] == size).all())
-        if back_to_back and (st.numel() * size >= SPAN_MIN_NODES
-                             or size >= WIDE_FAMILY):
-            spans.append((size, st, used))
-        elif size >= WIDE_FAMILY:
-            wide.append((size, st, used))
-        else:
-            narrow.append((size, st, used))
+    for size, st, lv, used in _by_size(sizes, starts, level, eta_used):
+        if _view(size, st):  # equal families back to back, across levels
+            spans.append((size, st, bool(used.any())))
+            continue
+        pool = wide if size >= WIDE_FAMILY else narrow
+        rest, rest_used = [], []
+        for value in torch.unique(lv).tolist():  # or within one level
+            sel = lv == value
+            if _view(size, st[sel]):
+                spans.append((size, st[sel], bool(used[sel].any())))
+            else:
+                rest.append(st[sel])
+                rest_used.append(used[sel])
+        if rest:
+            pool.append((size, torch.cat(rest),
+                         bool(torch.cat(rest_used).any())))
     merged = [[g] for g in wide] + _merge_narrow(narrow)
 
     buckets = []
@@ -314,6 +319,32 @@ def plan_buckets(layout: Layout) -> Tuple[Bucket, ...]:
         buckets.append(_bucket(layout, width, index, valid, None,
                                any(used for _, _, used in group)))
     return tuple(buckets)
+
+
+def _by_size(sizes: Tensor, starts: Tensor, level: Tensor, used: Tensor):
+    """Families grouped by exact size: ``(size, starts, levels, used)``,
+    each sorted by start."""
+    if sizes.numel() == 0:
+        return []
+    order = torch.argsort(sizes * (int(starts.max()) + 1) + starts)
+    sizes, starts, level, used = (x[order]
+                                  for x in (sizes, starts, level, used))
+    unique, counts = torch.unique_consecutive(sizes, return_counts=True)
+    out, lo = [], 0
+    for size, num in zip(unique.tolist(), counts.tolist()):
+        part = slice(lo, lo + num)
+        out.append((size, starts[part], level[part], used[part]))
+        lo += num
+    return out
+
+
+def _view(size: int, starts: Tensor) -> bool:
+    """Whether families of :obj:`size` at :obj:`starts` are back to back
+    and worth a view bucket."""
+    if starts.numel() == 0:
+        return False
+    large = starts.numel() * size >= SPAN_MIN_NODES or size >= WIDE_FAMILY
+    return large and bool((starts[1:] - starts[:-1] == size).all())
 
 
 def _merge_narrow(groups: list) -> List[list]:
