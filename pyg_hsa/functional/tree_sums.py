@@ -99,8 +99,8 @@ def _subtree_sums(layout: Layout, divide: bool, xs) -> Tensor:
             if where.numel() == level.size(1):  # a level of only leaves
                 gather_leaves(x, users, out=level)
             elif where.numel():
-                copy_nodes_(level, where, x.index_select(0, users).transpose(
-                    0, 1))
+                rows = level.new_empty(heads, where.numel(), channels)
+                copy_nodes_(level, where, gather_leaves(x, users, out=rows))
     flat = out.view(-1, layout.num_nodes, channels)  # [S * H, M, C]
     if start is not None:
         flat[:, :start].zero_()
