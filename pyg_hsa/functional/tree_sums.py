@@ -176,7 +176,7 @@ def gather_leaves(x: Tensor, users: Tensor, out: Tensor) -> Tensor:
     """``out[h, i] = x[users[i], h]`` for the user's ``[N, H, C]``
     :obj:`x` (a gather per head, see
     :data:`~pyg_hsa.functional.layout.SLICED_INDEXING`)."""
-    if out.numel() < SLICED_INDEXING:
+    if out[0].numel() < SLICED_INDEXING:
         return out.copy_(x.index_select(0, users).transpose(0, 1))
     for h in range(x.size(1)):
         torch.ops.aten.index_select.out(x[:, h], 0, users, out=out[h])
