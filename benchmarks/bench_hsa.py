@@ -1,28 +1,38 @@
-"""HSA against dense attention: time and peak memory against the number of
-leaves, all measured in one run (compare ratios, not absolute times).
+"""HSA against dense attention on its fastest path: time and memory, all
+measured in one run (compare ratios, not absolute times).
 
-    python benchmarks/bench_hsa.py             # full sweep (~50 minutes)
-    python benchmarks/bench_hsa.py --smoke     # ~2 minutes; what CI runs
+    python benchmarks/bench_hsa.py --out table.md --plot bench_hsa.png
+    python benchmarks/bench_hsa.py --smoke     # seconds; what CI runs
 
-Every measurement runs in a fresh subprocess so that its peak resident
-memory is its own. Methods:
+Every row is forward + backward (``fwd+bwd``) unless it says ``fwd``, with
+H=4 heads, C=32 channels, float32. The reference is
+``torch.nn.functional.scaled_dot_product_attention`` with 4-D ``[B, H, N,
+C]`` inputs (``sdpa``), which takes PyTorch's fused (flash) CPU kernel in
+O(N) memory; the 3-D ``[H, N, C]`` call falls back to the math path that
+holds ``[H, N, N]``, shown only as the labelled extra row ``sdpa 3-D (math
+path)``.
 
-* ``hsa``        -- ``hsa_attention`` on a balanced tree of the given branching
-  (the ``Tree`` is compiled once, outside the timing; its build time is a
-  separate column)
-* ``hsa_conv``   -- ``HSAConv`` (projections, LayerNorm, HSA, skip) on it
-* ``hsa_flat``   -- ``hsa_attention`` on a one-level tree (= softmax)
-* ``hsa_points`` -- ``hsa_attention`` on the hierarchy
-  ``PointCloudToHierarchy()`` makes of points on a sphere (irregular
-  families: the gather paths)
-* ``hsa_sequence`` -- ``hsa_attention`` on ``SequenceToHierarchy()``'s
-  token windows of 2, 8, 64 and 1024 tokens
-* ``sdpa``       -- ``torch.nn.functional.scaled_dot_product_attention``
-* ``transformer_conv`` -- PyG's ``TransformerConv`` on the complete graph
+Each cell runs in a fresh subprocess. Where a cell compares methods or
+hierarchies, they alternate in that process, several rounds after a
+warm-up, and each keeps its fastest round: the machine's drift hits all
+alike, so their ratio (``x``) is what to read. ``peak MB`` is the process's peak
+resident set above its size after the imports, over everything it ran.
 
-Writes a markdown table to stdout (and ``--out``), and a log-log plot of
-time and memory against leaves to ``--plot``. Peak memory is the peak
-resident set of the measuring process minus its size after imports.
+Rows:
+
+* ``flat`` -- a one-level tree (one family: softmax attention without the
+  diagonal) against ``sdpa`` at 1k-64k leaves, and a 100k-member family;
+* ``complete b=8`` -- complete 8-ary trees from 1k to 1M leaves (time per
+  leaf, memory, ``Tree`` build), against ``sdpa`` up to 64k;
+* ``points sphere`` / ``points cube`` / ``sequence`` -- the hierarchies
+  ``PointCloudToHierarchy()`` makes of 131k points on a sphere or filling a
+  cube and ``SequenceToHierarchy()`` of 131k tokens, in one cell with the
+  complete tree of 131k leaves (``x``: time per leaf against it);
+* ``molecules xB`` -- ``MoleculeToHierarchy()`` batches of B NCI molecules
+  (RDKit's ``first_5K.smi``) against ``sdpa`` over each molecule's atoms,
+  padded to the largest with a key mask;
+* ``hsa_conv`` -- :class:`~pyg_hsa.nn.HSAConv` (projections, LayerNorm,
+  skip) on the complete tree.
 """
 import argparse
 import json
@@ -49,91 +59,145 @@ def balanced_parent(branching: int, num_leaves: int):
     return torch.cat(parents)
 
 
-REAL = ('hsa_points', 'hsa_sequence')
+def flat_parent(num_leaves: int):
+    import torch
+    return torch.cat([torch.full((num_leaves, ), num_leaves),
+                      torch.tensor([-1])])
 
 
-def real_hierarchy(method: str, num_leaves: int):
-    """The hierarchy a dataset transform makes of ``num_leaves`` points
-    (uniform on the unit sphere) or tokens, with its default arguments."""
+def hierarchy(kind: str, size: int):
+    """``(tree, Tree build seconds, molecule sizes or None)`` for a row's
+    hierarchy (the transform's own time not counted)."""
     import torch
     from torch_geometric.data import Data
 
-    from pyg_hsa.transforms import PointCloudToHierarchy, SequenceToHierarchy
+    from pyg_hsa import Tree
     gen = torch.Generator().manual_seed(0)
-    if method == 'hsa_points':
-        pos = torch.randn(num_leaves, 3, generator=gen)
-        pos = pos / pos.norm(dim=1, keepdim=True)
-        return PointCloudToHierarchy()(Data(pos=pos))
-    return SequenceToHierarchy()(Data(x=torch.zeros(num_leaves, 1)))
+    lengths = None
+    if kind == 'flat':
+        build, source = Tree.from_parent, flat_parent(size)
+    elif kind == 'complete':
+        build, source = Tree.from_parent, balanced_parent(8, size)
+    elif kind in ('sphere', 'cube'):
+        from pyg_hsa.transforms import PointCloudToHierarchy
+        pos = torch.randn(size, 3, generator=gen)
+        pos = pos / pos.norm(dim=1, keepdim=True) if kind == 'sphere' else \
+            torch.rand(size, 3, generator=gen)
+        build, source = Tree.from_hetero, PointCloudToHierarchy()(
+            Data(pos=pos))
+    elif kind == 'sequence':
+        from pyg_hsa.transforms import SequenceToHierarchy
+        build, source = Tree.from_hetero, SequenceToHierarchy()(
+            Data(x=torch.zeros(size, 1)))
+    elif kind == 'molecules':
+        build, source = Tree.from_hetero, molecule_batch(size)
+    else:
+        raise ValueError(kind)
+    start = time.perf_counter()
+    tree = build(source)
+    seconds = time.perf_counter() - start
+    if kind == 'molecules':
+        lengths = torch.bincount(tree.batch)
+    return tree, seconds, lengths
 
 
-def worker(method: str, num_leaves: int, branching: int, backward: bool,
-           repeats: int, scatter: bool) -> dict:
+def molecule_batch(num_molecules: int):
+    """The first :obj:`num_molecules` NCI molecules (RDKit's shipped
+    ``first_5K.smi``) that RDKit parses, as one ``MoleculeToHierarchy``
+    batch."""
+    from torch_geometric.loader import DataLoader
+    from torch_geometric.utils import from_smiles
+
+    from pyg_hsa.transforms import MoleculeToHierarchy
+    from pyg_hsa.utils.io import package_file
+    path = package_file('rdkit', 'Data', 'NCI', 'first_5K.smi',
+                        install="pip install rdkit")
+    transform, out = MoleculeToHierarchy(), []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(transform(from_smiles(line.split()[0])))
+            except ValueError:  # salts and the like RDKit or BRICS refuse
+                continue
+            if len(out) == num_molecules:
+                break
+    return next(iter(DataLoader(out, batch_size=num_molecules)))
+
+
+def make_step(method: str, kind: str, size: int, backward: bool):
+    """``(step, leaves, tree build seconds)`` for one method on one row."""
     import torch
-    import torch_geometric.typing
-    torch_geometric.typing.WITH_TORCH_SCATTER &= scatter
-    from pyg_hsa import Tree, hsa_attention
+    import torch.nn.functional as F
+
+    from pyg_hsa import hsa_attention
     from pyg_hsa.nn import HSAConv
 
     torch.manual_seed(0)
-    baseline_mb = _current_rss_mb()  # torch and the libraries, no data yet
-    shape = (num_leaves, HEADS, CHANNELS)
-    result = {'compile_s': None}
+    tree, build, lengths = hierarchy(kind, size)
+    n = tree.num_leaves
 
-    if method in ('hsa', 'hsa_conv', 'hsa_flat'):
-        parent = (torch.full((num_leaves + 1, ), num_leaves).index_fill_(
-            0, torch.tensor([num_leaves]), -1) if method == 'hsa_flat' else
-                  balanced_parent(branching, num_leaves))
-        start = time.perf_counter()
-        tree = Tree.from_parent(parent, num_leaves)
-        result['compile_s'] = time.perf_counter() - start
-    elif method in REAL:
-        hierarchy = real_hierarchy(method, num_leaves)
-        start = time.perf_counter()
-        tree = Tree.from_hetero(hierarchy)
-        result['compile_s'] = time.perf_counter() - start
-    if method == 'hsa_conv':
+    def tensors(*shape):
+        return [torch.randn(*shape, requires_grad=backward) for _ in range(3)]
+
+    if method == 'hsa':
+        q, k, v = tensors(n, HEADS, CHANNELS)
+
+        def run():
+            return hsa_attention(q, k, v, tree)
+    elif method == 'hsa_conv':
         conv = HSAConv(HEADS * CHANNELS, CHANNELS, heads=HEADS)
-        x = torch.randn(num_leaves, HEADS * CHANNELS, requires_grad=backward)
+        x = torch.randn(n, HEADS * CHANNELS, requires_grad=backward)
 
         def run():
             return conv(x, tree)
-    elif method == 'transformer_conv':
-        from torch_geometric.nn import TransformerConv
-        conv = TransformerConv(HEADS * CHANNELS, CHANNELS, heads=HEADS)
-        x = torch.randn(num_leaves, HEADS * CHANNELS, requires_grad=backward)
-        idx = torch.arange(num_leaves)
-        edge_index = torch.stack([idx.repeat_interleave(num_leaves),
-                                  idx.repeat(num_leaves)])
+    elif method == 'sdpa' and lengths is not None:  # padded molecules
+        width = int(lengths.max())
+        q, k, v = tensors(lengths.numel(), HEADS, width, CHANNELS)
+        keep = torch.arange(width) < lengths.view(-1, 1)
+        mask = keep.view(-1, 1, 1, width)
 
         def run():
-            return conv(x, edge_index)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif method == 'sdpa':
+        q, k, v = tensors(1, HEADS, n, CHANNELS)
+
+        def run():
+            return F.scaled_dot_product_attention(q, k, v)
+    elif method == 'sdpa3d':
+        q, k, v = tensors(HEADS, n, CHANNELS)
+
+        def run():
+            return F.scaled_dot_product_attention(q, k, v)
     else:
-        q, k, v = (torch.randn(*shape, requires_grad=backward)
-                   for _ in range(3))
-        if method == 'sdpa':
-            def run():
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
-        else:
-            def run():
-                return hsa_attention(q, k, v, tree)
+        raise ValueError(method)
 
     def step():
         out = run()
         if backward:
             out.sum().backward()
 
-    step()  # warm-up (allocator, lazy init)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return step, n, build
+
+
+def worker(spec: dict) -> dict:
+    """Runs the ``(method, hierarchy)`` entries of one cell, alternating,
+    and reports each one's fastest round."""
+    baseline_mb = _current_rss_mb()
+    steps = {f'{m}@{k}': make_step(m, k, spec['size'], spec['backward'])
+             for m, k in spec['entries']}
+    for step, _, _ in steps.values():  # warm-up (allocator, lazy init)
         step()
-        times.append(time.perf_counter() - start)
-    result['time_s'] = min(times)
-    result['peak_rss_mb'] = resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_mb
-    return result
+    best = {key: float('inf') for key in steps}
+    for _ in range(spec['rounds']):
+        for key, (step, _, _) in steps.items():
+            start = time.perf_counter()
+            step()
+            best[key] = min(best[key], time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {'leaves': {key: s[1] for key, s in steps.items()},
+            'time_s': best,
+            'build_s': {key: s[2] for key, s in steps.items()},
+            'peak_mb': peak - baseline_mb}
 
 
 def _current_rss_mb() -> float:
@@ -141,16 +205,12 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
-def measure(method, num_leaves, branching, backward, repeats, scatter,
-            timeout):
-    cmd = [
-        sys.executable, __file__, '--worker', method,
-        str(num_leaves),
-        str(branching),
-        str(int(backward)),
-        str(repeats),
-        str(int(scatter))
-    ]
+def measure(cell, timeout: float) -> dict:
+    """Runs one cell in a fresh subprocess."""
+    _, entries, size, backward, rounds = cell
+    spec = {'entries': entries, 'size': size, 'backward': backward,
+            'rounds': rounds}
+    cmd = [sys.executable, __file__, '--worker', json.dumps(spec)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=timeout)
@@ -159,75 +219,147 @@ def measure(method, num_leaves, branching, backward, repeats, scatter,
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ['killed'])[-1]
         return {'error': 'out of memory' if 'memory' in last.lower() or
-                done.returncode < 0 else last[:60]}
+                done.returncode < 0 else last[:80]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def sweep(args):
-    sizes = ([2**8] if args.smoke else
-             [2**10, 2**12, 2**14, 2**15, 2**16, 2**17, 2**18, 2**20])
-    rows = []
-    stopped = set()  # methods that failed: larger sizes are skipped
-    for backward in (False, True):
-        for num_leaves in sizes:
-            configs = [('sdpa', 0), ('transformer_conv', 0), ('hsa_flat', 0),
-                       ('hsa', 8), ('hsa', 32), ('hsa_conv', 8),
-                       ('hsa_points', 0), ('hsa_sequence', 0)]
-            for method, branching in configs:
-                for scatter in ((False, True) if method == 'hsa' else
-                                (False, )):
-                    if scatter and not args.with_scatter:
-                        continue
-                    key = (method, branching, backward, scatter)
-                    if key in stopped:
-                        continue
-                    res = measure(method, num_leaves, branching, backward,
-                                  1 if num_leaves > 2**16 else 3, scatter,
-                                  args.timeout)
-                    if 'error' in res:
-                        stopped.add(key)
-                    row = dict(method=method, branching=branching,
-                               backward=backward, scatter=scatter,
-                               leaves=num_leaves, **res)
-                    rows.append(row)
-                    print(_format_row(row), flush=True)
-    return rows
-
-
-def _format_row(row):
-    name = row['method'] + (f" b={row['branching']}"
-                            if row['branching'] else '')
-    name += ' +scatter' if row['scatter'] else ''
-    if 'error' in row:
-        cells = [row['error'], '', '', '']
-    else:
-        per_leaf = row['time_s'] / row['leaves'] * 1e6
-        compile_s = row['compile_s']
-        cells = [
-            f"{row['time_s'] * 1e3:.1f}", f'{per_leaf:.2f}',
-            f"{row['peak_rss_mb']:.0f}",
-            '' if compile_s is None else f'{compile_s * 1e3:.1f}'
+def cells(smoke: bool):
+    """The cells of the run: ``(labels, entries, size, backward, rounds)``;
+    each entry ``(method, hierarchy)`` is one table row, under the label of
+    the same position."""
+    K = 1024
+    if smoke:
+        n = 512
+        return [
+            (['flat'] * 3, [('hsa', 'flat'), ('sdpa', 'flat'),
+                            ('sdpa3d', 'flat')], 256, True, 2),
+            (['complete b=8'] * 2, [('hsa', 'complete'),
+                                    ('sdpa', 'complete')], n, True, 2),
+            (['complete b=8'], [('hsa', 'complete')], n, False, 2),
+            (REAL + ['complete b=8'], [('hsa', k) for k in REAL_KINDS] +
+             [('hsa', 'complete')], n, True, 2),
+            (['molecules x4'] * 2, [('hsa', 'molecules'),
+                                    ('sdpa', 'molecules')], 4, True, 2),
+            (['hsa_conv'], [('hsa_conv', 'complete')], n, True, 2),
         ]
-    phase = 'fwd+bwd' if row['backward'] else 'fwd'
-    return f"| {name} | {phase} | {row['leaves']} | " + ' | '.join(
-        cells) + ' |'
+    out = []
+    for n, rounds in ((K, 7), (4 * K, 5), (16 * K, 3), (64 * K, 1)):
+        methods = ['hsa', 'sdpa'] + (['sdpa3d'] if n <= 4 * K else [])
+        out.append((['flat'] * len(methods), [(m, 'flat') for m in methods],
+                    n, True, rounds))
+    for method in ('hsa', 'sdpa'):  # alone: their own memory
+        out.append((['flat'], [(method, 'flat')], 100_000, True, 1))
+    for n, rounds in ((K, 7), (4 * K, 5), (16 * K, 5), (64 * K, 1)):
+        out.append((['complete b=8'] * 2, [('hsa', 'complete'),
+                                           ('sdpa', 'complete')], n, True,
+                    rounds))
+    for n in (16 * K, 128 * K, 1024 * K):  # alone: their own memory
+        for backward in (True, False):
+            out.append((['complete b=8'], [('hsa', 'complete')], n,
+                        backward, 5 if n < 1024 * K else 2))
+    out.append((REAL + ['complete b=8'], [('hsa', k) for k in REAL_KINDS] +
+                [('hsa', 'complete')], 128 * K, True, 5))
+    for batch, rounds in ((32, 30), (512, 10)):
+        out.append(([f'molecules x{batch}'] * 2, [('hsa', 'molecules'),
+                                                   ('sdpa', 'molecules')],
+                    batch, True, rounds))
+    out.append((['hsa_conv'], [('hsa_conv', 'complete')], 128 * K, True, 3))
+    return out
 
 
-def ratios(rows):
-    """Speed-up of HSA (branching 8) over SDPA at each size, fwd+bwd."""
+REAL = ['points sphere', 'points cube', 'sequence']
+REAL_KINDS = ['sphere', 'cube', 'sequence']
+LABELS = {'hsa': 'hsa', 'sdpa': 'sdpa', 'sdpa3d': 'sdpa 3-D (math path)',
+          'hsa_conv': 'hsa_conv'}
+
+
+def rows_of(cell, result):
+    """Table rows ``(row, method, pass, leaves, ms, us/leaf, peak MB,
+    build ms, x)`` of one measured cell; ``x`` is the time per leaf relative
+    to the cell's reference entry (its first; the complete tree in the cell
+    of real hierarchies)."""
+    labels, entries, size, backward, _ = cell
+    phase = 'fwd+bwd' if backward else 'fwd'
+    if 'error' in result:
+        return [(labels[0], '/'.join(m for m, _ in entries), phase, size,
+                 result['error'], '', '', '', '')]
+    keys = [f'{m}@{k}' for m, k in entries]
+    ref = keys[-1] if labels[:len(REAL)] == REAL else keys[0]
+    per_leaf = {key: result['time_s'][key] / result['leaves'][key]
+                for key in keys}
+    out = []
+    for label, (method, _), key in zip(labels, entries, keys):
+        t, n = result['time_s'][key], result['leaves'][key]
+        build = result['build_s'][key] * 1e3 if method.startswith('hsa') \
+            else None
+        out.append((label, LABELS[method], phase, n, t * 1e3, t / n * 1e6,
+                    result['peak_mb'], build, per_leaf[key] / per_leaf[ref]))
+    return out
+
+
+def format_row(row) -> str:
+    name, method, phase, n, ms, per_leaf, peak, build, ratio = row
+    if isinstance(ms, str):  # an error
+        return f'| {name} | {method} | {phase} | {n} | {ms} | | | | |'
+    build = '' if build is None else f'{build:.0f}'
+    return (f'| {name} | {method} | {phase} | {n} | {ms:.2f} | '
+            f'{per_leaf:.2f} | {peak:.0f} | {build} | {ratio:.2f} |')
+
+
+HEADER = ('| row | method | pass | leaves | time (ms) | µs/leaf | peak MB '
+          '(cell) | Tree build (ms) | x |')
+
+
+def summary(rows) -> list:
+    """The targets of the performance work, as measured in this run."""
+    def find(name, method, phase, n):
+        for r in rows:
+            if r[:4] == (name, method, phase, n) and not isinstance(r[4],
+                                                                     str):
+                return r
+        return None
+
     lines = []
-    by_key = {(r['method'], r['branching'], r['backward'], r['scatter'],
-               r['leaves']): r
-              for r in rows if 'error' not in r}
-    for key in sorted(by_key, key=lambda key: key[-1]):
-        (method, b, backward, scatter, n), row = key, by_key[key]
-        if method != 'hsa' or b != 8 or not backward or scatter:
-            continue
-        sdpa = by_key.get(('sdpa', 0, True, False, n))
-        if sdpa:
-            lines.append(f'- {n} leaves, fwd+bwd: SDPA takes '
-                         f"{sdpa['time_s'] / row['time_s']:.1f}x the time "
-                         f'of HSA (b=8)')
+    for n in (1024, 4096, 16384, 65536):
+        hsa, sdpa = find('flat', 'hsa', 'fwd+bwd', n), find(
+            'flat', 'sdpa', 'fwd+bwd', n)
+        if hsa and sdpa:
+            lines.append(f'- flat tree, {n} leaves: HSA takes '
+                         f'{hsa[4] / sdpa[4]:.2f}x the time of SDPA (4-D)')
+    big = find('flat', 'hsa', 'fwd+bwd', 100_000)
+    big_sdpa = find('flat', 'sdpa', 'fwd+bwd', 100_000)
+    if big:
+        lines.append(f'- 100k-member family: {big[4] / 1e3:.1f} s, peak '
+                     f'{big[6]:.0f} MB' + (f'; SDPA (4-D) {big_sdpa[4] / 1e3:.1f} s'
+                                           if big_sdpa else ''))
+    for n in (1024, 4096, 16384, 65536):
+        hsa, sdpa = (find('complete b=8', m, 'fwd+bwd', n)
+                     for m in ('hsa', 'sdpa'))
+        if hsa and sdpa:
+            lines.append(f'- complete 8-ary tree, {n} leaves: SDPA (4-D) '
+                         f'takes {sdpa[4] / hsa[4]:.1f}x the time of HSA')
+    for a, b in ((16384, 131072), (131072, 1048576)):
+        ra, rb = (find('complete b=8', 'hsa', 'fwd+bwd', n) for n in (a, b))
+        if ra and rb:
+            lines.append(f'- complete 8-ary tree, {a} -> {b} leaves (8x): '
+                         f'{rb[4] / ra[4]:.1f}x the time')
+    for name in REAL:
+        r = [x for x in rows if x[0] == name and not isinstance(x[4], str)]
+        if r:
+            lines.append(f'- {name}, {r[0][3]} leaves: {r[0][5]:.2f} µs/leaf'
+                         f', {r[0][8]:.2f}x the complete tree of that size '
+                         f'per leaf (same process)')
+    for batch in (32, 512):
+        r = [x for x in rows if x[0] == f'molecules x{batch}'
+             and not isinstance(x[4], str)]
+        if len(r) == 2:
+            lines.append(f'- {batch} molecules ({r[0][3]} atoms): HSA '
+                         f'{r[0][4]:.2f} ms, padded SDPA (4-D) {r[1][4]:.2f} '
+                         f'ms ({r[0][4] / r[1][4]:.2f}x)')
+    top = find('complete b=8', 'hsa', 'fwd+bwd', 1048576)
+    if top:
+        lines.append(f'- 1M leaves: peak {top[6]:.0f} MB fwd+bwd; Tree '
+                     f'build {top[7]:.0f} ms')
     return lines
 
 
@@ -235,73 +367,75 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     series = {}
     for r in rows:
-        if 'error' in r or not r['backward'] or r['scatter']:
+        if isinstance(r[4], str) or r[2] != 'fwd+bwd':
             continue
-        name = r['method'] + (f" b={r['branching']}"
-                              if r['branching'] else '')
-        series.setdefault(name, []).append(r)
-    for name, rs in sorted(series.items()):
-        rs.sort(key=lambda r: r['leaves'])
-        n = [r['leaves'] for r in rs]
-        axes[0].plot(n, [r['time_s'] for r in rs], 'o-', label=name)
-        axes[1].plot(n, [r['peak_rss_mb'] for r in rs], 'o-', label=name)
+        if r[0] in ('flat', 'complete b=8'):
+            label = f'{r[1]} ({r[0]})' if r[1] == 'hsa' else r[1]
+            if r[0] == 'complete b=8' and r[1] != 'hsa':
+                continue  # one SDPA curve (the flat rows' is the same)
+            series.setdefault(label, {})[r[3]] = (r[4] / 1e3, r[6])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, points in sorted(series.items()):
+        n = sorted(points)
+        axes[0].plot(n, [points[x][0] for x in n], 'o-', label=label)
+        axes[1].plot(n, [points[x][1] for x in n], 'o-', label=label)
+    for name in REAL:
+        for r in rows:
+            if r[0] == name and not isinstance(r[4], str):
+                axes[0].plot([r[3]], [r[4] / 1e3], 's', label=f'hsa ({name})')
     for ax, label in zip(axes, ['forward+backward time (s)',
-                                'peak memory above baseline (MB)']):
+                                'peak memory of the cell (MB)']):
         ax.set_xscale('log')
         ax.set_yscale('log')
         ax.set_xlabel('leaves N')
         ax.set_ylabel(label)
         ax.grid(True, which='both', alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f'HSA vs dense attention, H={HEADS}, C={CHANNELS}, '
+    fig.suptitle(f'HSA vs SDPA (fused, 4-D), H={HEADS}, C={CHANNELS}, '
                  f'float32, {os.cpu_count()} CPU cores')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--worker', nargs=6, metavar='ARG')
+    parser.add_argument('--worker', metavar='JSON')
     parser.add_argument('--smoke', action='store_true',
-                        help='one tiny size, for CI')
-    parser.add_argument('--timeout', type=float, default=300.0,
-                        help='seconds per measurement before giving up')
-    parser.add_argument('--with-scatter', action='store_true',
-                        help='also time HSA with torch_scatter enabled')
+                        help='tiny sizes, for CI (seconds)')
+    parser.add_argument('--timeout', type=float, default=900.0,
+                        help='seconds per cell before giving up')
     parser.add_argument('--out', help='also write the table here')
     parser.add_argument('--plot', help='write the PNG plot here')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
-        method, n, b, backward, repeats, scatter = args.worker
-        print(json.dumps(worker(method, int(n), int(b), bool(int(backward)),
-                                int(repeats), bool(int(scatter)))))
+        print(json.dumps(worker(json.loads(args.worker))))
         return
 
     import torch
     header = [
-        f'Machine: {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} cores, torch {torch.__version__}, '
-        f'{torch.get_num_threads()} threads; H={HEADS}, C={CHANNELS}, '
-        f'float32.',
+        f'Machine: {platform.machine()}, {os.cpu_count()} cores, torch '
+        f'{torch.__version__}, {torch.get_num_threads()} threads; '
+        f'H={HEADS}, C={CHANNELS}, float32.',
         f"Command: python benchmarks/bench_hsa.py {' '.join(sys.argv[1:])}",
-        '',
-        '| method | pass | leaves | time (ms) | µs/leaf | peak memory (MB) '
-        '| Tree build (ms) |',
-        '| --- | --- | --- | --- | --- | --- | --- |',
+        '', HEADER, '| --- ' * 9 + '|'
     ]
     print('\n'.join(header), flush=True)
-    rows = sweep(args)
-    summary = ratios(rows)
-    print('\n'.join([''] + summary))
+    rows = []
+    for cell in cells(args.smoke):
+        for row in rows_of(cell, measure(cell, args.timeout)):
+            rows.append(row)
+            print(format_row(row), flush=True)
+    lines = summary(rows)
+    print('\n'.join([''] + lines))
     if args.out:
         with open(args.out, 'w') as f:
-            f.write('\n'.join(header + [_format_row(r) for r in rows] +
-                              [''] + summary) + '\n')
+            f.write('\n'.join(header + [format_row(r) for r in rows] + [''] +
+                              lines) + '\n')
     if args.plot:
         plot(rows, args.plot)
+    return rows
 
 
 if __name__ == '__main__':

@@ -124,10 +124,11 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
     share = (_own_logit(q, k, bias, scale) - lse).exp_().mul_(mask)
     if bool((share > MAX_SELF_SHARE).any()):
         return _split_forward(state, mask)
-    keep = share.neg().add_(1.0)  # 1 - p
-    out = (out - share.unsqueeze(-1) * v).div_(keep.unsqueeze(-1))
-    state.update(mode='subtract', out=out, lse=lse, share=share)
-    return out, lse + keep.log(), state
+    # o' = (o - p v) / (1 - p) = c o - (c - 1) v with c = 1 / (1 - p).
+    gain = share.neg().add_(1.0).reciprocal_().unsqueeze(-1)  # c
+    out = out.mul(gain).sub_(v * (gain - 1))
+    state.update(mode='subtract', out=out, lse=lse, gain=gain)
+    return out, lse - gain.squeeze(-1).log(), state
 
 
 def fused_backward(state: dict, grad_out: Tensor,
@@ -137,25 +138,25 @@ def fused_backward(state: dict, grad_out: Tensor,
     if state['mode'] == 'split':
         return _split_backward(state, grad_out, grad_lse)
     q, k, v, scale = state['q'], state['k'], state['v'], state['scale']
-    share = state.get('share')
+    gain = state.get('gain')  # c = 1 / (1 - p) where the own key went out
     grad, lse_grad = grad_out, grad_lse
-    if share is not None:
-        keep = 1 - share
-        grad = grad_out / keep.unsqueeze(-1)
-        lse_grad = None if grad_lse is None else grad_lse / keep
+    if gain is not None:
+        grad = grad_out * gain
+        lse_grad = None if grad_lse is None else grad_lse * gain[..., 0]
     dq, dk, dv = _kernel_backward(q, k, v, state['bias'], state['out'],
                                   state['lse'], grad, lse_grad, scale, False,
                                   state['value_channels'])
-    if share is not None:
-        # The kernel counted every row's own key: take it back out.
-        own = (grad_out * (v - state['out'])).sum(-1)
+    if gain is not None:
+        # The kernel counted every row's own key, of weight p c = c - 1:
+        # take it back out.
+        ratio = gain - 1
+        own = (grad_out * (v - state['out'])).sum(-1, keepdim=True)
         if grad_lse is not None:
-            own = own + grad_lse
-        ratio = share / (1 - share)
-        own = own * ratio
-        dq = dq - own.unsqueeze(-1) * (scale * k)
-        dk = dk - own.unsqueeze(-1) * (scale * q)
-        dv = dv - ratio.unsqueeze(-1) * grad_out
+            own.add_(grad_lse.unsqueeze(-1))
+        own.mul_(ratio)
+        dq.addcmul_(own, k, value=-scale)
+        dk.addcmul_(own, q, value=-scale)
+        dv.addcmul_(ratio, grad_out, value=-1.0)
     return dq, dk, dv
 
 
