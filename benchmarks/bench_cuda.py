@@ -1,11 +1,15 @@
-"""HSA on a GPU: correctness against CPU float64, then timings against
-``scaled_dot_product_attention`` in the same run.
+"""HSA on a GPU: correctness against CPU float64, then latency against
+``scaled_dot_product_attention`` on its fastest path (4-D ``[B, H, N, C]``
+inputs: flash attention on CUDA) in the same run.
 
     python benchmarks/bench_cuda.py               # on a CUDA machine
     python benchmarks/bench_cuda.py --device cpu --smoke   # a dry run
 
-Measured in-process with CUDA events and ``torch.cuda.max_memory_allocated``
-(peak tensor memory of the cell). Complete trees as in ``bench_hsa.py``.
+Times are the best of a few synchronised runs after a warm-up; peak memory
+is ``torch.cuda.max_memory_allocated`` of the cell. Complete 8- and 32-ary
+trees as in ``bench_hsa.py``, and batches of 32 and 512 NCI molecules
+(``MoleculeToHierarchy``) against SDPA over each molecule's atoms, padded
+with a key mask.
 """
 import argparse
 import os
@@ -20,7 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'tests'))
 
-from bench_hsa import CHANNELS, HEADS, balanced_parent  # noqa: E402
+from bench_hsa import (  # noqa: E402
+    CHANNELS,
+    HEADS,
+    balanced_parent,
+    hierarchy,
+)
 from helpers import random_forest  # noqa: E402
 
 from pyg_hsa import Tree, hsa_attention, hsa_dense  # noqa: E402
@@ -119,10 +128,10 @@ def timings(device: str, sizes, repeats: int, sdpa_limit: int) -> None:
                            for _ in range(3))
 
                 def run():
-                    if method == 'sdpa':
+                    if method == 'sdpa':  # 4-D: the fused kernels
                         out = torch.nn.functional.scaled_dot_product_attention(
-                            q.transpose(0, 1), k.transpose(0, 1),
-                            v.transpose(0, 1))
+                            *(x.transpose(0, 1).unsqueeze(0)
+                              for x in (q, k, v)))
                     else:
                         out = hsa_attention(q, k, v, tree)
                     if backward:
@@ -145,6 +154,35 @@ def timings(device: str, sizes, repeats: int, sdpa_limit: int) -> None:
                     torch.cuda.empty_cache()
 
 
+def molecule_timings(device: str, batches, repeats: int) -> None:
+    """HSA on molecule batches against padded SDPA, fwd+bwd."""
+    print('\n| molecules | atoms | HSA (ms) | padded SDPA (ms) | ratio |\n'
+          '| --- | --- | --- | --- | --- |')
+    for batch in batches:
+        tree, _, lengths = hierarchy('molecules', batch)
+        tree = tree.to(device)
+        n, width = tree.num_leaves, int(lengths.max())
+        q, k, v = (torch.randn(n, HEADS, CHANNELS, device=device,
+                               requires_grad=True) for _ in range(3))
+        qp, kp, vp = (torch.randn(batch, HEADS, width, CHANNELS,
+                                  device=device, requires_grad=True)
+                      for _ in range(3))
+        mask = (torch.arange(width) < lengths.view(-1, 1)).view(
+            batch, 1, 1, width).to(device)
+
+        def hsa():
+            hsa_attention(q, k, v, tree).sum().backward()
+
+        def sdpa():
+            torch.nn.functional.scaled_dot_product_attention(
+                qp, kp, vp, attn_mask=mask).sum().backward()
+
+        t_hsa, t_sdpa = timed(hsa, device, repeats), timed(sdpa, device,
+                                                            repeats)
+        print(f'| {batch} | {n} | {t_hsa * 1e3:.2f} | {t_sdpa * 1e3:.2f} | '
+              f'{t_hsa / t_sdpa:.2f} |', flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cuda')
@@ -158,6 +196,8 @@ def main():
     ]
     timings(args.device, sizes, 1 if args.smoke else 3,
             sdpa_limit=2**12 if args.smoke else 2**18)
+    molecule_timings(args.device, [4] if args.smoke else [32, 512],
+                     1 if args.smoke else 10)
 
 
 if __name__ == '__main__':

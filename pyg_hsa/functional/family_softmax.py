@@ -31,6 +31,9 @@ Scale = Union[float, Tensor]
 # recomputed in the backward pass, when their logits would have more entries
 # than this and than the bucket's values.
 FAMILY_BLOCK_ENTRIES = 1 << 24
+# The backward pass of a bucket goes a slice of families at a time whose
+# [H, F, W, W] temporaries have at most this many entries.
+FAMILY_CHUNK_ENTRIES = 1 << 22
 
 
 class NarrowInputs(NamedTuple):
@@ -115,9 +118,8 @@ def narrow_backward(x: NarrowInputs, scale: Scale, dropout: float,
     :func:`narrow_forward`."""
     width, rows = x.q.size(2), block_rows(x)
     if saved is not None:
-        alpha, keep = saved
-        return _block_backward(x, 0, width, alpha, keep, scale, grad_theta,
-                               grad_eta, want_scale, out)
+        return _backward_by_families(x, saved, scale, grad_theta, grad_eta,
+                                     want_scale, out)
     if out is None:
         out = tuple(torch.empty_like(t) for t in (x.q, x.k, x.v))
     grad_q, grad_k, grad_v = out
@@ -141,6 +143,37 @@ def narrow_backward(x: NarrowInputs, scale: Scale, dropout: float,
         if want_scale:
             grad_scale = grad_scale + gs
     return grad_q, grad_k, grad_v, grad_pos, grad_scale
+
+
+def _backward_by_families(x: NarrowInputs, saved, scale: Scale,
+                          grad_theta: Tensor, grad_eta: Tensor,
+                          want_scale: bool, out=None):
+    """The backward pass of a bucket whose weights were kept, a slice of
+    families at a time, so that its ``[H, F, W, W]`` temporaries stay
+    within :data:`FAMILY_CHUNK_ENTRIES` (families are independent)."""
+    alpha, keep = saved
+    heads, families, width = alpha.shape[:3]
+    step = max(1, FAMILY_CHUNK_ENTRIES // max(heads * width * width, 1))
+    if step >= families:
+        return _block_backward(x, 0, width, alpha, keep, scale, grad_theta,
+                               grad_eta, want_scale, out)
+    parts = []
+    for lo in range(0, families, step):
+        rows = slice(lo, lo + step)
+        part = NarrowInputs(*(
+            None if t is None else t[:, rows] if t.dim() == 4 else t[rows]
+            for t in x))
+        parts.append(_block_backward(
+            part, 0, width, alpha[:, rows],
+            None if keep is None else keep[:, rows], scale,
+            grad_theta[:, rows], grad_eta[:, rows], want_scale,
+            None if out is None else tuple(t[:, rows] for t in out)))
+    grads = [out[i] if out is not None else torch.cat([p[i] for p in parts],
+                                                      1) for i in range(3)]
+    grads.append(None if x.pos is None else torch.cat([p[3] for p in parts],
+                                                      1))
+    grads.append(sum(p[4] for p in parts) if want_scale else None)
+    return tuple(grads)
 
 
 def allowed_keys(valid: Tensor, loop: Optional[Tensor], lo: int,

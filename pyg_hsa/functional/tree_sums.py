@@ -42,6 +42,9 @@ class SubtreeSums(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        if not torch.is_grad_enabled():  # (no second derivatives asked)
+            return (None, None) + tuple(
+                _path_sums(ctx.layout, ctx.divide, grad, in_place=True))
         return (None, None) + PathSums.apply(ctx.layout, ctx.divide, grad)
 
 
@@ -79,11 +82,21 @@ class GatedPathSums(torch.autograd.Function):
             return (None, gain.unsqueeze(-1) * below,
                     (below * theta).sum(-1))
         below = _subtree_sums(layout, False, (grad, ))[0]
-        grad_gain = (below * theta).sum(-1) if ctx.needs_input_grad[2] \
+        grad_gain = _row_dots(below, theta) if ctx.needs_input_grad[2] \
             else None
         grad_theta = below.mul_(gain.unsqueeze(-1)) \
             if ctx.needs_input_grad[1] else None
         return None, grad_theta, grad_gain
+
+
+def _row_dots(x: Tensor, y: Tensor, rows: int = 1 << 14) -> Tensor:
+    """``(x * y).sum(-1)`` for ``[H, M, C]`` tensors, a block of rows at a
+    time (no full-size product in memory)."""
+    out = x.new_empty(x.shape[:2])
+    for lo in range(0, x.size(1), rows):
+        torch.sum(x[:, lo:lo + rows] * y[:, lo:lo + rows], -1,
+                  out=out[:, lo:lo + rows])
+    return out
 
 
 def _subtree_sums(layout: Layout, divide: bool, xs) -> Tensor:
@@ -117,17 +130,28 @@ def _subtree_sums(layout: Layout, divide: bool, xs) -> Tensor:
 
 
 def _path_sums(layout: Layout, divide: bool, x: Tensor,
-               gain: Optional[Tensor] = None) -> List[Tensor]:
+               gain: Optional[Tensor] = None,
+               in_place: bool = False) -> List[Tensor]:
     """Leaf rows ``[N, H, C]`` (``S`` tensors) of the path sums of the
-    stacked ``x``
-    ``[S, H, M, C]`` (of ``x / size`` with :obj:`divide`, of ``gain * x``
-    with :obj:`gain` ``[H, M]``, for ``S = 1``)."""
+    stacked ``x`` ``[S, H, M, C]`` (of ``x / size`` with :obj:`divide`, of
+    ``gain * x`` with :obj:`gain` ``[H, M]``, for ``S = 1``). With
+    :obj:`in_place`, :obj:`x` may be overwritten and the results may be
+    views of it."""
     stack, heads, _, channels = x.shape
     depth, end = layout.depth, layout.level_ptr[layout.depth]
     flat = x.reshape(stack * heads, -1, channels)
+    width = layout.level_width[depth]
+    if in_place and gain is None and layout.leaves_deepest and depth > 0:
+        # (A gradient nobody else holds: sum down inside it, and hand out
+        # the leaves' rows as views in the user's layout.)
+        if divide:
+            flat[:, :end].div_(layout.size[:end].to(x.dtype).view(1, -1, 1))
+        levels = layout.by_level(flat, dim=1)
+        for d in range(1, depth + 1):
+            add_parents_(layout, d, levels[d], levels[d - 1])
+        return list(x[:, :, end:].transpose(1, 2).unbind(0))
     out = [x.new_empty(layout.num_leaves, heads, channels)
            for _ in range(stack)]
-    width = layout.level_width[depth]
     if layout.leaves_deepest and width is not None and depth > 0:
         # Internal rows weighted and summed down; then leaf = deepest row
         # (* gain) + parent's sum, written in the user's layout by the same

@@ -1,0 +1,70 @@
+r"""Checks of plain arguments, one rule for the whole package: integers are
+any :class:`numbers.Integral` (NumPy's included), reals any
+:class:`numbers.Real`, flags a :class:`bool` or :class:`numpy.bool_`;
+``True`` is not an integer here. A value of the wrong type raises a
+:class:`TypeError`, one out of range a :class:`ValueError`; both name the
+argument and what it must be."""
+import math
+import numbers
+from typing import Any, Optional
+
+import numpy as np
+from torch import Tensor
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """:obj:`value` as a :class:`bool`."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"'{name}' must be a bool (got {describe(value)})")
+
+
+def check_int(value: Any, name: str, minimum: Optional[int] = None,
+              allow_none: bool = False) -> Optional[int]:
+    """:obj:`value` as an :class:`int` (at least :obj:`minimum`)."""
+    if value is None and allow_none:
+        return None
+    wanted = 'an integer' + ('' if minimum is None else f' >= {minimum}') + (
+        ' or None' if allow_none else '')
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Integral):
+        raise TypeError(f"'{name}' must be {wanted} (got {describe(value)})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"'{name}' must be {wanted} (got {int(value)})")
+    return int(value)
+
+
+def check_real(value: Any, name: str, minimum: Optional[float] = None,
+               strict: bool = False, maximum: Optional[float] = None,
+               allow_none: bool = False) -> Optional[float]:
+    """:obj:`value` as a finite :class:`float` in ``[minimum, maximum]``
+    (``(minimum, maximum)`` with :obj:`strict`)."""
+    if value is None and allow_none:
+        return None
+    low = '' if minimum is None else (
+        f" {'>' if strict else '>='} {minimum}")
+    high = '' if maximum is None else (
+        f" {'<' if strict else '<='} {maximum}")
+    wanted = f"a finite number{low}{' and' if low and high else ''}{high}" + (
+        ' or None' if allow_none else '')
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, numbers.Real):
+        raise TypeError(f"'{name}' must be {wanted} (got {describe(value)})")
+    value = float(value)
+    below = minimum is not None and (value <= minimum if strict else
+                                     value < minimum)
+    above = maximum is not None and (value >= maximum if strict else
+                                     value > maximum)
+    if not math.isfinite(value) or below or above:
+        raise ValueError(f"'{name}' must be {wanted} (got {value})")
+    return value
+
+
+def describe(value: Any) -> str:
+    """A short description of :obj:`value` for error messages: scalars as
+    their value and type, tensors by dtype and shape."""
+    if isinstance(value, Tensor):
+        return f'a {value.dtype} tensor of shape {tuple(value.shape)}'
+    if isinstance(value, (bool, int, float, str, np.generic)) or value is None:
+        return f'{value!r} of type {type(value).__name__}'
+    return f'a {type(value).__name__}'
