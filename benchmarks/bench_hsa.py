@@ -12,6 +12,8 @@ O(N) memory; the 3-D ``[H, N, C]`` call falls back to the math path that
 holds ``[H, N, N]``, shown only as the labelled extra row ``sdpa 3-D (math
 path)``.
 
+A ``fwd+bwd`` step is ``out.sum().backward()`` after setting the inputs'
+(and parameters') gradients to ``None``, as ``optimizer.zero_grad()`` does.
 Each cell runs in a fresh subprocess. Where a cell compares methods or
 hierarchies, they alternate in that process, several rounds after a
 warm-up, and each keeps its fastest round: the machine's drift hits all
@@ -171,7 +173,14 @@ def make_step(method: str, kind: str, size: int, backward: bool):
     else:
         raise ValueError(method)
 
+    leaves = [t for t in (q, k, v) if isinstance(t, torch.Tensor)] if \
+        method != 'hsa_conv' else [x] + list(conv.parameters())
+
     def step():
+        # As a training step after optimizer.zero_grad() (which sets the
+        # gradients to None): no accumulation into earlier gradients.
+        for t in leaves:
+            t.grad = None
         out = run()
         if backward:
             out.sum().backward()
