@@ -58,6 +58,7 @@ class Tree:
         self.leaf_types: Optional[List[str]] = None
         self._layouts: Dict[bool, object] = {}
         self._layout(False)  # compiled now; the self-loop one on first use
+        self._handle = _register(self)  # for torch.compile
 
     def _layout(self, self_loops: bool):
         """The level-order layout the dynamic program runs on (see
@@ -124,9 +125,8 @@ class Tree:
         if isinstance(data, HeteroData):
             node_types = list(data.node_types)
             edge_index_dict = {
-                et: data[et].edge_index
+                et: _nesting_edges(data[et], et)
                 for et in data.edge_types if et[1] == NESTING_RELATION
-                and 'edge_index' in data[et]
             }
             if num_nodes_dict is None:
                 num_nodes_dict = {}
@@ -218,6 +218,14 @@ class Tree:
             nt, i = _describe(node, node_slices)
             return f"node {i} of type '{nt}'"
 
+        if num_leaves == 0 and num_nodes > 0:
+            has_child = torch.zeros(num_nodes, dtype=torch.bool,
+                                    device=device)
+            has_child[parent[parent >= 0]] = True
+            childless = int((~has_child).nonzero()[0])
+            raise ValueError(f"The hierarchy has no leaves: its leaf types "
+                             f"{leaf_types} have no nodes, so "
+                             f"{describe(childless)} has no leaf below it")
         tree = cls(*validate_parent(parent, num_leaves, describe))
         tree.node_slices = node_slices
         tree.leaf_types = leaf_types
@@ -230,9 +238,24 @@ class Tree:
         out = object.__new__(Tree)
         out.__dict__.update({
             key: _to_device(value, device)
-            for key, value in self.__dict__.items()
+            for key, value in self.__dict__.items() if key != '_handle'
         })
+        out._handle = _register(out)
         return out
+
+    def __getstate__(self) -> dict:
+        # Only what defines the tree is saved; loading compiles it again.
+        # Tensors, ints, lists and dicts only, so that ``torch.load`` with
+        # ``weights_only=True`` takes it (``Tree`` is a safe global).
+        return {'parent': self.parent, 'num_leaves': self.num_leaves,
+                'node_slices': self.node_slices,
+                'leaf_types': self.leaf_types}
+
+    def __setstate__(self, state: dict):
+        parent, num_leaves = state['parent'], state['num_leaves']
+        self.__init__(*validate_parent(parent, num_leaves, _describe_global))
+        self.node_slices = state['node_slices']
+        self.leaf_types = state['leaf_types']
 
     @property
     def device(self) -> torch.device:
@@ -242,6 +265,30 @@ class Tree:
         return (f'{self.__class__.__name__}(num_nodes={self.num_nodes}, '
                 f'num_leaves={self.num_leaves}, num_roots={self.num_roots}, '
                 f'depth={self.depth})')
+
+
+torch.serialization.add_safe_globals([Tree])
+
+
+def _nesting_edges(store, edge_type: EdgeType) -> Tensor:
+    """The ``[2, E]`` child-to-parent edges of one nesting edge type,
+    stored as :obj:`edge_index`, or as a sparse :obj:`adj_t` (what
+    :class:`~torch_geometric.transforms.ToSparseTensor` leaves) or
+    :obj:`adj`."""
+    if 'edge_index' in store:
+        return store.edge_index
+    for key, flip in (('adj_t', True), ('adj', False)):
+        if key in store:
+            from torch_geometric.utils import to_edge_index
+            edge_index = to_edge_index(store[key])[0]
+            return edge_index.flip(0) if flip else edge_index
+    raise ValueError(f"Nesting edge type {edge_type} stores neither "
+                     f"'edge_index' nor a sparse 'adj_t'/'adj'")
+
+
+def _register(tree: Tree):
+    from pyg_hsa.functional.compiled import register
+    return register(tree)
 
 
 def _to_device(value, device):
@@ -327,7 +374,7 @@ def validate_parent(parent: Tensor, num_leaves: Optional[int],
         raise ValueError(f"Internal {describe(i)} has no children; "
                          f"every group needs at least one leaf below it "
                          f"(leaves are nodes 0..{num_leaves - 1})")
-    return parent, num_leaves, _depth_by_pointer_jumping(parent, describe)
+    return parent, num_leaves, depth_by_pointer_jumping(parent, describe)
 
 
 def _roots_of(parent: Tensor) -> Tensor:
@@ -341,8 +388,9 @@ def _roots_of(parent: Tensor) -> Tensor:
         root = higher
 
 
-def _depth_by_pointer_jumping(parent: Tensor, describe) -> Tensor:
-    """Depth of every node in ``O(M log depth)``; raises on cycles."""
+def depth_by_pointer_jumping(parent: Tensor, describe=None) -> Tensor:
+    """Depth of every node of a forest in ``O(M log depth)``; raises a
+    :class:`ValueError` on cycles, naming the node with ``describe``."""
     num_nodes = parent.numel()
     jump = parent.clone()
     depth = (parent >= 0).long()
@@ -358,6 +406,7 @@ def _depth_by_pointer_jumping(parent: Tensor, describe) -> Tensor:
     # ``jump`` now points more than M steps up, which only a node on a
     # cycle can be reached by.
     on_cycle = int(jump[int((jump >= 0).nonzero()[0])])
+    describe = describe or _describe_global
     raise ValueError(f"The nesting contains a cycle: {describe(on_cycle)} "
                      f"is its own ancestor")
 

@@ -236,3 +236,54 @@ def test_to_moves_every_tensor_and_keeps_results():
     q, k, v = random_qkv(num_leaves)
     torch.testing.assert_close(hsa_attention(q, k, v, moved, self_loops=True),
                                hsa_attention(q, k, v, tree, self_loops=True))
+
+
+def test_from_hetero_reads_sparse_nesting():
+    import torch_geometric.transforms as T
+    data = molecule_like(5, [0, 0, 1, 1, 1], num_tokens=2)
+    expected = Tree.from_hetero(data)
+    sparse = T.ToSparseTensor()(data.clone())
+    assert 'edge_index' not in sparse['atom', 'in', 'fragment']
+    assert Tree.from_hetero(sparse).parent.tolist() == \
+        expected.parent.tolist()
+    # Non-transposed ``adj`` points child -> parent directly.
+    for et in sparse.edge_types:
+        if 'adj_t' in sparse[et]:
+            sparse[et].adj = sparse[et].adj_t.t()
+            del sparse[et].adj_t
+    assert Tree.from_hetero(sparse).parent.tolist() == \
+        expected.parent.tolist()
+
+    data = molecule_like(3, [0, 0, 1])
+    data['fragment', 'in', 'molecule'].weight = torch.ones(2)
+    del data['fragment', 'in', 'molecule'].edge_index
+    with pytest.raises(ValueError, match="stores neither 'edge_index'"):
+        Tree.from_hetero(data)
+
+
+def test_from_hetero_without_leaves_names_a_childless_group():
+    data = molecule_like(3, [0, 0, 1])
+    data['atom'].x = torch.empty(0, 5)
+    data['atom', 'in', 'fragment'].edge_index = torch.empty(
+        2, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"no leaves: its leaf types "
+                       r"\['atom'\] have no nodes"):
+        Tree.from_hetero(data)
+
+
+@pytest.mark.parametrize('hetero', [False, True])
+def test_save_and_load_with_weights_only(tmp_path, hetero):
+    if hetero:
+        tree = Tree.from_hetero(molecule_like(5, [0, 0, 1, 1, 1], 2))
+    else:
+        tree = Tree.from_parent(*random_forest(np.random.default_rng(3)))
+    torch.save({'tree': tree}, tmp_path / 'tree.pt')
+    loaded = torch.load(tmp_path / 'tree.pt')['tree']  # weights_only=True
+    assert loaded.parent.tolist() == tree.parent.tolist()
+    assert (loaded.num_leaves, loaded.depth, loaded.node_slices,
+            loaded.leaf_types) == (tree.num_leaves, tree.depth,
+                                   tree.node_slices, tree.leaf_types)
+    assert loaded._handle != tree._handle
+    q, k, v = random_qkv(tree.num_leaves)
+    torch.testing.assert_close(hsa_attention(q, k, v, loaded),
+                               hsa_attention(q, k, v, tree))

@@ -75,7 +75,9 @@ class Layout:
                                                   self_loops)
         num_nodes = parent.numel()
         self.num_leaves, self.num_nodes = num_leaves, num_nodes
-        depth = depth_of(parent)
+        # (Imported here: the tree module imports this one.)
+        from pyg_hsa.tree import depth_by_pointer_jumping
+        depth = depth_by_pointer_jumping(parent)
 
         # Level order: roots in the order of the user's roots, then each
         # level by family, larger families first (so that families of one
@@ -238,19 +240,6 @@ def contract_unary_chains(parent: Tensor, num_leaves: int,
     index[kept] = torch.arange(kept.numel(), device=device)
     new_parent = torch.where(up[kept] >= 0, index[up[kept].clamp(min=0)], -1)
     return kept, new_parent, top[kept]
-
-
-def depth_of(parent: Tensor) -> Tensor:
-    """Depth of every node of a forest (no cycles), by pointer jumping."""
-    jump = parent.clone()
-    depth = (parent >= 0).long()
-    while True:
-        active = jump >= 0
-        if not bool(active.any()):
-            return depth
-        target = jump.clamp(min=0)
-        depth = torch.where(active, depth + depth[target], depth)
-        jump = torch.where(active, jump[target], jump)
 
 
 # Buckets ##################################################################
