@@ -34,7 +34,7 @@ def random_case(seed):
 
 
 @pytest.mark.parametrize('seed', range(200))
-def test_dynamic_program_matches_dense(seed, scatter_backend):
+def test_dynamic_program_matches_dense(seed):
     parent, num_leaves = random_case(seed)
     pos_kind = POS_KINDS[seed % 3]
     self_loops = bool(seed % 2)
@@ -124,7 +124,7 @@ def test_constant_on_sibling_blocks(seed):
 
 
 @pytest.mark.parametrize('seed', range(20))
-def test_batching_invariance(seed, scatter_backend):
+def test_batching_invariance(seed):
     rng = np.random.default_rng(seed)
     trees = [random_forest(rng, max_depth=4, max_branch=5) for _ in range(3)]
     outs, qs, ks, vs = [], [], [], []

@@ -3,6 +3,7 @@
 dtype and device checks that always run."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,15 +113,52 @@ def test_heads_channels_scale_and_dropout_checks():
     with pytest.raises(ValueError, match=r"'scale' must be finite \(got "
                        r"inf\)"):
         hsa_attention(q, k, v, PARENT, scale=math.inf)
-    with pytest.raises(TypeError, match="'scale' must be a number or None "
-                       r"\(got str\)"):
+    with pytest.raises(TypeError, match="'scale' must be a number, a one-"
+                       r"element tensor or None \(got '0.5' of type str\)"):
         hsa_dense(q, k, PARENT, scale='0.5')
+    with pytest.raises(ValueError, match=r"'scale' must be finite \(got "
+                       r"nan\)"):
+        hsa_attention(q, k, v, PARENT, scale=torch.tensor(math.nan))
+    with pytest.raises(ValueError, match="'scale' must be a number or a "
+                       "one-element floating-point tensor"):
+        hsa_attention(q, k, v, PARENT, scale=torch.tensor(2))
+    with pytest.raises(ValueError, match=r"'pos' must have at least one "
+                       r"channel \(got shape \(8, 0\)\)"):
+        hsa_attention(q, k, v, PARENT, pos=torch.zeros(8, 0).double())
     # A tensor scale (a learned temperature) is allowed and differentiable.
     scale = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     out = hsa_attention(q, k, v, PARENT, scale=scale)
     torch.testing.assert_close(out, hsa_attention(q, k, v, PARENT, scale=0.3))
     grad, = torch.autograd.grad(out.square().sum(), scale)
     assert bool(grad.isfinite()) and float(grad) != 0.0
+
+
+@pytest.mark.parametrize('name', ['self_loops', 'validate',
+                                  'return_attention_weights'])
+def test_flags_are_booleans(name):
+    q, k, v = random_qkv(5)
+    for value in (1, 0, 'yes', None):
+        with pytest.raises(TypeError, match=f"'{name}' must be a bool"):
+            hsa_attention(q, k, v, PARENT, **{name: value})
+    # NumPy's booleans are booleans.
+    out = hsa_attention(q, k, v, PARENT, **{name: np.bool_(True)})
+    expected = hsa_attention(q, k, v, PARENT, **{name: True})
+    torch.testing.assert_close(out, expected)
+    if name == 'self_loops':
+        with pytest.raises(TypeError, match="'self_loops' must be a bool"):
+            hsa_dense(q, k, PARENT, self_loops=1)
+
+
+def test_numpy_scalars_are_numbers():
+    q, k, v = random_qkv(5)
+    torch.testing.assert_close(
+        hsa_attention(q, k, v, PARENT, scale=np.float32(0.25)),
+        hsa_attention(q, k, v, PARENT, scale=0.25))
+    torch.manual_seed(0)
+    dropped = hsa_attention(q, k, v, PARENT, dropout=np.float64(0.5))
+    torch.manual_seed(0)
+    torch.testing.assert_close(
+        dropped, hsa_attention(q, k, v, PARENT, dropout=0.5))
 
 
 def test_device_mismatch_with_the_tree():
@@ -222,7 +260,8 @@ def test_hsa_conv_input_checks():
         ({**x, 'atom': x['atom'].tolist()}, pe, TypeError,
          r"'x\['atom'\]' must be a tensor \(got list\)"),
         ({**x, 'token': x['token'].to('meta')}, pe, ValueError,
-         r"'x\['token'\]' is on meta but the tree is on cpu"),
+         r"'x\['token'\]' is on meta but the layer's parameters are on "
+         r"cpu"),
         (x, {**pe, 'fragment': pe['fragment'][:, :1]}, ValueError,
          r"'pe\['fragment'\]' has 1 channels but the layer was built with "
          r"pos_channels = 2 for it"),
@@ -285,5 +324,6 @@ def test_hsa_conv_mixed_dtypes_under_autocast_are_allowed():
 def test_scale_tensor_with_several_elements():
     q, k, v = random_qkv(5)
     with pytest.raises(ValueError, match=r"'scale' must be a number or a "
-                       r"one-element tensor \(got a tensor of shape \(2,\)\)"):
+                       r"one-element floating-point tensor \(got a "
+                       r"torch.float32 tensor of shape \(2,\)\)"):
         hsa_attention(q, k, v, PARENT, scale=torch.ones(2))

@@ -20,7 +20,9 @@ from pyg_hsa.functional.checks import (
     check_inputs,
     check_options,
 )
+from pyg_hsa.functional.compiled import compiled_attention
 from pyg_hsa.functional.dynamic_program import dynamic_program
+from pyg_hsa.tree import Tree
 
 
 def hsa_attention(
@@ -108,11 +110,28 @@ def hsa_attention(
     """
     tree = as_tree(tree, q)
     check_inputs(q, k, v, tree, pos)
-    check_options(scale, dropout)
-    if validate:
-        check_finite(q=q, k=k, v=v, pos=pos)
+    scale, dropout, flags = check_options(
+        scale, dropout, self_loops=self_loops,
+        return_attention_weights=return_attention_weights, validate=validate)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
+    if torch.compiler.is_compiling():
+        if flags['return_attention_weights'] or flags['validate']:
+            raise ValueError("'return_attention_weights' and 'validate' are "
+                             "not available under torch.compile; call "
+                             "hsa_attention eagerly for them")
+        return compiled_attention(tree, q, k, v, pos, scale,
+                                  flags['self_loops'], dropout)
+    if flags['validate']:
+        check_finite(q=q, k=k, v=v, pos=pos)
+    return attend(tree, q, k, v, pos, scale, flags['self_loops'], dropout,
+                  flags['return_attention_weights'])
+
+
+def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
+           pos: Optional[Tensor], scale, self_loops: bool, dropout: float,
+           need_weights: bool = False, seed: Optional[int] = None):
+    """:func:`hsa_attention` on checked arguments, eagerly."""
     out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                     v.dtype)
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
@@ -126,10 +145,9 @@ def hsa_attention(
     # send its matrix products to half precision.
     with torch.autocast(q.device.type, enabled=False):
         out, weights = dynamic_program(layout, q, k, v, pos, self_loops,
-                                       scale, dropout,
-                                       return_attention_weights)
+                                       scale, dropout, need_weights, seed)
     out = out.to(out_dtype)
-    if return_attention_weights:
+    if need_weights:
         edge_index, alpha = weights
         return out, (layout.perm[edge_index], alpha)
     return out

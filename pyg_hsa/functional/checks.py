@@ -1,14 +1,17 @@
-"""Checks of the functional core's tensor inputs, each in one place:
+"""Checks of the functional core's inputs, each in one place:
 :func:`~pyg_hsa.hsa_attention`, :func:`~pyg_hsa.hsa_dense` and the layers
-call these rather than repeating them."""
+call these rather than repeating them (plain arguments follow
+:mod:`pyg_hsa.utils.checks`)."""
 import math
 import numbers
 from typing import Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from pyg_hsa.tree import Tree
+from pyg_hsa.utils.checks import check_bool, check_real, describe
 
 TreeLike = Union[Tree, Tensor]
 
@@ -55,6 +58,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
         if pos.dim() == 3 and pos.size(1) != q.size(1):
             raise ValueError(f"'pos' has {pos.size(1)} heads but 'q' has "
                              f"{q.size(1)}")
+        if pos.size(-1) == 0:
+            raise ValueError(f"'pos' must have at least one channel (got "
+                             f"shape {tuple(pos.shape)}); pass pos=None for "
+                             f"no positions")
 
 
 def check_float_on_tree(x: Tensor, name: str, tree: Tree,
@@ -69,20 +76,34 @@ def check_float_on_tree(x: Tensor, name: str, tree: Tree,
                          f"{tree.device}; move one with .to()")
 
 
-def check_options(scale, dropout) -> None:
-    # (A one-element tensor scale, e.g. a learned temperature, is taken as
-    # it is and differentiated.)
-    if isinstance(scale, Tensor) and scale.numel() != 1:
-        raise ValueError(f"'scale' must be a number or a one-element tensor "
-                         f"(got a tensor of shape {tuple(scale.shape)})")
-    if scale is not None and not isinstance(scale, Tensor):
-        if not isinstance(scale, numbers.Real) or isinstance(scale, bool):
-            raise TypeError(f"'scale' must be a number or None "
-                            f"(got {type(scale).__name__})")
+def check_options(scale, dropout, **flags) -> Tuple[object, float, dict]:
+    """``(scale, dropout, flags)`` as the core uses them: :obj:`scale` a
+    float, ``None`` or a finite one-element tensor (e.g. a learned
+    temperature, taken as it is and differentiated), :obj:`dropout` in
+    ``[0, 1)``, and every flag a bool."""
+    if isinstance(scale, Tensor):
+        if scale.numel() != 1 or not scale.is_floating_point():
+            raise ValueError(f"'scale' must be a number or a one-element "
+                             f"floating-point tensor (got a {scale.dtype} "
+                             f"tensor of shape {tuple(scale.shape)})")
+        # (A data-dependent check: not inside a compiled graph.)
+        if not torch.compiler.is_compiling() and not bool(
+                torch.isfinite(scale.detach()).all()):
+            raise ValueError(f"'scale' must be finite (got "
+                             f"{float(scale.detach().reshape(()))})")
+    elif scale is not None:
+        if isinstance(scale, (bool, np.bool_)) or not isinstance(
+                scale, numbers.Real):
+            raise TypeError(f"'scale' must be a number, a one-element tensor "
+                            f"or None (got {describe(scale)})")
+        scale = float(scale)
         if not math.isfinite(scale):
             raise ValueError(f"'scale' must be finite (got {scale})")
-    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout!r})")
+    dropout = check_real(dropout, 'dropout')
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
+    return scale, dropout, {name: check_bool(value, name)
+                            for name, value in flags.items()}
 
 
 def non_finite_row(x: Tensor) -> Optional[Tuple[int, float]]:

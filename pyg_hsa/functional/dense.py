@@ -46,8 +46,10 @@ def hsa_dense(
     """
     tree = as_tree(tree, q)
     check_inputs(q, k, None, tree, pos)
-    check_options(scale, 0.0)
-    if validate:
+    scale, _, flags = check_options(scale, 0.0, self_loops=self_loops,
+                                    validate=validate)
+    self_loops = flags['self_loops']
+    if flags['validate']:
         check_finite(q=q, k=k, pos=pos)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))

@@ -36,8 +36,8 @@ Weights = Optional[Tuple[Tensor, Tensor]]
 
 def dynamic_program(layout: Layout, q: Tensor, k: Tensor, v: Tensor,
                     pos: Optional[Tensor], self_loops: bool, scale,
-                    dropout: float, need_weights: bool
-                    ) -> Tuple[Tensor, Weights]:
+                    dropout: float, need_weights: bool,
+                    seed: Optional[int] = None) -> Tuple[Tensor, Weights]:
     """HSA's output ``[N, H, Cv]`` for leaf queries, keys and values ``[N,
     H, C]`` in the user's layout and positions ``[H or 1, M, P]`` in level
     order; with :obj:`need_weights` also the sibling edges (level order)
@@ -52,7 +52,8 @@ def dynamic_program(layout: Layout, q: Tensor, k: Tensor, v: Tensor,
                   SubtreeSums.apply(layout, True, v))
     has_sibling = (layout.family_size > 1) | (layout.is_leaf & self_loops)
     theta, eta, weights = sibling_attention(layout, stacks, pos, self_loops,
-                                            scale, dropout, need_weights)
+                                            scale, dropout, need_weights,
+                                            seed)
     gain = node_gains(layout, eta, has_sibling, size)
     return GatedPathSums.apply(layout, theta, gain), weights
 

@@ -42,14 +42,19 @@ from pyg_hsa.functional.layout import (
 
 def sibling_attention(layout: Layout, stacks: Tuple[Tensor, ...],
                       pos: Optional[Tensor], self_loops: bool, scale: Scale,
-                      dropout: float, need_weights: bool):
+                      dropout: float, need_weights: bool,
+                      seed: Optional[int] = None):
     r""":math:`\vartheta` ``[H, M, Cv]`` and :math:`\eta` ``[H, M]`` of every
     node (0 where it has no sibling) from the pooled means, stacked as
     ``[3, H, M, C]`` (queries, keys, values) or as ``[2, H, M, C]`` and
     ``[1, H, M, Cv]``, and positions ``[H or 1, M, P]`` (level order); with
     :obj:`need_weights` also the sibling edges (level order) and their
-    ``[E, H]`` weights."""
-    seed = int(torch.randint(2**62, ())) if dropout > 0 else 0
+    ``[E, H]`` weights. Dropout masks are drawn from :obj:`seed` (by
+    default from the global generator)."""
+    if dropout <= 0:
+        seed = 0
+    elif seed is None:
+        seed = int(torch.randint(1, 2**62, ()))
     if need_weights:
         return sibling_reference(layout, self_loops, dropout, seed, pos,
                                  scale, *stacks, need_weights=True)

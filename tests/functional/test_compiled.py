@@ -1,0 +1,179 @@
+"""``torch.compile(fullgraph=True)`` of hsa_attention, HSAConv and
+HSAEncoderLayer on every kind of tree: compiled outputs and gradients equal
+eager ones, with and without autograd, and new trees of the same kind do not
+recompile the graph (the dynamic program is one opaque operator,
+``pyg_hsa::hsa``)."""
+import numpy as np
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from helpers import random_forest
+from pyg_hsa import Tree, hsa_attention
+from pyg_hsa.nn import HSAConv, HSAEncoderLayer
+
+pytestmark = pytest.mark.slow
+
+
+def flat(n):
+    return Tree.from_parent(torch.tensor([n] * n + [-1])) if n > 1 else \
+        Tree.from_parent(torch.tensor([-1]))
+
+
+def perfect_binary(n=16):
+    parents, start, width = [], 0, n
+    while width > 1:
+        parents.append(start + width + torch.arange(width) // 2)
+        start, width = start + width, width // 2
+    return Tree.from_parent(torch.cat(parents + [torch.tensor([-1])]), n)
+
+
+def forest(seed):
+    rng = np.random.default_rng(seed)
+    parent, n = random_forest(rng, max_depth=4, max_branch=5, num_roots=2,
+                              unary_prob=0.3)
+    return Tree.from_parent(parent, n)
+
+
+def molecules(count, start):
+    from torch_geometric.loader import DataLoader
+    from torch_geometric.utils import from_smiles
+
+    from pyg_hsa.transforms import MoleculeToHierarchy
+    smiles = ['c1ccccc1CCO', 'CC(=O)Oc1ccccc1C(=O)O', 'CCN(CC)CC',
+              'c1ccc2ccccc2c1', 'OCC1OC(O)C(O)C(O)C1O', 'CC(C)Cc1ccc(C)cc1']
+    data = [MoleculeToHierarchy()(from_smiles(s))
+            for s in (smiles * 2)[start:start + count]]
+    return next(iter(DataLoader(data, batch_size=count)))
+
+
+TREES = {
+    'flat 1': lambda: flat(1),
+    'flat 5': lambda: flat(5),
+    'flat 8': lambda: flat(8),
+    'perfect binary': perfect_binary,
+    'forest with unary chains': lambda: forest(3),
+    'another forest': lambda: forest(4),
+}
+
+
+def run(fn, grad: bool):
+    """Outputs and, with :obj:`grad`, the gradients of the inputs."""
+    def call(*inputs, **kwargs):
+        if not grad:
+            with torch.no_grad():
+                return fn(*inputs, **kwargs), []
+        leaves = [x.detach().requires_grad_() for x in inputs
+                  if isinstance(x, torch.Tensor) and x.is_floating_point()]
+        it = iter(leaves)
+        args = [next(it) if isinstance(x, torch.Tensor) and
+                x.is_floating_point() else x for x in inputs]
+        out = fn(*args, **kwargs)
+        weight = torch.linspace(-1, 1, out.numel()).view(out.shape)
+        return out, list(torch.autograd.grad((out * weight).sum(), leaves))
+    return call
+
+
+def assert_same(got, expected):
+    (out, grads), (ref, ref_grads) = got, expected
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('grad', [True, False])
+@pytest.mark.parametrize('self_loops', [False, True])
+@pytest.mark.parametrize('pos', [None, 'shared', 'per head'])
+def test_hsa_attention_compiles_on_every_tree(pos, self_loops, grad):
+    torch._dynamo.reset()
+
+    def fn(q, k, v, p, tree):
+        return hsa_attention(q, k, v, tree, pos=p, self_loops=self_loops)
+
+    compiled = torch.compile(fn, fullgraph=True)
+    for name, make in TREES.items():
+        tree = make()
+        n, m = tree.num_leaves, tree.num_nodes
+        q, k, v = torch.randn(3, n, 2, 4).unbind(0)
+        p = None if pos is None else torch.randn(
+            (m, 3) if pos == 'shared' else (m, 2, 3))
+        inputs = (q, k, v) + ((p, ) if p is not None else ())
+
+        def call(*xs, tree=tree):
+            p_ = xs[3] if len(xs) > 3 else None
+            return (compiled if call.compiled else fn)(*xs[:3], p_, tree)
+
+        call.compiled = True
+        got = run(call, grad)(*inputs)
+        call.compiled = False
+        assert_same(got, run(call, grad)(*inputs)), name
+
+
+@pytest.mark.parametrize('grad', [True, False])
+@pytest.mark.parametrize('self_loops', [False, True])
+@pytest.mark.parametrize('pos', [None, 'shared'])
+def test_hsa_conv_and_encoder_layer_compile_on_every_tree(pos, self_loops,
+                                                         grad):
+    torch._dynamo.reset()
+    conv = HSAConv(8, 4, heads=2, self_loops=self_loops,
+                   pos_channels=None if pos is None else 3)
+    layer = HSAEncoderLayer(8, heads=2, self_loops=self_loops,
+                            pos_channels=None if pos is None else 3).eval()
+    for module in (conv, layer):
+        compiled = torch.compile(module, fullgraph=True)
+        for name, make in TREES.items():
+            tree = make()
+            x = torch.randn(tree.num_leaves, 8)
+            pe = None if pos is None else torch.randn(tree.num_nodes, 3)
+
+            def call(x, module=module, tree=tree, pe=pe, use=compiled):
+                return use(x, tree, pe)
+
+            got = run(call, grad)(x)
+            expected = run(lambda x, tree=tree, pe=pe, m=module:
+                           m(x, tree, pe), grad)(x)
+            assert_same(got, expected), (module, name)
+
+
+@pytest.mark.parametrize('grad', [True, False])
+def test_hsa_conv_compiles_on_molecule_batches_with_typed_positions(grad):
+    torch._dynamo.reset()
+    first = molecules(3, 0)
+    widths = {nt: first[nt].pe.size(-1) for nt in ('atom', 'fragment',
+                                                    'component')}
+    conv = HSAConv(9, 4, heads=2, pos_channels=widths)
+    compiled = torch.compile(conv, fullgraph=True)
+    for start in (0, 3, 6):
+        batch = molecules(3, start)
+        tree = Tree.from_hetero(batch)
+        x = batch['atom'].x.float()
+
+        def call(x, use, tree=tree, batch=batch):
+            return use({'atom': x}, tree, pe=batch.pe_dict)['atom']
+
+        assert_same(run(lambda x: call(x, compiled), grad)(x),
+                    run(lambda x: call(x, conv), grad)(x))
+
+
+def test_new_trees_of_a_kind_reuse_the_compiled_graph():
+    # Six random two-level trees: at most three graphs (the first, then one
+    # with dynamic sizes, and one more at most), not one per tree.
+    torch._dynamo.reset()
+    counters.clear()
+    conv = HSAConv(16, 8, heads=2, pos_channels=3)
+    compiled = torch.compile(conv, fullgraph=True)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        sizes = rng.integers(2, 6, size=int(rng.integers(2, 5))).tolist()
+        n, groups = sum(sizes), len(sizes)
+        parent = [n + g for g, size in enumerate(sizes) for _ in range(size)]
+        parent = torch.tensor(parent + [n + groups] * groups + [-1])
+        tree = Tree.from_parent(parent, n)
+        x = torch.randn(n, 16, requires_grad=True)
+        pe = torch.randn(parent.numel(), 3)
+        out = compiled(x, tree, pe)
+        torch.testing.assert_close(out, conv(x, tree, pe), rtol=1e-5,
+                                   atol=1e-5)
+        out.sum().backward()
+    assert counters['stats']['unique_graphs'] <= 3
