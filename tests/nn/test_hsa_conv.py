@@ -60,16 +60,24 @@ def test_hsa_conv_matches_manual_computation():
 
 @pytest.mark.parametrize('concat', [True, False])
 @pytest.mark.parametrize('root_weight', [True, False])
-def test_hsa_conv_shapes_and_options(concat, root_weight, scatter_backend):
+def test_hsa_conv_options_against_a_manual_computation(concat, root_weight):
     parent = torch.tensor([5, 5, 6, 6, 6, 7, 7, -1])
-    x = torch.randn(5, 16)
+    x = torch.randn(5, 16, dtype=torch.float64)
     conv = HSAConv(-1, 8, heads=2, concat=concat, root_weight=root_weight,
-                   qk_norm=False, self_loops=True)
+                   qk_norm=False, self_loops=True).double()
     out = conv(x, Tree.from_parent(parent))
-    assert out.shape == (5, 16 if concat else 8)
-    assert bool(out.isfinite().all())
     assert conv.norm_query is None and conv.lin_pos is None
     assert (conv.lin_skip is None) == (not root_weight)
+    # By hand: per-head projections, dense HSA with self loops, heads
+    # concatenated or averaged, plus the skip connection.
+    q, k, v = (lin(x).view(5, 2, 8)
+               for lin in (conv.lin_query, conv.lin_key, conv.lin_value))
+    mixed = dense_output(hsa_dense(q, k, parent, self_loops=True), v)
+    expected = mixed.reshape(5, 16) if concat else mixed.mean(1)
+    if root_weight:
+        expected = expected + conv.lin_skip(x)
+    assert out.shape == (5, 16 if concat else 8)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
 def test_hsa_conv_attention_weights():
@@ -113,7 +121,7 @@ def test_hsa_conv_renumbering_equivariance():
                                atol=1e-12)
 
 
-def test_hsa_conv_hetero_batch_equals_each_example(scatter_backend):
+def test_hsa_conv_hetero_batch_equals_each_example():
     examples = [
         hierarchy(5, [0, 0, 1, 1, 1], 2, seed=0),
         hierarchy(3, [0, 0, 0], 4, seed=1),
@@ -169,10 +177,15 @@ def test_hsa_conv_errors():
         conv(torch.randn(3), parent)
     with pytest.raises(TypeError, match="'tree' must be a pyg_hsa.Tree"):
         conv(torch.randn(3, 4), [3, 3, 3, -1])
-    with pytest.raises(ValueError, match="'heads' must be a positive"):
+    with pytest.raises(ValueError, match=r"'heads' must be an integer >= 1 "
+                       r"\(got 0\)"):
         HSAConv(4, 2, heads=0)
     with pytest.raises(ValueError, match="'dropout' must lie in"):
         HSAConv(4, 2, dropout=1.5)
+    with pytest.raises(TypeError, match="'self_loops' must be a bool"):
+        HSAConv(4, 4, self_loops=1)
+    with pytest.raises(TypeError, match="'out_channels' must be an integer"):
+        HSAConv(4, 2.0)
     data = hierarchy(3, [0, 0, 1], 2, seed=0)
     hetero = HSAConv({'atom': 6, 'token': 4}, 2).double()
     with pytest.raises(ValueError, match=r"no features for leaf node types "
@@ -190,6 +203,37 @@ def test_hsa_conv_errors():
         with_pos(data.x_dict, data, pe={'atom': data['atom'].pe})
     with pytest.raises(ValueError, match="'pe' is an empty dictionary"):
         with_pos(data.x_dict, data, pe={})
+
+
+def test_hsa_conv_takes_numpy_scalars_and_flags():
+    parent = torch.tensor([3, 3, 3, -1])
+    x = torch.randn(3, 4)
+    torch.manual_seed(0)
+    ref = HSAConv(4, 4, heads=2, self_loops=True, dropout=0.25)
+    torch.manual_seed(0)
+    conv = HSAConv(4, np.int64(4), heads=np.int32(2),
+                   self_loops=np.bool_(True), dropout=np.float32(0.25))
+    assert repr(conv) == repr(ref) == 'HSAConv(4, 4, heads=2)'
+    assert type(conv.out_channels) is int and type(conv.heads) is int
+    conv.eval(), ref.eval()
+    torch.testing.assert_close(conv(x, parent), ref(x, parent))
+
+
+def test_return_attention_weights_follows_pyg():
+    # As in PyG's TransformerConv: any bool (False too) asks for the
+    # weights; None (the default) does not.
+    parent = torch.tensor([3, 3, 3, -1])
+    conv = HSAConv(4, 2, heads=2)
+    x = torch.randn(3, 4)
+    out = conv(x, parent)
+    for flag in (True, False):
+        result, (edge_index, alpha) = conv(x, parent,
+                                           return_attention_weights=flag)
+        torch.testing.assert_close(result, out)
+        assert edge_index.shape == (2, 6) and alpha.shape == (6, 2)
+        torch.testing.assert_close(
+            torch.zeros(3, 2).index_add_(0, edge_index[0], alpha),
+            torch.ones(3, 2))
 
 
 def test_hsa_conv_dropout_is_off_in_eval():

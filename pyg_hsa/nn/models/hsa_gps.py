@@ -1,4 +1,4 @@
-from typing import Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,15 @@ from pyg_hsa.tree import Tree
 def _mlp(in_channels: int, hidden: int, out_channels: int):
     return torch.nn.Sequential(Linear(in_channels, hidden), torch.nn.ReLU(),
                                Linear(hidden, out_channels))
+
+
+def _global_update(conv: HSAConv, h: Tensor, tree: Tree, pe) -> Tensor:
+    if not isinstance(pe, Mapping):
+        return conv(h, tree, pe)
+    # Positions per node type: the layer takes the leaves per type too.
+    by_type = {nt: h[slice(*tree.node_slices[nt])] for nt in tree.leaf_types}
+    out = conv(by_type, tree, pe)
+    return torch.cat([out[nt] for nt in tree.leaf_types], dim=0)
 
 
 class HSAGPS(torch.nn.Module):
@@ -39,15 +48,18 @@ class HSAGPS(torch.nn.Module):
         heads (int, optional): HSA heads. (default: :obj:`4`)
         edge_dim (int, optional): Width of leaf edge features; enables GINE.
             (default: :obj:`None`)
-        pos_channels (int, optional): Width of the tree's :obj:`pe` vectors.
-            (default: :obj:`None`)
+        pos_channels (int or Dict[str, int], optional): Width of the
+            tree's :obj:`pe` vectors, or a dictionary of widths per node
+            type (then :meth:`forward` takes :obj:`pe` per node type, as
+            the hierarchy transforms store it). (default: :obj:`None`)
         dropout (float, optional): Dropout in the residual branches.
             (default: :obj:`0.`)
     """
     def __init__(self, in_channels: int, hidden_channels: int,
                  out_channels: int, num_layers: int, heads: int = 4,
                  edge_dim: Optional[int] = None,
-                 pos_channels: Optional[int] = None, dropout: float = 0.0):
+                 pos_channels: Union[int, Dict[str, int], None] = None,
+                 dropout: float = 0.0):
         super().__init__()
         if hidden_channels % heads != 0:
             raise ValueError(f"'hidden_channels' ({hidden_channels}) must be "
@@ -90,11 +102,19 @@ class HSAGPS(torch.nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, tree: Union[Tree, Tensor],
                 edge_attr: Optional[Tensor] = None,
-                pe: Optional[Tensor] = None) -> Tensor:
+                pe: Union[Tensor, Dict[str, Tensor], None] = None) -> Tensor:
         """Leaf features and leaf edges in, ``[num_roots, out_channels]``
-        out (one row per example of the batch, in root order)."""
+        out (one row per example of the batch, in root order).
+
+        :obj:`x` holds all leaves in the tree's leaf order (for a tree from
+        :meth:`~pyg_hsa.Tree.from_hetero`, the leaf types one after the
+        other); :obj:`pe` is ``[M, P]`` for all tree nodes, or a dictionary
+        of positions per node type."""
         if isinstance(tree, Tensor):
             tree = Tree.from_parent(tree, num_leaves=x.size(0))
+        if isinstance(pe, Mapping) and tree.node_slices is None:
+            raise ValueError("'pe' given per node type needs a tree built "
+                             "with Tree.from_hetero (it names the types)")
         h = self.encoder(x)
         for local, glob, norm, ffn, ffn_norm in zip(
                 self.local_convs, self.global_convs, self.norms, self.ffns,
@@ -103,7 +123,7 @@ class HSAGPS(torch.nn.Module):
                 h_local = local(h, edge_index, edge_attr)
             else:
                 h_local = local(h, edge_index)
-            h_global = glob(h, tree, pe)
+            h_global = _global_update(glob, h, tree, pe)
             h = norm(h + F.dropout(h_local, self.dropout, self.training) +
                      F.dropout(h_global, self.dropout, self.training))
             h = ffn_norm(h + F.dropout(ffn(h), self.dropout, self.training))
