@@ -27,7 +27,9 @@ it reports
     python examples/zero_shot_minilm.py --smoke    # seconds; what CI runs
 
 Writes ``results.md`` (the tables) and ``fidelity_vs_flops.png`` to
-``--out`` and prints the tables. Every timed variant runs in interleaved
+``--out`` (default ``benchmarks/zero_shot``; with ``--smoke``, a new
+temporary folder, so that a smoke run never replaces the committed
+results) and prints the tables. Every timed variant runs in interleaved
 rounds (one call of each per round, after a warm-up) and keeps its best
 time: interference from other work only ever adds time, and this way it
 hits all variants alike. Still, on a shared CPU the times are noisy:
@@ -39,6 +41,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
@@ -556,8 +559,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--smoke', action='store_true',
                         help='a tiny run for CI (seconds)')
-    parser.add_argument('--out', type=Path,
-                        default=ROOT / 'benchmarks' / 'zero_shot')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='folder for results.md and the plot (default: '
+                        'benchmarks/zero_shot; a temporary folder with '
+                        '--smoke)')
     parser.add_argument('--passages', type=int, default=400)
     parser.add_argument('--max-words', type=int, default=160)
     parser.add_argument('--max-length', type=int, default=256)
@@ -569,6 +574,9 @@ def main(argv=None) -> None:
     parser.add_argument('--operator-lengths', type=int, nargs='+',
                         default=[512, 1024, 2048, 4096, 8192, 16384])
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix='zero_shot_smoke_')) \
+            if args.smoke else ROOT / 'benchmarks' / 'zero_shot'
     configs, timed = CONFIGS, TIMED
     args.operator_branchings = [(2, 4, 8, 16), (32, )]
     if args.smoke:
@@ -613,6 +621,7 @@ def main(argv=None) -> None:
     (args.out / 'results.md').write_text(report)
     plot(rows, args.out / 'fidelity_vs_flops.png')
     print(report)
+    print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':

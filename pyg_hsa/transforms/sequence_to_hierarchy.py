@@ -1,20 +1,21 @@
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 
+from pyg_hsa.utils.checks import check_int, check_real, describe
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
     check_input,
     data_device,
-    first_child,
     fourier_encoding,
     leaf_hetero,
     rank_in_group,
 )
+from pyg_hsa.utils.token_forest import check_branching, token_levels
 
 
 class SequenceToHierarchy(BaseTransform):
@@ -44,7 +45,10 @@ class SequenceToHierarchy(BaseTransform):
     Every level exists in every example, even where a segment is shorter
     than a window (its window is then the only child of its parent), so all
     outputs have the same node and edge types and PyG's
-    :class:`~torch_geometric.loader.DataLoader` batches them.
+    :class:`~torch_geometric.loader.DataLoader` batches them. (The levels
+    come from :func:`~pyg_hsa.utils.token_forest.token_levels`, which also
+    builds the token forests of
+    :func:`~pyg_hsa.integrations.transformers.patch_attention`.)
 
     The position of a node inside its parent's family is its index
     :math:`i` among its siblings, in sequence order, as Fourier features
@@ -76,7 +80,7 @@ class SequenceToHierarchy(BaseTransform):
         pe_channels: int = 16,
         max_period: float = 10000.0,
     ):
-        self.branching = _check_branching(branching)
+        self.branching = check_branching(branching)
         if isinstance(segments, str):
             segments = (segments, )
         if segments is not None and not isinstance(segments, Sequence):
@@ -94,16 +98,12 @@ class SequenceToHierarchy(BaseTransform):
         if len(set(self.segments)) != len(self.segments):
             raise ValueError(f"'segments' has repeated names "
                              f"{self.segments}")
-        if not isinstance(pe_channels, int) or pe_channels <= 0 or \
-                pe_channels % 2:
+        self.pe_channels = check_int(pe_channels, 'pe_channels', minimum=2)
+        if self.pe_channels % 2:
             raise ValueError(f"'pe_channels' must be a positive even "
-                             f"integer (got {pe_channels!r})")
-        if isinstance(max_period, bool) or not isinstance(
-                max_period, (int, float)) or not max_period > 1:
-            raise ValueError(f"'max_period' must be > 1 (got "
-                             f"{max_period!r})")
-        self.pe_channels = pe_channels
-        self.max_period = float(max_period)
+                             f"integer (got {self.pe_channels})")
+        self.max_period = check_real(max_period, 'max_period', minimum=1,
+                                     strict=True)
 
     def forward(self, data: Data) -> HeteroData:
         num_tokens = check_input(data, 'SequenceToHierarchy', 'token')
@@ -113,28 +113,14 @@ class SequenceToHierarchy(BaseTransform):
         _check_nested(segment_ids, self.segments)
 
         out = leaf_hetero(data, self.leaf_type, 'edge')
-        # State of the current top level: the finest segment each node lies
-        # in, its first token, and its type name.
         device = data_device(data)
-        tokens = torch.arange(num_tokens, device=device)
-        group = segment_ids[0] if segment_ids else torch.zeros_like(tokens)
-        first_token = tokens
+        sequence = torch.zeros(num_tokens, dtype=torch.long, device=device)
+        levels = token_levels(sequence, self.branching, segment_ids)
+        names = [f'window{i}' for i in range(len(self.branching))]
         child_type = self.leaf_type
-
-        for level, width in enumerate(self.branching):
-            rank = rank_in_group(group)
-            parent, num_parents = _runs(group * num_tokens + rank // width)
-            first_token = _first(first_token, parent, num_parents)
-            group = _first(group, parent, num_parents)
-            child_type = self._nest(out, child_type, f'window{level}',
-                                    parent, num_parents)
-
-        for name, ids in zip(self.segments, segment_ids):
-            parent = ids[first_token]
-            num_parents = int(ids[-1]) + 1
-            first_token = _first(first_token, parent, num_parents)
-            child_type = self._nest(out, child_type, name, parent,
-                                    num_parents)
+        for name, level in zip(names + list(self.segments), levels):
+            child_type = self._nest(out, child_type, name, level.parent,
+                                    level.num_nodes)
 
         add_root(out, child_type, self.root_type, num_tokens, device)
         out[child_type].pe = self._pe(torch.zeros(
@@ -160,22 +146,6 @@ class SequenceToHierarchy(BaseTransform):
                 f'max_period={self.max_period})')
 
 
-def _check_branching(branching) -> Tuple[int, ...]:
-    if branching is None:
-        return ()
-    if isinstance(branching, int):
-        branching = (branching, )
-    if not isinstance(branching, Sequence):
-        raise ValueError(f"'branching' must be a sequence of integers >= 2 "
-                         f"(got {branching!r})")
-    branching = tuple(branching)
-    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 2
-               for b in branching):
-        raise ValueError(f"'branching' must be a sequence of integers >= 2 "
-                         f"(got {branching!r})")
-    return branching
-
-
 def _segment_ids(data: Data, name: str, num_tokens: int) -> Tensor:
     """The attribute's segment ids relabelled to ``0, 1, ...`` in order."""
     if name not in data:
@@ -185,7 +155,7 @@ def _segment_ids(data: Data, name: str, num_tokens: int) -> Tensor:
     if not isinstance(ids, Tensor) or ids.dim() != 1 or \
             ids.is_floating_point() or ids.dtype == torch.bool:
         raise ValueError(f"Attribute '{name}' must be an integer tensor of "
-                         f"shape [{num_tokens}] (got {_describe(ids)})")
+                         f"shape [{num_tokens}] (got {describe(ids)})")
     if ids.numel() != num_tokens:
         raise ValueError(f"Attribute '{name}' has {ids.numel()} entries but "
                          f"the sequence has {num_tokens} tokens")
@@ -211,22 +181,3 @@ def _check_nested(segment_ids, names) -> None:
             raise ValueError(f"A '{fine_name}' segment crosses a "
                              f"'{coarse_name}' boundary at token {token}; "
                              f"segments must nest (finest first)")
-
-
-def _runs(key: Tensor) -> Tuple[Tensor, int]:
-    """Consecutive equal keys form one parent: ``(parent, num_parents)``."""
-    change = torch.ones_like(key, dtype=torch.bool)
-    change[1:] = key[1:] != key[:-1]
-    parent = torch.cumsum(change.long(), 0) - 1
-    return parent, int(parent[-1]) + 1
-
-
-def _first(value: Tensor, parent: Tensor, num_parents: int) -> Tensor:
-    """``value`` of each parent's first child (children are in order)."""
-    return value[first_child(parent, num_parents)]
-
-
-def _describe(value) -> str:
-    if isinstance(value, Tensor):
-        return f"{value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__

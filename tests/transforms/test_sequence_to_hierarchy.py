@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 from torch_geometric.data import Data
 
 from pyg_hsa.transforms.sequence_to_hierarchy import SequenceToHierarchy
+from pyg_hsa.utils.token_forest import splice_chains, token_hierarchy
 from transform_checks import check_batching, check_hierarchy
 
 
@@ -194,21 +195,27 @@ def test_repr():
         "pe_channels=4, max_period=10000.0)")
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(branching=(2, 1)), "'branching' must be a sequence of integers"),
-    (dict(branching=(2.0, )), "'branching' must be a sequence of integers"),
-    (dict(pe_channels=3), "'pe_channels' must be a positive even"),
-    (dict(max_period=1), "'max_period' must be > 1"),
-    (dict(segments=('sentence', 'sentence')), "repeated names"),
-    (dict(segments=('window0', )), "clashes with a node type"),
-    (dict(segments=('token', )), "clashes with a node type"),
-    (dict(segments=('not a name', )), "'segments' must name"),
-    (dict(segments=3), "'segments' must be a sequence"),
-    (dict(branching=2.0), "'branching' must be a sequence of integers"),
-    (dict(max_period='x'), "'max_period' must be > 1"),
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(branching=(2, 1)), ValueError,
+     r"'branching' must be a sequence of integers >= 2 \(got \(2, 1\)\)"),
+    (dict(branching=(2.0, )), TypeError,
+     "'branching' must be a sequence of integers"),
+    (dict(branching=2.0), TypeError,
+     "'branching' must be a sequence of integers"),
+    (dict(pe_channels=3), ValueError, "'pe_channels' must be a positive even"),
+    (dict(pe_channels=0), ValueError, "'pe_channels' must be an integer >= 2"),
+    (dict(pe_channels=4.0), TypeError, "'pe_channels' must be an integer"),
+    (dict(max_period=1), ValueError,
+     "'max_period' must be a finite number > 1"),
+    (dict(max_period='x'), TypeError, "'max_period' must be a finite number"),
+    (dict(segments=('sentence', 'sentence')), ValueError, "repeated names"),
+    (dict(segments=('window0', )), ValueError, "clashes with a node type"),
+    (dict(segments=('token', )), ValueError, "clashes with a node type"),
+    (dict(segments=('not a name', )), ValueError, "'segments' must name"),
+    (dict(segments=3), ValueError, "'segments' must be a sequence"),
 ])
-def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         SequenceToHierarchy(**kwargs)
 
 
@@ -247,3 +254,68 @@ def test_bad_input():
                                    pe=torch.randn(3, 2)))
     with pytest.raises(TypeError, match='expects a torch_geometric'):
         SequenceToHierarchy()(torch.randn(3, 2))
+
+
+# One builder: the same forest as the transformers integration ############
+
+
+def as_parent_vector(out, transform):
+    """The transform's hierarchy as one parent vector: the tokens, then
+    every level in order, the root last (token_hierarchy's numbering)."""
+    types = ['token'] + [f'window{i}' for i in range(len(
+        transform.branching))] + list(transform.segments) + ['sequence']
+    parts, start = [], 0
+    for child, parent in zip(types, types[1:]):
+        edge_index = out[child, 'in', parent].edge_index
+        assert edge_index[0].tolist() == list(range(out[child].num_nodes))
+        start += out[child].num_nodes
+        parts.append(edge_index[1] + start)
+    return torch.cat(parts + [torch.tensor([-1])])
+
+
+def leaf_sets(parent, num_leaves, offset=0):
+    """The leaves (shifted by :obj:`offset`) below every internal node."""
+    below = {}
+    for leaf in range(num_leaves):
+        node = int(parent[leaf])
+        while node >= 0:
+            below.setdefault(node, set()).add(leaf + offset)
+            node = int(parent[node])
+    return {frozenset(s) for s in below.values()}
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+       branching=st.lists(st.integers(2, 5), max_size=3),
+       levels=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_same_forest_as_token_hierarchy(lengths, branching, levels, seed):
+    """Where their semantics overlap (no tokens at the root, segments as
+    contiguous runs), the transform's hierarchy with unary nodes spliced
+    out is token_hierarchy's forest: node for node for one sequence, and
+    sequence by sequence for a padded batch."""
+    generator = torch.Generator().manual_seed(seed)
+    names = ('sentence', 'paragraph')[:levels]
+    transform = SequenceToHierarchy(tuple(branching), segments=names,
+                                    pe_channels=2)
+    valid = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    ids = [torch.zeros(valid.shape, dtype=torch.long) for _ in names]
+    expected, offset = set(), 0
+    for row, length in enumerate(lengths):
+        valid[row, :length] = True
+        starts = torch.rand(length, generator=generator) < 0.3
+        starts[0] = True
+        sentence = starts.long().cumsum(0) - 1
+        per_level = [sentence, sentence // 2][:levels]
+        for level, values in zip(ids, per_level):
+            level[row, :length] = values
+        data = Data(x=torch.randn(length, 2),
+                    **dict(zip(names, per_level)))
+        parent = splice_chains(as_parent_vector(transform(data), transform),
+                               length)
+        if len(lengths) == 1:
+            assert torch.equal(parent, token_hierarchy(valid, branching,
+                                                       ids))
+        expected |= leaf_sets(parent, length, offset)
+        offset += length
+    batched = token_hierarchy(valid, branching, ids)
+    assert leaf_sets(batched, offset) == expected
