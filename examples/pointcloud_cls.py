@@ -27,7 +27,8 @@ Data (nothing is downloaded):
   eight classes of trimesh primitives with random proportions, scale,
   rotation and noise, generated under ``--root/ShapePrimitives`` on first
   use (fixed data seed 0; ``--seed`` only seeds the models and the
-  shuffling);
+  shuffling). Without ``--root``, a ``--smoke`` run generates them in a
+  temporary folder that it deletes at the end, so it writes nothing else;
 * ``--dataset ModelNet10`` / ``ModelNet40``: PyG's
   :class:`~torch_geometric.datasets.ModelNet` with ``SamplePoints``, read
   from ``--root/ModelNet10`` (or 40) when its ``raw`` folder is there.
@@ -37,6 +38,10 @@ Examples::
     python examples/pointcloud_cls.py                  # shapes, all models
     python examples/pointcloud_cls.py --model hsa --epochs 50
     python examples/pointcloud_cls.py --smoke          # seconds; what CI runs
+    python examples/pointcloud_cls.py --smoke --heads 4   # smoke, 4 heads
+
+``--smoke`` only changes the defaults of the sizes (see ``--help``): flags
+given explicitly keep their values.
 
 Prints a markdown table (test accuracy after the last epoch, train
 accuracy, parameters, seconds per training epoch) and writes it, with the
@@ -47,6 +52,7 @@ import json
 import os
 import os.path as osp
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -76,6 +82,24 @@ DATASETS = ('shapes', 'ModelNet10', 'ModelNet40')
 # order of the batches.
 SHAPES_SEED = 0
 POS_CHANNELS = 3  # width of PointCloudToHierarchy's pe in 3D
+DEFAULT_ROOT = 'data'
+# The sizes --smoke shrinks: (default, smoke default, help). Flags given
+# explicitly keep their values.
+SIZES = {
+    'num_points': (256, 64, 'points per cloud, at least 2'),
+    'num_per_class': (40, 2, 'shapes: training clouds per class'),
+    'num_test_per_class': (20, 1, 'shapes: test clouds per class'),
+    'epochs': (18, 1, 'training epochs'),
+    'batch_size': (8, 4, 'clouds per batch'),
+    'emb_dim': (64, 16, 'width of the models'),
+    'num_layers': (2, 1, 'attention blocks (PointNet: hidden layers)'),
+    'heads': (4, 2, 'attention heads'),
+}
+ONE_CLOUD_NOTE = (
+    "--batch_size 1: the read-out's BatchNorm has no batch statistics to "
+    "compute from one cloud, so it normalises with its running statistics, "
+    "which then never change (a fixed affine map); expect lower accuracy "
+    "than with larger batches")
 
 
 class PointFeatures(BaseTransform):
@@ -93,7 +117,12 @@ class Readout(torch.nn.Module):
     most of each feature is the same for every cloud, and the class shows
     in small differences between clouds. Without it the attention models
     barely moved off chance in 10 epochs (PointNet, whose per-point MLP
-    ends in BatchNorm and ReLU, did)."""
+    ends in BatchNorm and ReLU, did).
+
+    A training batch of one cloud has no batch statistics: it is
+    normalised with the running statistics, as in evaluation, and leaves
+    them unchanged. Only :obj:`--batch_size 1` makes such batches (larger
+    batch sizes drop a last batch of one cloud)."""
     def __init__(self, channels: int, num_classes: int, dropout: float):
         super().__init__()
         self.norm = torch.nn.BatchNorm1d(2 * channels)
@@ -107,6 +136,11 @@ class Readout(torch.nn.Module):
     def forward(self, h: Tensor, batch: Tensor, size: int) -> Tensor:
         pooled = torch.cat([global_max_pool(h, batch, size),
                             global_mean_pool(h, batch, size)], dim=-1)
+        if self.training and pooled.size(0) == 1:
+            norm = self.norm
+            return self.mlp(F.batch_norm(
+                pooled, norm.running_mean, norm.running_var, norm.weight,
+                norm.bias, training=False, eps=norm.eps))
         return self.mlp(self.norm(pooled))
 
 
@@ -229,7 +263,15 @@ def hierarchies(clouds: Sequence, num_levels: int) -> List:
     random."""
     normalize, features = NormalizeScale(), PointFeatures()
     to_tree = PointCloudToHierarchy(num_levels=num_levels)
-    return [to_tree(features(normalize(data.clone()))) for data in clouds]
+    out = []
+    for index, data in enumerate(clouds):
+        data = normalize(data.clone())
+        if not bool(torch.isfinite(data.pos).all()):
+            raise ValueError(
+                f'cloud {index} has all its {data.pos.size(0)} point(s) at '
+                f'one position: it cannot be scaled into [-1, 1]^3')
+        out.append(to_tree(features(data)))
+    return out
 
 
 def progress(iterable, desc: str, quiet: bool):
@@ -283,8 +325,10 @@ def run_model(name: str, data: Dict[str, List], args, num_classes: int,
     torch.manual_seed(args.seed)
     model = build_model(name, args, num_classes, budget).to(device)
     generator = torch.Generator().manual_seed(args.seed)
-    # The read-out's BatchNorm cannot train on a batch of one cloud.
-    drop_last = len(data['train']) % args.batch_size == 1
+    # A last batch of one cloud would be normalised differently by the
+    # read-out (see Readout); --batch_size 1 keeps all its batches.
+    drop_last = args.batch_size > 1 and \
+        len(data['train']) % args.batch_size == 1
     train_loader = DataLoader(data['train'], batch_size=args.batch_size,
                               shuffle=True, generator=generator,
                               drop_last=drop_last,
@@ -330,27 +374,21 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(
         description='Point-cloud classification: HSA vs flat attention vs '
         'PointNet')
-    parser.add_argument('--root', type=str, default='data',
-                        help='folder of the datasets (default: data)')
+    parser.add_argument('--root', type=str, default=None,
+                        help=f'folder of the datasets (default: '
+                        f'{DEFAULT_ROOT}; with --smoke, a temporary folder '
+                        f'deleted after the run)')
     parser.add_argument('--dataset', type=str, default='shapes',
                         choices=DATASETS)
     parser.add_argument('--model', type=str, default='all',
                         choices=MODELS + ('all', ))
-    parser.add_argument('--num_points', type=int, default=256,
-                        help='points per cloud (default: 256)')
-    parser.add_argument('--num_per_class', type=int, default=40,
-                        help='shapes: training clouds per class '
-                        '(default: 40)')
-    parser.add_argument('--num_test_per_class', type=int, default=20,
-                        help='shapes: test clouds per class (default: 20)')
+    for name, (default, smoke, text) in SIZES.items():
+        parser.add_argument(f'--{name}', type=int, default=None,
+                            help=f'{text} (default: {default}; with '
+                            f'--smoke: {smoke})')
     parser.add_argument('--num_levels', type=int, default=None,
                         help='voxel levels of the hierarchy (default: '
                         'derived from --num_points)')
-    parser.add_argument('--epochs', type=int, default=18)
-    parser.add_argument('--batch_size', type=int, default=8)
-    parser.add_argument('--emb_dim', type=int, default=64)
-    parser.add_argument('--num_layers', type=int, default=2)
-    parser.add_argument('--heads', type=int, default=4)
     parser.add_argument('--drop_ratio', type=float, default=0.0)
     parser.add_argument('--no_pe', action='store_true',
                         help='HSA and flat attention ignore the '
@@ -366,16 +404,24 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument('--quiet', action='store_true',
                         help='no progress bars or per-epoch lines')
     parser.add_argument('--smoke', action='store_true',
-                        help='a handful of tiny clouds, 1 epoch (for CI)')
+                        help='a handful of tiny clouds, 1 epoch (for CI): '
+                        'changes the defaults of the sizes above, never '
+                        'values given explicitly; writes only to a '
+                        'temporary folder unless --root or --filename is '
+                        'given')
     args = parser.parse_args(argv)
-    if args.smoke:
-        args.num_per_class, args.num_test_per_class = 2, 1
-        args.num_points, args.epochs, args.batch_size = 64, 1, 4
-        args.emb_dim, args.num_layers, args.heads = 16, 1, 2
-    for name in ('num_points', 'num_per_class', 'num_test_per_class',
-                 'epochs', 'batch_size', 'emb_dim', 'num_layers', 'heads'):
-        if getattr(args, name) < 1:
+    for name, (default, smoke, _) in SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else default)
+        elif getattr(args, name) < 1:
             parser.error(f'--{name} must be a positive integer')
+    if args.num_points < 2:
+        parser.error('--num_points must be at least 2: a cloud of one point '
+                     'has no extent, so it cannot be centred and scaled into '
+                     '[-1, 1]^3 (NormalizeScale would divide by zero)')
+    if args.smoke and args.root is None and args.dataset != 'shapes':
+        parser.error(f'--smoke with --dataset {args.dataset} needs --root, '
+                     f'the folder that holds {args.dataset}/raw')
     if args.num_levels is not None and args.num_levels < 0:
         parser.error('--num_levels must be >= 0')
     if args.emb_dim % args.heads:
@@ -395,6 +441,16 @@ def pick_device(name: str) -> torch.device:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args = parse_args(argv)
+    if args.root is not None or not args.smoke:
+        args.root = args.root or DEFAULT_ROOT
+        return run(args)
+    # A smoke run without --root leaves nothing behind.
+    with tempfile.TemporaryDirectory(prefix='pointcloud_cls_') as root:
+        args.root = root
+        return run(args)
+
+
+def run(args) -> Dict:
     device = pick_device(args.device)
     try:
         clouds = {split: load_clouds(args, split == 'train')
@@ -419,6 +475,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
           f"{len(clouds['test'][0])} test clouds of {num_points} points, "
           f"{num_classes} classes; HSA hierarchy with {num_levels} voxel "
           f"levels; device {device}")
+    notes = [ONE_CLOUD_NOTE] if args.batch_size == 1 else []
+    for note in notes:
+        print(f'note: {note}', file=sys.stderr)
 
     results = {}
     budget = None
@@ -440,6 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         'threads': torch.get_num_threads(),
         'results': results,
         'table': table,
+        'notes': notes,
     }
     if args.filename:
         folder = osp.dirname(osp.abspath(args.filename))

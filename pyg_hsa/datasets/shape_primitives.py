@@ -1,4 +1,5 @@
 """An offline point-cloud classification dataset of geometric primitives."""
+import os
 import os.path as osp
 from typing import Callable, List, Optional
 
@@ -6,6 +7,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
+from pyg_hsa.utils.checks import check_bool, check_int, describe
 from pyg_hsa.utils.io import atomic_save
 
 SPLITS = ('train', 'test')
@@ -86,7 +88,8 @@ class ShapePrimitives(InMemoryDataset):
     side and an interrupted build leaves nothing half-written.
 
     Args:
-        root (str): Root directory where the dataset should be saved.
+        root (str or os.PathLike): Root directory where the dataset should
+            be saved.
         split (str, optional): :obj:`"train"` or :obj:`"test"`; the two
             splits are drawn independently. (default: :obj:`"train"`)
         num_per_class (int, optional): Number of examples of each class.
@@ -145,27 +148,31 @@ class ShapePrimitives(InMemoryDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        if not isinstance(root, str) or not root:
-            raise ValueError(f"'root' must be a non-empty path (got "
-                             f"{root!r})")
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"'root' must be a path (got {describe(root)})")
+        root = os.fspath(root)
+        if not root:
+            raise ValueError("'root' must be a non-empty path (got '')")
+        if not isinstance(split, str):
+            raise TypeError(f"'split' must be 'train' or 'test' (got "
+                            f"{describe(split)})")
         if split not in SPLITS:
             raise ValueError(f"'split' must be 'train' or 'test' (got "
                              f"{split!r})")
         if num_per_class is None:
             num_per_class = DEFAULT_NUM_PER_CLASS[split]
-        _check_int(num_per_class, 'num_per_class', 1)
-        _check_int(num_points, 'num_points', 1)
-        _check_int(seed, 'seed', 0)
         for name, value in (('transform', transform),
                             ('pre_transform', pre_transform),
                             ('pre_filter', pre_filter)):
             if value is not None and not callable(value):
-                raise ValueError(f"'{name}' must be callable or None (got "
-                                 f"{type(value).__name__})")
-        self.split = split
-        self.num_per_class = num_per_class
-        self.num_points = num_points
-        self.seed = seed
+                raise TypeError(f"'{name}' must be callable or None (got "
+                                f"{describe(value)})")
+        self.split = str(split)
+        self.num_per_class = check_int(num_per_class, 'num_per_class',
+                                       minimum=1)
+        self.num_points = check_int(num_points, 'num_points', minimum=1)
+        self.seed = check_int(seed, 'seed', minimum=0)
+        force_reload = check_bool(force_reload, 'force_reload')
         super().__init__(root, transform, pre_transform, pre_filter,
                          force_reload=force_reload)
         path = self.processed_paths[0]
@@ -272,10 +279,3 @@ def _primitive(trimesh, name: str, rng: np.random.Generator):
         return creation.cone(radius=rng.uniform(0.35, 0.6),
                              height=rng.uniform(0.4, 1.0), sections=4)
     raise ValueError(f"Unknown primitive {name!r}")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum} (got "
-                         f"{value!r})")

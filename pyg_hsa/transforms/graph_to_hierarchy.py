@@ -4,8 +4,10 @@ import networkx as nx
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
+from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 
+from pyg_hsa.utils.checks import check_int, check_real
 from pyg_hsa.utils.coarsen import symmetric_edges
 from pyg_hsa.utils.hierarchy import (
     add_level,
@@ -17,10 +19,11 @@ from pyg_hsa.utils.hierarchy import (
 )
 
 
+@functional_transform('graph_to_hierarchy')
 class GraphToHierarchy(BaseTransform):
     r"""Turns any graph into a hierarchy of nested communities: nodes →
     :obj:`community0` → ... → :obj:`community{L-1}` → one :obj:`graph`
-    root.
+    root (functional name: :obj:`graph_to_hierarchy`).
 
     The communities are the levels of the Louvain dendrogram
     (:func:`networkx.community.louvain_partitions`: every level merges the
@@ -75,25 +78,12 @@ class GraphToHierarchy(BaseTransform):
     def __init__(self, num_levels: int = 2, resolution: float = 1.0,
                  threshold: float = 1e-7, walk_length: int = 8,
                  seed: int = 0):
-        for name, value, low in (('num_levels', num_levels, 1),
-                                 ('walk_length', walk_length, 1),
-                                 ('seed', seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or \
-                    value < low:
-                raise ValueError(f"'{name}' must be an integer >= {low} "
-                                 f"(got {value!r})")
-        if not _is_real(resolution) or not resolution > 0:
-            raise ValueError(f"'resolution' must be a positive number (got "
-                             f"{resolution!r})")
-        if not _is_real(threshold) or not threshold >= 0:
-            raise ValueError(f"'threshold' must be a non-negative number "
-                             f"(got {threshold!r})")
-
-        self.num_levels = num_levels
-        self.resolution = float(resolution)
-        self.threshold = float(threshold)
-        self.walk_length = walk_length
-        self.seed = seed
+        self.num_levels = check_int(num_levels, 'num_levels', minimum=1)
+        self.resolution = check_real(resolution, 'resolution', minimum=0,
+                                     strict=True)
+        self.threshold = check_real(threshold, 'threshold', minimum=0)
+        self.walk_length = check_int(walk_length, 'walk_length', minimum=1)
+        self.seed = check_int(seed, 'seed', minimum=0)
 
     def forward(self, data: Data) -> HeteroData:
         num_nodes = check_input(data, 'GraphToHierarchy', 'node')
@@ -175,10 +165,6 @@ class GraphToHierarchy(BaseTransform):
                 f'resolution={self.resolution}, '
                 f'threshold={self.threshold}, '
                 f'walk_length={self.walk_length}, seed={self.seed})')
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _edge_index(data: Data, num_nodes: int) -> Tensor:

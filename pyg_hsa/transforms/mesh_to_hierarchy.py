@@ -1,12 +1,13 @@
-import math
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
+from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform, FaceToEdge
 from torch_geometric.utils import scatter
 
+from pyg_hsa.utils.checks import check_int, check_real, describe
 from pyg_hsa.utils.coarsen import cluster_edges, coarsen_graph
 from pyg_hsa.utils.hierarchy import add_level, add_root, leaf_hetero
 
@@ -18,9 +19,11 @@ POINT_TOLERANCE = 1e-6
 MAX_SEED = 1 << 63
 
 
+@functional_transform('mesh_to_hierarchy')
 class MeshToHierarchy(BaseTransform):
     r"""Turns a triangle mesh into a hierarchy of connected surface patches:
-    vertices → :obj:`patch0` → :obj:`patch1` → ... → one :obj:`mesh` root.
+    vertices → :obj:`patch0` → :obj:`patch1` → ... → one :obj:`mesh` root
+    (functional name: :obj:`mesh_to_hierarchy`).
 
     The input is a :class:`~torch_geometric.data.Data` with vertex
     positions :obj:`pos` ``[V, D]`` (usually :math:`D = 3`) and faces
@@ -100,22 +103,15 @@ class MeshToHierarchy(BaseTransform):
 
     def __init__(self, num_levels: int = 3, patch_size: float = 8.0,
                  seed: int = 0):
-        if not _is_int(num_levels) or num_levels < 0:
-            raise ValueError(f"'num_levels' must be a non-negative integer "
-                             f"(got {num_levels!r})")
-        if isinstance(patch_size, bool) or \
-                not isinstance(patch_size, (int, float)) or \
-                not math.isfinite(patch_size) or patch_size <= 1:
-            raise ValueError(f"'patch_size' must be a finite number greater "
-                             f"than 1 (got {patch_size!r})")
+        self.num_levels = check_int(num_levels, 'num_levels', minimum=0)
+        self.patch_size = check_real(patch_size, 'patch_size', minimum=1,
+                                     strict=True)
         # torch.Generator.manual_seed overflows past 2**64 and remaps
         # negative seeds; one range for all keeps seeds unambiguous.
-        if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+        self.seed = check_int(seed, 'seed')
+        if not 0 <= self.seed < MAX_SEED:
             raise ValueError(f"'seed' must be an integer in [0, 2**63) (got "
-                             f"{seed!r})")
-        self.num_levels = num_levels
-        self.patch_size = float(patch_size)
-        self.seed = seed
+                             f"{self.seed})")
 
     @staticmethod
     def patch_type(level: int) -> str:
@@ -156,16 +152,6 @@ class MeshToHierarchy(BaseTransform):
                 f'patch_size={self.patch_size}, seed={self.seed})')
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _describe(value) -> str:
-    if isinstance(value, Tensor):
-        return f'a {value.dtype} tensor of shape {list(value.shape)}'
-    return type(value).__name__
-
-
 def _check_mesh(data: Data) -> Tuple[Tensor, Tensor]:
     """Validates the mesh; returns :obj:`pos` and :obj:`face` (as long)."""
     if not isinstance(data, Data):
@@ -181,7 +167,7 @@ def _check_mesh(data: Data) -> Tuple[Tensor, Tensor]:
             not pos.is_floating_point() or pos.size(0) == 0 or \
             pos.size(1) == 0:
         raise ValueError(f"'pos' must be a non-empty floating-point tensor "
-                         f"of shape [V, D] (got {_describe(pos)})")
+                         f"of shape [V, D] (got {describe(pos)})")
     if not torch.isfinite(pos).all():
         raise ValueError("'pos' contains NaN or infinite coordinates")
     num_vertices = pos.size(0)
@@ -189,7 +175,7 @@ def _check_mesh(data: Data) -> Tuple[Tensor, Tensor]:
             face.size(0) not in (3, 4) or face.is_floating_point() or \
             face.is_complex() or face.dtype == torch.bool:
         raise ValueError(f"'face' must be an integer tensor of shape "
-                         f"[3, F] (got {_describe(face)})")
+                         f"[3, F] (got {describe(face)})")
     if face.size(1) == 0:
         raise ValueError("'face' is empty: the mesh has no faces")
     face = face.long()
@@ -205,7 +191,7 @@ def _check_mesh(data: Data) -> Tuple[Tensor, Tensor]:
                                   value.size(0) != num_vertices):
             raise ValueError(f"'{key}' must hold one row per vertex "
                              f"([{num_vertices}, ...]; got "
-                             f"{_describe(value)})")
+                             f"{describe(value)})")
     if data.num_nodes != num_vertices:
         raise ValueError(f"'num_nodes' is {data.num_nodes} but 'pos' holds "
                          f"{num_vertices} vertices")

@@ -4,9 +4,11 @@ from typing import Any, List, Tuple
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
+from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import scatter
 
+from pyg_hsa.utils.checks import check_bool, check_int, describe
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
@@ -35,10 +37,12 @@ OGB_NUM_BOND_TYPES = 4  # SINGLE, DOUBLE, TRIPLE, AROMATIC; 4 is 'misc'
 DENSE_WALK_NODES = 128
 
 
+@functional_transform('molecule_to_hierarchy')
 class MoleculeToHierarchy(BaseTransform):
     r"""Turns a molecular graph into a hierarchy of atoms, chemically
     meaningful fragments, connected components and the molecule, for
-    Hierarchical Self-Attention.
+    Hierarchical Self-Attention (functional name:
+    :obj:`molecule_to_hierarchy`).
 
     The input is a :class:`~torch_geometric.data.Data` with one row of
     :obj:`x` per heavy atom and the bonds in :obj:`edge_index` (usually in
@@ -134,19 +138,15 @@ class MoleculeToHierarchy(BaseTransform):
     """
     def __init__(self, fragments: str = 'brics', components: bool = True,
                  walk_length: int = 8):
+        if not isinstance(fragments, str):
+            raise TypeError(f"'fragments' must be one of {FRAGMENT_SCHEMES} "
+                            f"(got {describe(fragments)})")
         if fragments not in FRAGMENT_SCHEMES:
             raise ValueError(f"'fragments' must be one of {FRAGMENT_SCHEMES}"
                              f" (got {fragments!r})")
-        if not isinstance(components, bool):
-            raise TypeError(f"'components' must be a bool (got "
-                            f"{type(components).__name__})")
-        if isinstance(walk_length, bool) or not isinstance(walk_length, int) \
-                or walk_length < 1:
-            raise ValueError(f"'walk_length' must be a positive int (got "
-                             f"{walk_length!r})")
-        self.fragments = fragments
-        self.components = components
-        self.walk_length = walk_length
+        self.fragments = str(fragments)
+        self.components = check_bool(components, 'components')
+        self.walk_length = check_int(walk_length, 'walk_length', minimum=1)
 
     def forward(self, data: Data) -> HeteroData:
         mol, bonds = _molecule(data)

@@ -4,8 +4,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
+from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 
+from pyg_hsa.utils.checks import check_int, check_real, describe
 from pyg_hsa.utils.geometry import knn_graph
 from pyg_hsa.utils.hierarchy import add_level, add_root, leaf_hetero
 
@@ -23,9 +25,10 @@ def voxel_type(level: int) -> str:
     return f'voxel{level}'
 
 
+@functional_transform('point_cloud_to_hierarchy')
 class PointCloudToHierarchy(BaseTransform):
     r"""Turns a point cloud into a multi-scale hierarchy of nested voxels,
-    an octree in 3D:
+    an octree in 3D (functional name: :obj:`point_cloud_to_hierarchy`):
 
     .. code-block:: none
 
@@ -134,30 +137,24 @@ class PointCloudToHierarchy(BaseTransform):
         knn (int, optional): if positive, add the edges from each point's
             :obj:`knn` nearest points (exact, ties to the smaller index;
             fewer in clouds of at most :obj:`knn` points) as
-            :obj:`('point', 'knn', 'point')`. (default: :obj:`None`)
+            :obj:`('point', 'knn', 'point')`, by
+            :func:`pyg_hsa.utils.knn_graph` (PyG's compiled kNN where
+            installed breaks exact ties its own way). (default:
+            :obj:`None`)
     """
     def __init__(self, size: Optional[float] = None,
                  num_levels: Optional[int] = None,
                  points_per_cell: float = 16.0, intrinsic_dim: int = 2,
                  knn: Optional[int] = None):
-        if size is not None and (
-                isinstance(size, bool) or not isinstance(size, (int, float))
-                or not 0 < size < float('inf')):
-            raise ValueError(f"'size' must be a positive finite number or "
-                             f"None (got {size!r})")
-        _check_count(num_levels, 'num_levels', allow_none=True)
-        if isinstance(points_per_cell, bool) or not isinstance(
-                points_per_cell, (int, float)) or not \
-                0 < points_per_cell < float('inf'):
-            raise ValueError(f"'points_per_cell' must be a positive number "
-                             f"(got {points_per_cell!r})")
-        _check_count(intrinsic_dim, 'intrinsic_dim', minimum=1)
-        _check_count(knn, 'knn', allow_none=True)
-        self.size = None if size is None else float(size)
-        self.num_levels = num_levels
-        self.points_per_cell = float(points_per_cell)
-        self.intrinsic_dim = intrinsic_dim
-        self.knn = knn or None
+        self.size = check_real(size, 'size', minimum=0, strict=True,
+                               allow_none=True)
+        self.num_levels = check_int(num_levels, 'num_levels', minimum=0,
+                                    allow_none=True)
+        self.points_per_cell = check_real(points_per_cell, 'points_per_cell',
+                                          minimum=0, strict=True)
+        self.intrinsic_dim = check_int(intrinsic_dim, 'intrinsic_dim',
+                                       minimum=1)
+        self.knn = check_int(knn, 'knn', minimum=0, allow_none=True) or None
 
     def forward(self, data: Data) -> HeteroData:
         pos = _check_pos(data)
@@ -272,32 +269,28 @@ class PointCloudToHierarchy(BaseTransform):
                 f'intrinsic_dim={self.intrinsic_dim}, knn={self.knn})')
 
 
-def _check_count(value, name: str, minimum: int = 0,
-                 allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or \
-            value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum}"
-                         f"{' or None' if allow_none else ''} (got "
-                         f"{value!r})")
-
-
 def _check_pos(data: Data) -> Tensor:
     """The positions ``[N, D]`` of a non-empty, finite cloud."""
     if not isinstance(data, Data):
         raise TypeError(f"'data' must be a torch_geometric.data.Data (got "
                         f"{type(data).__name__})")
     pos = getattr(data, 'pos', None)
-    if not isinstance(pos, Tensor):
+    if pos is None:
         raise ValueError("'data.pos' is missing: a point cloud needs "
                          "positions [num_points, dim]")
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"'data.pos' must be a tensor of positions "
+                        f"[num_points, dim] (got {describe(pos)})")
     if not pos.is_floating_point():
         raise ValueError(f"'data.pos' must be a floating point tensor (got "
                          f"{pos.dtype})")
-    if pos.dim() != 2 or pos.size(1) == 0:
+    if pos.dim() != 2:
         raise ValueError(f"'data.pos' must have shape [num_points, dim] "
                          f"with dim >= 1 (got {list(pos.shape)})")
+    if pos.size(1) == 0:
+        raise ValueError(f"'data.pos' must have shape [num_points, dim] "
+                         f"with dim >= 1 (got {list(pos.shape)}: points "
+                         f"without coordinates)")
     if pos.size(0) == 0:
         raise ValueError("'data.pos' is empty: a point cloud needs at "
                          "least one point")

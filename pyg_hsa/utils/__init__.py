@@ -1,6 +1,6 @@
-"""Utilities: hierarchy building blocks shared by the transforms, pure-torch
-geometry (used when PyG's compiled kernels are missing), connected graph
-coarsening, and drawing."""
+"""Utilities: hierarchy building blocks shared by the transforms, exact kNN
+(PyG's compiled kernel when installed, pure torch otherwise), connected
+graph coarsening, and drawing."""
 from pyg_hsa.utils.coarsen import (
     cluster_edges,
     coarsen_graph,
@@ -9,7 +9,7 @@ from pyg_hsa.utils.coarsen import (
     voronoi_clusters,
 )
 from pyg_hsa.utils.draw import draw_hierarchy
-from pyg_hsa.utils.geometry import fps, knn, knn_graph, voxel_grid
+from pyg_hsa.utils.geometry import knn, knn_graph
 from pyg_hsa.utils.hierarchy import (
     add_level,
     first_child,
@@ -29,10 +29,8 @@ __all__ = [
     'group_sizes',
     'fourier_encoding',
     'random_walk_encoding',
-    'voxel_grid',
     'knn',
     'knn_graph',
-    'fps',
     'coarsen_graph',
     'maximal_independent_set',
     'voronoi_clusters',

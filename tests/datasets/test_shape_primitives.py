@@ -161,22 +161,51 @@ def test_pre_transform_and_pre_filter(tmp_path):
 @pytest.mark.parametrize('kwargs, name', [
     (dict(split='val'), 'split'),
     (dict(num_per_class=0), 'num_per_class'),
-    (dict(num_per_class=2.5), 'num_per_class'),
     (dict(num_points=0), 'num_points'),
-    (dict(num_points=True), 'num_points'),
+    (dict(num_points=np.int64(-5)), 'num_points'),
     (dict(seed=-1), 'seed'),
+])
+def test_out_of_range_arguments_are_value_errors(tmp_path, kwargs, name):
+    with pytest.raises(ValueError, match=f"'{name}' must be"):
+        build(tmp_path, **kwargs)
+    assert not (tmp_path / 'processed').exists()
+
+
+@pytest.mark.parametrize('kwargs, name', [
+    (dict(split=None), 'split'),
+    (dict(num_per_class=2.5), 'num_per_class'),
+    (dict(num_points=True), 'num_points'),
+    (dict(num_points=np.float64(64)), 'num_points'),
+    (dict(seed='0'), 'seed'),
     (dict(transform='x'), 'transform'),
     (dict(pre_filter=3), 'pre_filter'),
+    (dict(force_reload=1), 'force_reload'),
 ])
-def test_bad_arguments(tmp_path, kwargs, name):
-    with pytest.raises(ValueError, match=f"'{name}'"):
+def test_wrong_types_are_type_errors(tmp_path, kwargs, name):
+    with pytest.raises(TypeError, match=f"'{name}' must be"):
         build(tmp_path, **kwargs)
     assert not (tmp_path / 'processed').exists()
 
 
 def test_bad_root():
-    with pytest.raises(ValueError, match="'root'"):
+    with pytest.raises(ValueError, match="'root' must be a non-empty path"):
         ShapePrimitives('')
+    with pytest.raises(TypeError, match="'root' must be a path"):
+        ShapePrimitives(None)
+
+
+def test_numpy_scalars_and_path_root(tmp_path, train):
+    dataset = ShapePrimitives(tmp_path, split=np.str_('train'),
+                              num_per_class=np.int64(2),
+                              num_points=np.int32(64), seed=np.uint8(0),
+                              force_reload=np.bool_(False))
+    assert dataset.processed_dir == str(tmp_path / 'processed' /
+                                        'train_n2_p64_s0')
+    assert [type(v) for v in (dataset.split, dataset.num_per_class,
+                              dataset.num_points, dataset.seed)] == [
+                                  str, int, int, int]
+    assert repr(dataset) == repr(train)
+    assert torch.equal(dataset._data.pos, train._data.pos)
 
 
 def test_repr(train):

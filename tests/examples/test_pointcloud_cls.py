@@ -1,7 +1,13 @@
-"""examples/pointcloud_cls.py: the smoke run every CI run makes, the model
-budgets, the flat baseline's tree and the offline ModelNet error."""
+"""examples/pointcloud_cls.py: the smoke run every CI run makes (and that it
+writes nothing into the checkout), the model budgets, the flat baseline's
+tree, batches of one cloud, and the clear errors (offline ModelNet, clouds
+of one point)."""
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +150,125 @@ def test_bad_arguments(example):
         example.parse_args(['--epochs', '0'])
     with pytest.raises(SystemExit):
         example.parse_args(['--dataset', 'ModelNet5'])
+
+
+SIZE_NAMES = ('num_points', 'num_per_class', 'num_test_per_class', 'epochs',
+              'batch_size', 'emb_dim', 'num_layers', 'heads')
+
+
+def sizes(args):
+    return {name: getattr(args, name) for name in SIZE_NAMES}
+
+
+def test_smoke_changes_only_defaults(example):
+    full = dict(num_points=256, num_per_class=40, num_test_per_class=20,
+                epochs=18, batch_size=8, emb_dim=64, num_layers=2, heads=4)
+    smoke = dict(num_points=64, num_per_class=2, num_test_per_class=1,
+                 epochs=1, batch_size=4, emb_dim=16, num_layers=1, heads=2)
+    assert sizes(example.parse_args([])) == full
+    assert sizes(example.parse_args(['--smoke'])) == smoke
+    # Explicit flags win, before or after --smoke.
+    args = example.parse_args(['--num_points', '128', '--smoke', '--heads',
+                               '4', '--batch_size', '2'])
+    assert sizes(args) == dict(smoke, num_points=128, heads=4, batch_size=2)
+    # ... also when they equal the full run's defaults.
+    args = example.parse_args(['--smoke', '--epochs', '18'])
+    assert sizes(args) == dict(smoke, epochs=18)
+    assert sizes(example.parse_args(['--num_points', '64'])) == dict(
+        full, num_points=64)
+
+
+def test_smoke_conflicts_are_clear_errors(example, capsys):
+    # The smoke width (16) does not split into 3 heads.
+    with pytest.raises(SystemExit):
+        example.parse_args(['--smoke', '--heads', '3'])
+    assert '--emb_dim (16) must be divisible by --heads (3)' in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.parse_args(['--smoke', '--dataset', 'ModelNet10'])
+    assert '--smoke with --dataset ModelNet10 needs --root' in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv', [['--num_points', '1'],
+                                  ['--smoke', '--num_points', '1']])
+def test_one_point_clouds_are_a_clear_error(example, capsys, argv):
+    with pytest.raises(SystemExit):
+        example.parse_args(argv)
+    err = capsys.readouterr().err
+    assert '--num_points must be at least 2: a cloud of one point has no ' \
+        'extent' in err
+    with pytest.raises(SystemExit):
+        example.parse_args(['--num_points', '0'])
+    assert '--num_points must be a positive integer' in \
+        capsys.readouterr().err
+
+
+def test_clouds_without_extent_are_a_clear_error(example):
+    from torch_geometric.data import Data
+
+    clouds = [Data(pos=torch.randn(5, 3), y=torch.tensor([0])),
+              Data(pos=torch.ones(4, 3), y=torch.tensor([1]))]
+    with pytest.raises(ValueError, match='cloud 1 has all its 4 point'):
+        example.hierarchies(clouds, 1)
+
+
+def test_readout_with_one_cloud(example):
+    """In training, a batch of one cloud is normalised with the running
+    statistics (it has no batch statistics) and leaves them unchanged."""
+    torch.manual_seed(0)
+    readout = example.Readout(4, 3, dropout=0.0)
+    readout.train()
+    readout(torch.randn(20, 4), torch.arange(4).repeat_interleave(5), 4)
+    mean = readout.norm.running_mean.clone()
+    h, batch = torch.randn(6, 4), torch.zeros(6, dtype=torch.long)
+    out = readout(h, batch, 1)
+    assert torch.equal(readout.norm.running_mean, mean)
+    assert bool(torch.isfinite(out).all())
+    assert torch.allclose(out, readout.eval()(h, batch, 1))
+
+
+def test_batch_size_one_runs(example, tmp_path):
+    filename = tmp_path / 'results.json'
+    out = example.main(['--smoke', '--quiet', '--root', str(tmp_path),
+                        '--device', 'cpu', '--batch_size', '1',
+                        '--filename', str(filename)])
+    assert out['args']['batch_size'] == 1
+    assert out['notes'] and '--batch_size 1' in out['notes'][0]
+    assert json.loads(filename.read_text())['notes'] == out['notes']
+    for result in out['results'].values():
+        assert 0.0 <= result['test_acc'] <= 1.0
+        assert torch.isfinite(torch.tensor(result['final_loss']))
+
+
+def git_status(*options):
+    done = subprocess.run(['git', 'status', '--porcelain', *options],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    caches = ('__pycache__', '.pytest_cache', '.hypothesis')
+    return sorted(line for line in done.stdout.splitlines()
+                  if not any(cache in line for cache in caches))
+
+
+def test_smoke_run_writes_nothing_into_the_checkout(tmp_path):
+    """The documented CI command, run from the repository root without
+    --root: it generates its data in a temporary folder (here under
+    pytest's tmp_path, through TMPDIR) and deletes it; the checkout,
+    ignored folders such as data/ included, stays as it was."""
+    if shutil.which('git') is None or not (ROOT / '.git').exists():
+        pytest.skip('not a git checkout')
+    before = git_status(), git_status('--ignored')
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE='1')
+    filename = tmp_path / 'results.json'
+    done = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--quiet',
+                           '--device', 'cpu', '--filename', str(filename)],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert '| hsa |' in done.stdout
+    assert (git_status(), git_status('--ignored')) == before
+    # The data lived in a temporary folder, now gone (PyG and torch keep
+    # generated code and caches of their own in TMPDIR).
+    root = Path(json.loads(filename.read_text())['args']['root'])
+    assert root.parent == tmp_path and root.name.startswith('pointcloud_cls_')
+    assert not root.exists()

@@ -207,15 +207,66 @@ def test_repr():
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(num_levels=0), "'num_levels' must be an integer >= 1"),
-    (dict(walk_length=2.5), "'walk_length' must be an integer >= 1"),
+    (dict(num_levels=np.int64(0)), "'num_levels' must be an integer >= 1"),
+    (dict(walk_length=0), "'walk_length' must be an integer >= 1"),
     (dict(seed=-1), "'seed' must be an integer >= 0"),
-    (dict(resolution=0), "'resolution' must be a positive number"),
-    (dict(resolution='a'), "'resolution' must be a positive number"),
-    (dict(threshold=float('nan')), "'threshold' must be a non-negative"),
+    (dict(resolution=0), "'resolution' must be a finite number > 0"),
+    (dict(resolution=np.float32('inf')), "'resolution' must be a finite"),
+    (dict(threshold=float('nan')), "'threshold' must be a finite number "
+     ">= 0"),
+    (dict(threshold=-1e-3), "'threshold' must be a finite number >= 0"),
 ])
-def test_bad_arguments(kwargs, match):
+def test_out_of_range_arguments_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GraphToHierarchy(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_levels=2.0), r"'num_levels' must be an integer >= 1 \(got "
+     r"2.0 of type float\)"),
+    (dict(num_levels=True), "'num_levels'"),
+    (dict(walk_length=2.5), "'walk_length' must be an integer >= 1"),
+    (dict(seed=np.float64(1)), "'seed' must be an integer >= 0"),
+    (dict(seed=None), "'seed'"),
+    (dict(resolution='a'), r"'resolution' must be a finite number > 0 "
+     r"\(got 'a' of type str\)"),
+    (dict(resolution=np.bool_(True)), "'resolution'"),
+    (dict(threshold=None), "'threshold'"),
+])
+def test_wrong_types_are_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        GraphToHierarchy(**kwargs)
+
+
+def test_numpy_scalars_equal_python_scalars():
+    data = random_graph(3)
+    numpy = GraphToHierarchy(num_levels=np.int64(2),
+                             resolution=np.float64(1.5),
+                             threshold=np.float32(0), walk_length=np.int8(4),
+                             seed=np.uint16(7))
+    python = GraphToHierarchy(num_levels=2, resolution=1.5, threshold=0.0,
+                              walk_length=4, seed=7)
+    assert repr(numpy) == repr(python)
+    assert [type(v) for v in vars(numpy).values()] == [int, float, float,
+                                                       int, int]
+    out, expected = numpy(data), python(data)
+    assert out.edge_types == expected.edge_types
+    for et in out.edge_types:
+        assert torch.equal(out[et].edge_index, expected[et].edge_index)
+    for nt in out.node_types:
+        if 'pe' in out[nt]:
+            assert torch.equal(out[nt].pe, expected[nt].pe)
+
+
+def test_functional_transform():
+    from torch_geometric.data.datapipes import DatasetAdapter
+
+    data = two_cliques_and_a_path()
+    out = next(iter(DatasetAdapter([data]).graph_to_hierarchy(seed=1)))
+    expected = GraphToHierarchy(seed=1)(data)
+    assert out.node_types == expected.node_types
+    for et in expected.edge_types:
+        assert torch.equal(out[et].edge_index, expected[et].edge_index)
 
 
 @pytest.mark.parametrize('data, match', [

@@ -373,16 +373,60 @@ def test_bad_arguments_raise():
         MeshToHierarchy()(HeteroData())
     with pytest.raises(TypeError, match='Data'):
         MeshToHierarchy()(GOOD_POS)
-    for value in (-1, 1.5, True, None):
-        with pytest.raises(ValueError, match="'num_levels'"):
+    # Out of range: ValueError.
+    for value in (-1, np.int64(-2)):
+        with pytest.raises(ValueError, match="'num_levels' must be an "
+                           "integer >= 0"):
             MeshToHierarchy(num_levels=value)
-    for value in (1, 0.5, float('nan'), float('inf'), '8', True):
-        with pytest.raises(ValueError, match="'patch_size'"):
+    for value in (1, 0.5, np.float32(1), float('nan'), float('inf')):
+        with pytest.raises(ValueError, match="'patch_size' must be a finite "
+                           "number > 1"):
             MeshToHierarchy(patch_size=value)
-    for value in (0.5, -1, 2**63, 2**64, True, '0'):
+    for value in (-1, 2**63, 2**64, np.uint64(2**63)):
         with pytest.raises(ValueError, match=r"'seed' must be an integer in "
                            r"\[0, 2\*\*63\)"):
             MeshToHierarchy(seed=value)
+    # Wrong type: TypeError naming the argument.
+    for value in (1.5, True, None, np.float64(2), '2'):
+        with pytest.raises(TypeError, match="'num_levels' must be an "
+                           "integer"):
+            MeshToHierarchy(num_levels=value)
+    for value in ('8', True, np.bool_(True), None, torch.tensor(8.0)):
+        with pytest.raises(TypeError, match="'patch_size' must be a finite "
+                           "number"):
+            MeshToHierarchy(patch_size=value)
+    for value in (0.5, True, '0'):
+        with pytest.raises(TypeError, match="'seed' must be an integer"):
+            MeshToHierarchy(seed=value)
+
+
+def test_numpy_scalars_equal_python_scalars():
+    data = to_data(trimesh.creation.icosphere(2))
+    numpy = MeshToHierarchy(num_levels=np.int64(2),
+                            patch_size=np.float64(6.0), seed=np.uint32(3))
+    python = MeshToHierarchy(num_levels=2, patch_size=6.0, seed=3)
+    assert repr(numpy) == repr(python)
+    assert [type(v) for v in vars(numpy).values()] == [int, float, int]
+    out, expected = numpy(data), python(data)
+    assert out.edge_types == expected.edge_types
+    for et in out.edge_types:
+        assert torch.equal(out[et].edge_index, expected[et].edge_index)
+    for nt in out.node_types:
+        if 'pe' in out[nt]:
+            assert torch.equal(out[nt].pe, expected[nt].pe)
+    # float32 patch sizes are read as their exact value.
+    assert MeshToHierarchy(patch_size=np.float32(1.5)).patch_size == 1.5
+
+
+def test_functional_transform():
+    from torch_geometric.data.datapipes import DatasetAdapter
+
+    data = to_data(trimesh.creation.icosphere(1))
+    out = next(iter(DatasetAdapter([data]).mesh_to_hierarchy(num_levels=1)))
+    expected = MeshToHierarchy(num_levels=1)(data)
+    assert out.node_types == expected.node_types
+    assert torch.equal(out['vertex', 'in', 'patch0'].edge_index,
+                       expected['vertex', 'in', 'patch0'].edge_index)
 
 
 def test_largest_seed_works():

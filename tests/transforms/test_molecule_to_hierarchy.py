@@ -1,6 +1,7 @@
 import csv
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
@@ -84,12 +85,50 @@ def test_repr_and_arguments():
     assert repr(MoleculeToHierarchy('rings', False, 4)) == (
         "MoleculeToHierarchy(fragments='rings', components=False, "
         "walk_length=4)")
-    with pytest.raises(ValueError, match="'fragments'"):
+    # Out of range: ValueError; wrong type: TypeError, both naming the
+    # argument.
+    with pytest.raises(ValueError, match="'fragments' must be one of"):
         MoleculeToHierarchy(fragments='jt')
-    with pytest.raises(ValueError, match="'walk_length'"):
+    with pytest.raises(ValueError, match="'walk_length' must be an integer "
+                       ">= 1"):
         MoleculeToHierarchy(walk_length=0)
-    with pytest.raises(TypeError, match="'components'"):
-        MoleculeToHierarchy(components='yes')
+    with pytest.raises(ValueError, match="'walk_length'"):
+        MoleculeToHierarchy(walk_length=np.int64(-3))
+    with pytest.raises(TypeError, match="'fragments' must be one of"):
+        MoleculeToHierarchy(fragments=None)
+    for value in ('yes', 1, None, torch.tensor(True)):
+        with pytest.raises(TypeError, match="'components' must be a bool"):
+            MoleculeToHierarchy(components=value)
+    for value in (2.0, True, '8', np.float64(8)):
+        with pytest.raises(TypeError, match="'walk_length' must be an "
+                           "integer >= 1"):
+            MoleculeToHierarchy(walk_length=value)
+
+
+def test_numpy_scalars_equal_python_scalars():
+    data = from_smiles('c1ccccc1CCO.[Na+]')
+    numpy = MoleculeToHierarchy(np.str_('rings'), np.bool_(False),
+                                np.int64(4))
+    python = MoleculeToHierarchy('rings', False, 4)
+    assert repr(numpy) == repr(python)
+    assert [type(v) for v in vars(numpy).values()] == [str, bool, int]
+    out, expected = numpy(data), python(data)
+    assert out.node_types == expected.node_types
+    for et in out.edge_types:
+        assert torch.equal(out[et].edge_index, expected[et].edge_index)
+    for nt in ('atom', 'fragment'):
+        assert torch.equal(out[nt].pe, expected[nt].pe)
+
+
+def test_functional_transform():
+    from torch_geometric.data.datapipes import DatasetAdapter
+
+    data = from_smiles('CCO')
+    out = next(iter(DatasetAdapter([data]).molecule_to_hierarchy()))
+    expected = MoleculeToHierarchy()(data)
+    assert out.node_types == expected.node_types
+    assert torch.equal(out['atom', 'in', 'fragment'].edge_index,
+                       expected['atom', 'in', 'fragment'].edge_index)
 
 
 def test_schema_of_a_connected_molecule():

@@ -8,12 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch_geometric.typing
 from torch_geometric.data import Data
 
 from pyg_hsa.transforms.point_cloud_to_hierarchy import PointCloudToHierarchy
 from transform_checks import check_batching, check_hierarchy
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pure_torch_knn(monkeypatch):
+    """The exact tie-break is the pure-torch kNN's; PyG's compiled one,
+    where installed, breaks ties (and treats copies) its own way."""
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_KNN', False)
 
 
 def sphere(num_points: int, seed: int = 0, dtype=torch.float) -> Data:
@@ -263,7 +271,7 @@ def knn_pairs_reference(pos, k):
     return pairs
 
 
-def test_knn_edges_and_existing_edges():
+def test_knn_edges_and_existing_edges(pure_torch_knn):
     gen = torch.Generator().manual_seed(2)
     pos = torch.randint(0, 5, (150, 3), generator=gen).float()  # ties
     edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
@@ -357,7 +365,7 @@ def test_deterministic_and_input_unchanged():
 # ------------------------------------------------------ degenerate clouds
 
 
-def test_single_point():
+def test_single_point(pure_torch_knn):
     data = Data(pos=torch.tensor([[1.0, 2.0, 3.0]]), x=torch.ones(1, 4))
     out = PointCloudToHierarchy(knn=3)(data)
     check_hierarchy(out, 'point', 'cloud', 1)
@@ -370,7 +378,7 @@ def test_single_point():
 
 
 @pytest.mark.parametrize('kwargs', [{}, {'size': 0.5}, {'num_levels': 3}])
-def test_duplicate_points(kwargs):
+def test_duplicate_points(pure_torch_knn, kwargs):
     data = Data(pos=torch.full((100, 2), 7.0), x=torch.randn(100, 4))
     out = PointCloudToHierarchy(knn=4, **kwargs)(data)
     check_hierarchy(out, 'point', 'cloud', 100)
@@ -384,7 +392,7 @@ def test_duplicate_points(kwargs):
     assert bool((knn_edges[0] != knn_edges[1]).all())
 
 
-def test_knn_on_a_scan_with_many_returns_at_the_origin():
+def test_knn_on_a_scan_with_many_returns_at_the_origin(pure_torch_knn):
     """LiDAR-like: 15,000 returns at exactly the origin. The kNN edges
     stay exact (every origin point's neighbours are the 8 smallest other
     origin indices) and cheap."""
@@ -421,6 +429,7 @@ def test_flat_cloud():
     (Data(x=torch.rand(5, 3)), ValueError, "'data.pos' is missing"),
     (Data(pos=torch.rand(5)), ValueError, r'shape \[num_points, dim\]'),
     (Data(pos=torch.rand(5, 0)), ValueError, r'shape \[num_points, dim\]'),
+    (Data(pos=[[0.0, 1.0]]), TypeError, "'data.pos' must be a tensor"),
     (Data(pos=torch.ones(5, 3, dtype=torch.long)), ValueError,
      'floating point'),
     (Data(pos=torch.rand(5, 3), pe=torch.rand(5, 2)), ValueError,
@@ -433,17 +442,87 @@ def test_bad_input(data, error, match):
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    ({'size': 0.0}, "'size'"),
+    ({'size': 0.0}, "'size' must be a finite number > 0 or None"),
+    ({'size': -1}, "'size'"),
     ({'size': float('inf')}, "'size'"),
-    ({'num_levels': -1}, "'num_levels'"),
-    ({'num_levels': 2.0}, "'num_levels'"),
+    ({'size': np.float64('nan')}, "'size'"),
+    ({'num_levels': -1}, "'num_levels' must be an integer >= 0 or None"),
+    ({'num_levels': np.int64(-1)}, "'num_levels'"),
     ({'points_per_cell': 0}, "'points_per_cell'"),
     ({'intrinsic_dim': 0}, "'intrinsic_dim'"),
     ({'knn': -2}, "'knn'"),
 ])
-def test_bad_arguments(kwargs, match):
+def test_out_of_range_arguments_are_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PointCloudToHierarchy(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    ({'size': '0.1'}, r"'size' must be a finite number > 0 or None \(got "
+     r"'0.1' of type str\)"),
+    ({'size': True}, "'size'"),
+    ({'size': torch.tensor(0.1)}, "'size'"),
+    ({'num_levels': 2.0}, r"'num_levels' must be an integer >= 0 or None "
+     r"\(got 2.0 of type float\)"),
+    ({'num_levels': np.float32(2)}, "'num_levels'"),
+    ({'num_levels': True}, "'num_levels'"),
+    ({'points_per_cell': None}, "'points_per_cell'"),
+    ({'intrinsic_dim': 2.5}, "'intrinsic_dim'"),
+    ({'knn': np.bool_(True)}, "'knn'"),
+])
+def test_wrong_types_are_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        PointCloudToHierarchy(**kwargs)
+
+
+def test_numpy_scalars_equal_python_scalars():
+    data = sphere(600)
+    numpy = PointCloudToHierarchy(size=np.float32(.1), num_levels=np.int64(2),
+                                  points_per_cell=np.float64(8),
+                                  intrinsic_dim=np.int32(3),
+                                  knn=np.uint8(4))
+    # The float32 0.1 is kept exactly: 0.10000000149011612.
+    python = PointCloudToHierarchy(size=float(np.float32(.1)), num_levels=2,
+                                   points_per_cell=8.0, intrinsic_dim=3,
+                                   knn=4)
+    assert repr(numpy) == repr(python)
+    for value in vars(numpy).values():
+        assert value is None or type(value) in (int, float)
+    out, expected = numpy(data), python(data)
+    assert_same_structure(out, expected)
+    assert out['point', 'knn', 'point'].edge_index.size(1) == 600 * 4
+    # Against the decimal 0.1 only the last bits of pe may differ.
+    assert_same_structure(out, PointCloudToHierarchy(
+        size=.1, num_levels=2, knn=4)(data), atol=1e-6)
+    default = PointCloudToHierarchy(num_levels=np.int64(2))
+    assert default.num_levels == 2 and type(default.num_levels) is int
+    assert_same_structure(default(data),
+                          PointCloudToHierarchy(num_levels=2)(data))
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'size': 0.5}, {'knn': 3},
+                                    {'num_levels': 2}])
+@pytest.mark.parametrize('shape', [(7, 0), (1, 0), (0, 0)])
+def test_points_without_coordinates(kwargs, shape):
+    """``pos [M, 0]`` is refused up front, whatever the options (it used
+    to reach a reshape deep inside the transform)."""
+    with pytest.raises(ValueError) as info:
+        PointCloudToHierarchy(**kwargs)(Data(pos=torch.empty(shape)))
+    message = str(info.value)
+    assert "'data.pos'" in message
+    assert 'shape [num_points, dim] with dim >= 1' in message
+    assert f'got {list(shape)}' in message
+
+
+def test_functional_transform():
+    from torch_geometric.data.datapipes import DatasetAdapter
+
+    assert hasattr(DatasetAdapter([]), 'point_cloud_to_hierarchy')
+    clouds = [sphere(100, seed) for seed in range(2)]
+    pipe = DatasetAdapter(clouds).point_cloud_to_hierarchy(num_levels=1)
+    for out, data in zip(pipe, clouds):
+        assert_same_structure(out,
+                              PointCloudToHierarchy(num_levels=1)(data))
 
 
 @pytest.mark.parametrize('extra,wrong', [

@@ -1,13 +1,23 @@
-"""The pure-torch geometry kernels against brute-force references (test-only
-loops over points are fine here)."""
+"""The pure-torch kNN against brute-force references (test-only loops over
+points are fine here), and the hand-over to PyG's compiled kernel."""
+import doctest
+
 import numpy as np
 import pytest
 import torch
 
 import torch_geometric.nn
 import torch_geometric.typing
-from pyg_hsa.utils import geometry
-from pyg_hsa.utils.geometry import fps, knn, knn_graph, voxel_grid
+from pyg_hsa.utils import _knn_brute_force, geometry
+from pyg_hsa.utils.geometry import knn, knn_graph
+
+
+@pytest.fixture(autouse=True)
+def pure_torch(monkeypatch):
+    """Every test runs the pure-torch search, also where pyg-lib is
+    installed (its kernel breaks exact ties its own way); the dispatch
+    tests switch the flag back on."""
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_KNN', False)
 
 
 @pytest.fixture(params=['brute', 'kd_tree'])
@@ -52,75 +62,6 @@ def lattice(n, dim, side, generator):
     """Random points of a small integer lattice: many exact ties and
     duplicates."""
     return torch.randint(0, side, (n, dim), generator=generator).float()
-
-
-# ---------------------------------------------------------------- voxel grid
-
-
-def voxel_reference(pos, size, batch, start, end):
-    """The grid-cluster arithmetic of torch_cluster / pyg-lib, as loops."""
-    pos = np.concatenate([pos.numpy(), batch.numpy()[:, None]], axis=1)
-    size = list(size) + [1.0]
-    start = pos.min(0) if start is None else list(start) + [0.0]
-    end = pos.max(0) if end is None else list(end) + [batch.max().item()]
-    ids = []
-    for p in pos:
-        cluster, stride = 0, 1
-        for d in range(pos.shape[1]):
-            cluster += int((p[d] - start[d]) / size[d]) * stride
-            stride *= int((end[d] - start[d]) / size[d]) + 1
-        ids.append(cluster)
-    return ids
-
-
-def test_voxel_grid_known_values():
-    pos = torch.tensor([[0., 0.], [11., 9.], [2., 8.], [2., 2.], [8., 3.]])
-    assert voxel_grid(pos, size=5).tolist() == [0, 5, 3, 0, 1]
-    batch = torch.tensor([0, 0, 0, 1, 1])
-    assert voxel_grid(pos, 5, batch).tolist() == [0, 5, 3, 6, 7]
-    assert voxel_grid(pos, 5, batch, start=-1,
-                      end=[18, 14]).tolist() == [0, 10, 4, 16, 17]
-
-
-@pytest.mark.parametrize('dim', [1, 2, 3])
-def test_voxel_grid_random(dim):
-    gen = torch.Generator().manual_seed(dim)
-    pos = torch.rand(200, dim, generator=gen, dtype=torch.float64) * 10
-    batch = torch.sort(torch.randint(0, 4, (200, ), generator=gen)).values
-    size = [0.7, 1.3, 2.0][:dim]
-    assert voxel_grid(pos, size, batch).tolist() == voxel_reference(
-        pos, size, batch, None, None)
-    start, end = [-1.0] * dim, [12.0] * dim
-    assert voxel_grid(pos, size, batch, start, end).tolist() == \
-        voxel_reference(pos, size, batch, start, end)
-    # Points in one voxel share an id, and different voxels differ.
-    cell = np.floor((pos.numpy() - pos.numpy().min(0)) / size).astype(int)
-    keys = [tuple(c) + (b, ) for c, b in zip(cell, batch.tolist())]
-    ids = voxel_grid(pos, size, batch).tolist()
-    assert len(set(keys)) == len(set(ids)) == len(set(zip(keys, ids)))
-
-
-def test_voxel_grid_one_dimensional_and_empty():
-    pos = torch.tensor([0.0, 0.4, 1.2, 3.9])
-    assert voxel_grid(pos, 1.0).tolist() == [0, 0, 1, 3]
-    assert voxel_grid(pos.view(-1, 1), 1.0).tolist() == [0, 0, 1, 3]
-    assert voxel_grid(torch.empty(0, 3), 1.0).tolist() == []
-
-
-def test_voxel_grid_errors():
-    pos = torch.rand(5, 2)
-    with pytest.raises(ValueError, match="'size' must be positive"):
-        voxel_grid(pos, 0.0)
-    with pytest.raises(ValueError, match="'size' must be a number or have"):
-        voxel_grid(pos, [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match='NaN'):
-        voxel_grid(torch.tensor([[0.0, float('nan')]]), 1.0)
-    with pytest.raises(ValueError, match="'batch' must have shape"):
-        voxel_grid(pos, 1.0, torch.zeros(4, dtype=torch.long))
-    with pytest.raises(TypeError, match="'batch' must be an integer"):
-        voxel_grid(pos, 1.0, torch.zeros(5))
-    with pytest.raises(TypeError, match='floating point'):
-        voxel_grid(torch.ones(5, 2, dtype=torch.long), 1.0)
 
 
 # ------------------------------------------------------- k nearest neighbours
@@ -194,7 +135,7 @@ def test_knn_kd_tree_equals_brute_force_at_scale(monkeypatch):
     x = torch.cat([lattice(900, 3, 6, gen), torch.rand(600, 3,
                                                        generator=gen)])
     batch = torch.sort(torch.randint(0, 2, (1500, ), generator=gen)).values
-    monkeypatch.setattr(geometry, 'BLOCK_ENTRIES', 1 << 16)
+    monkeypatch.setattr(_knn_brute_force, 'BLOCK_ENTRIES', 1 << 16)
     monkeypatch.setattr(geometry, 'KD_TREE_MIN_PAIRS', 1 << 62)
     graph = knn_graph(x, 12, batch)
     pairs = knn(x, x[::7], 12, batch, batch[::7])
@@ -251,7 +192,7 @@ def test_knn_kd_tree_with_copies_equals_brute_force_at_scale(monkeypatch):
     graphs = [knn_graph(x, k, batch) for k in (3, 20)]
     pairs = knn(x, x[::5] + 0.5, 9, batch, batch[::5])
     monkeypatch.setattr(geometry, 'KD_TREE_MIN_PAIRS', 1)
-    monkeypatch.setattr(geometry, 'BLOCK_ENTRIES', 1 << 9)
+    monkeypatch.setattr(_knn_brute_force, 'BLOCK_ENTRIES', 1 << 9)
     for k, graph in zip((3, 20), graphs):
         assert torch.equal(knn_graph(x, k, batch), graph)
     assert torch.equal(knn(x, x[::5] + 0.5, 9, batch, batch[::5]), pairs)
@@ -281,12 +222,34 @@ def test_knn_graph_of_copies_is_fast_and_exact():
                        20 * torch.arange(k).repeat(20))
 
 
+def test_numpy_integers_and_flags():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(40, 3, generator=gen)
+    batch = torch.randint(0, 2, (40, ), generator=gen)
+    assert torch.equal(knn(x, x[:9], np.int64(3), batch, batch[:9]),
+                       knn(x, x[:9], 3, batch, batch[:9]))
+    assert torch.equal(knn_graph(x, np.int32(4), batch, np.bool_(True)),
+                       knn_graph(x, 4, batch, True))
+
+
 def test_knn_errors():
     x = torch.rand(5, 3)
-    with pytest.raises(ValueError, match="'k' must be a positive integer"):
+    with pytest.raises(ValueError, match="'k' must be an integer >= 1"):
         knn(x, x, 0)
-    with pytest.raises(ValueError, match="'k' must be a positive integer"):
+    with pytest.raises(TypeError, match="'k' must be an integer >= 1"):
         knn_graph(x, 2.5)
+    with pytest.raises(TypeError, match="'k' must be an integer"):
+        knn(x, x, True)
+    with pytest.raises(TypeError, match="'loop' must be a bool"):
+        knn_graph(x, 2, loop=1)
+    with pytest.raises(TypeError, match="'flow' must be one of"):
+        knn_graph(x, 2, flow=None)
+    with pytest.raises(TypeError, match="'x' must be a tensor"):
+        knn([[0.0, 1.0]], x, 2)
+    with pytest.raises(TypeError, match="'batch' must be an integer tensor"):
+        knn_graph(x, 2, torch.zeros(5))
+    with pytest.raises(TypeError, match='floating point'):
+        knn_graph(torch.ones(5, 3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match='same number of dimensions'):
         knn(x, torch.rand(5, 2), 2)
     with pytest.raises(ValueError, match="'y' contains NaN"):
@@ -297,105 +260,56 @@ def test_knn_errors():
         knn(x, x, 2, None, torch.tensor([0, 0, -1, 0, 0]))
     with pytest.raises(ValueError, match="'flow' must be"):
         knn_graph(x, 2, flow='up')
+    with pytest.raises(ValueError, match="'batch' must have shape"):
+        knn_graph(x, 2, torch.zeros(4, dtype=torch.long))
 
 
-# ------------------------------------------------- farthest point sampling
+def test_docstring_examples():
+    result = doctest.testmod(geometry, extraglobs={'torch': torch})
+    assert result.attempted >= 2 and result.failed == 0
 
 
-def fps_reference(x, ratio, batch):
-    """Farthest point sampling example by example, first point first."""
-    x = x.double().numpy()
-    out = []
-    for b in range(int(batch.max()) + 1):
-        members = (batch == b).nonzero().view(-1).numpy()
-        if members.size == 0:
-            continue
-        pts = x[members]
-        num = int(np.ceil(members.size * ratio))
-        nearest = np.full(members.size, np.inf)
-        chosen = [0]
-        while len(chosen) < num:
-            dist = squared_distances(pts[chosen[-1]][None], pts)[0]
-            nearest = np.minimum(nearest, dist)
-            nearest[chosen] = -1
-            chosen.append(int(np.argmax(nearest)))
-        out += members[chosen].tolist()
-    return out
+# ------------------------------------------------- dispatch to PyG's kernel
 
 
-@pytest.mark.parametrize('ratio', [0.05, 0.3, 1.0])
-def test_fps_matches_reference(ratio):
-    gen = torch.Generator().manual_seed(3)
-    x = torch.rand(200, 3, generator=gen)
-    batch = torch.randint(0, 3, (200, ), generator=gen)
-    batch[batch == 2] = 4  # examples 2 and 3 are empty
-    out = fps(x, ratio, batch)
-    assert out.tolist() == fps_reference(x, ratio, batch)
-    counts = torch.bincount(batch, minlength=5)
-    assert torch.equal(torch.bincount(batch[out], minlength=5),
-                       torch.ceil(counts * ratio).long())
-    assert out.unique().numel() == out.numel()
-    assert fps(x, ratio).tolist() == fps_reference(
-        x, ratio, torch.zeros(200, dtype=torch.long))
-
-
-def test_fps_ties_and_duplicates():
-    # A square: from corner 0 the farthest is 3, then 1 and 2 tie.
-    x = torch.tensor([[0., 0.], [1., 0.], [0., 1.], [1., 1.]])
-    assert fps(x, 1.0).tolist() == [0, 3, 1, 2]
-    # Duplicates are never sampled twice.
-    dup = torch.zeros(6, 3)
-    assert sorted(fps(dup, 0.5).tolist()) == [0, 1, 2]
-    assert fps(x[:0], 0.5).tolist() == []
-
-
-def test_fps_random_start():
-    x = torch.rand(50, 2)
-    batch = torch.tensor([0] * 20 + [1] * 30)
-    torch.manual_seed(1)
-    first = fps(x, 0.2, batch, random_start=True)
-    torch.manual_seed(1)
-    assert torch.equal(fps(x, 0.2, batch, random_start=True), first)
-    assert batch[first].tolist() == [0] * 4 + [1] * 6
-    # After its start, every example follows the farthest-point rule.
-    sub = x[20:]
-    start = int(first[4]) - 20
-    order = [start]
-    nearest = torch.full((30, ), float('inf'), dtype=torch.float64)
-    for _ in range(5):
-        nearest = torch.minimum(
-            nearest, ((sub.double() - sub[order[-1]].double())**2).sum(1))
-        nearest[order] = -1
-        order.append(int(nearest.argmax()))
-    assert (first[4:] - 20).tolist() == order
-
-
-def test_fps_errors():
-    x = torch.rand(5, 3)
-    with pytest.raises(TypeError, match='argument order'):
-        fps(x, torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"'ratio' must be in \(0, 1\]"):
-        fps(x, 1.5)
-    with pytest.raises(ValueError, match=r"'ratio' must be in \(0, 1\]"):
-        fps(x, 0.0)
-
-
-# ------------------------------------------------- dispatch to PyG kernels
-
-
-@pytest.mark.parametrize('flag,name,call', [
-    ('WITH_GRID_CLUSTER', 'voxel_grid', lambda x: voxel_grid(x, 0.5)),
-    ('WITH_KNN', 'knn', lambda x: knn(x, x, 2)),
-    ('WITH_KNN', 'knn_graph', lambda x: knn_graph(x, 2)),
-    ('WITH_FPS', 'fps', lambda x: fps(x, 0.5)),
-])
-def test_dispatch_to_pyg(monkeypatch, flag, name, call):
+def record_pyg(monkeypatch, name):
+    """Replaces PyG's kernel :obj:`name` by a recorder."""
     calls = []
-    monkeypatch.setattr(torch_geometric.typing, flag, True)
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_KNN', True)
     monkeypatch.setattr(torch_geometric.nn, name,
                         lambda *args: calls.append(args) or 'pyg')
+    return calls
+
+
+@pytest.mark.parametrize('name,call', [
+    ('knn', lambda x, b: knn(x, x, np.int64(2), b, b)),
+    ('knn_graph', lambda x, b: knn_graph(x, np.int64(2), b)),
+])
+def test_dispatch_to_pyg(monkeypatch, name, call):
+    calls = record_pyg(monkeypatch, name)
     x = torch.rand(4, 3)
-    assert call(x) == 'pyg'
-    assert len(calls) == 1 and calls[0][0] is x
-    if name == 'fps':  # PyG's order: x, batch, ratio, random_start
-        assert calls[0][1:] == (None, 0.5, False)
+    assert call(x, None) == 'pyg'
+    assert call(x, torch.tensor([0, 0, 1, 1])) == 'pyg'
+    assert len(calls) == 2 and calls[0][0] is x
+    assert type(calls[0][1 if name == 'knn_graph' else 2]) is int
+    if name == 'knn_graph':
+        assert calls[0][3:] == (False, 'source_to_target')
+
+
+@pytest.mark.parametrize('name,call', [
+    ('knn', lambda x, b: knn(x, x, 2, b, b)),
+    ('knn_graph', lambda x, b: knn_graph(x, 2, b)),
+])
+def test_unsorted_batches_stay_in_pure_torch(monkeypatch, name, call):
+    """PyG's kernel needs sorted batch vectors; ours takes any order."""
+    calls = record_pyg(monkeypatch, name)
+    x = torch.rand(6, 3)
+    batch = torch.tensor([1, 0, 1, 0, 1, 0])
+    out = call(x, batch)
+    assert calls == [] and isinstance(out, torch.Tensor)
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_KNN', False)
+    assert torch.equal(out, call(x, batch))
+    # Argument errors come first, whichever search runs.
+    monkeypatch.setattr(torch_geometric.typing, 'WITH_KNN', True)
+    with pytest.raises(ValueError, match="'k'"):
+        knn_graph(x, 0)
