@@ -1,6 +1,7 @@
 """Dataset transforms that turn molecules, point clouds, meshes, graphs and
 sequences into multi-scale hierarchies (``HeteroData`` in the package's
 schema), for ``dataset.transform`` / ``pre_transform``."""
+from pyg_hsa.transforms.brackets_to_hierarchy import BracketsToHierarchy
 from pyg_hsa.transforms.graph_to_hierarchy import GraphToHierarchy
 from pyg_hsa.transforms.mesh_to_hierarchy import MeshToHierarchy
 from pyg_hsa.transforms.molecule_to_hierarchy import MoleculeToHierarchy
@@ -13,4 +14,5 @@ __all__ = [
     'MeshToHierarchy',
     'GraphToHierarchy',
     'SequenceToHierarchy',
+    'BracketsToHierarchy',
 ]
