@@ -7,7 +7,7 @@ should name). ``tests/test_bad_inputs.py`` runs every case and requires a
 :class:`ValueError` or :class:`TypeError` whose message contains those
 words (or, for a case that lists none, names something in quotes).
 
-Running the script prints the README's table "input -> what happens" from
+Running the script prints the table of docs/bad_inputs.md, "input -> what happens" from
 the errors actually raised::
 
     python docs/bad_inputs.py [--out FILE]
@@ -41,15 +41,19 @@ class Case(NamedTuple):
     trigger: Callable[[], object]
     #: Words the error message must contain.
     names: Tuple[str, ...] = ()
+    #: The exception it must raise: a TypeError for a wrong type, a
+    #: ValueError for a wrong value, FileNotFoundError / FileExistsError
+    #: for missing or half-written files.
+    error: type = ValueError
 
 
 CASES: List[Case] = []
 
 
-def case(description: str, *names: str):
+def case(description: str, *names: str, error: type = ValueError):
     """Registers the decorated function as a :class:`Case`."""
     def register(trigger: Callable[[], object]):
-        CASES.append(Case(description, trigger, names))
+        CASES.append(Case(description, trigger, names, error))
         return trigger
 
     return register
@@ -169,13 +173,13 @@ def _():
     Tree.from_parent(torch.tensor([2, 2, -1, -1]), num_leaves=2)
 
 
-@case('floating-point parent vector', "'parent'", 'integer')
+@case('floating-point parent vector', "'parent'", 'integer', error=TypeError)
 def _():
     from pyg_hsa import Tree
     Tree.from_parent(torch.tensor([3.0, 3.0, 3.0, -1.0]))
 
 
-@case('parent vector as a Python list', "'parent'", 'LongTensor')
+@case('parent vector as a Python list', "'parent'", 'LongTensor', error=TypeError)
 def _():
     from pyg_hsa import Tree
     Tree.from_parent([3, 3, 3, -1])
@@ -257,7 +261,7 @@ def _():
 
 
 @case('floating-point nesting edge_index', 'edge_index', "'atom'",
-      'integer')
+      'integer', error=TypeError)
 def _():
     data = molecule()
     data['atom', 'in', 'fragment'].edge_index = torch.tensor(
@@ -290,7 +294,7 @@ def _():
 
 
 @case('hierarchy given as a parent tensor to Tree.from_hetero', "'data'",
-      'HeteroData')
+      'HeteroData', error=TypeError)
 def _():
     tree_of(PARENT)
 
@@ -346,14 +350,14 @@ def _():
     hsa_attention(*qkv(), PARENT, pos=torch.randn(4, 3, 2))
 
 
-@case('integer q', "'q'", 'floating-point')
+@case('integer q', "'q'", 'floating-point', error=TypeError)
 def _():
     from pyg_hsa import hsa_attention
     q, k, v = qkv()
     hsa_attention(q.long(), k, v, PARENT)
 
 
-@case('integer pos', "'pos'", 'floating-point')
+@case('integer pos', "'pos'", 'floating-point', error=TypeError)
 def _():
     from pyg_hsa import hsa_attention
     hsa_attention(*qkv(), PARENT, pos=torch.zeros(4, 2, dtype=torch.long))
@@ -366,7 +370,7 @@ def _():
     hsa_attention(q, k.to('meta'), v, PARENT)
 
 
-@case('tree given as a Python list', "'tree'")
+@case('tree given as a Python list', "'tree'", error=TypeError)
 def _():
     from pyg_hsa import hsa_attention
     hsa_attention(*qkv(), [3, 3, 3, -1])
@@ -449,7 +453,7 @@ def _():
     conv()(data.x_dict, tree_of(data))
 
 
-@case('float64 features for a float32 layer', "'x['atom']'", 'dtype')
+@case('float64 features for a float32 layer', "'x['atom']'", 'dtype', error=TypeError)
 def _():
     data = molecule()
     data['atom'].x = data['atom'].x.double()
@@ -457,7 +461,7 @@ def _():
 
 
 @case('integer (un-embedded) atom features', "'x['atom']'",
-      'floating-point')
+      'floating-point', error=TypeError)
 def _():
     data = molecule()
     data['atom'].x = data['atom'].x.long()
@@ -525,7 +529,7 @@ def _():
 
 
 @case('features as a Python list (tree given as nesting edges)',
-      "'x['atom']'", 'tensor')
+      "'x['atom']'", 'tensor', error=TypeError)
 def _():
     data = molecule()
     conv()(dict(data.x_dict, atom=[[0.0] * 4] * 3), data.edge_index_dict)
@@ -677,7 +681,7 @@ def _temporary_root():
 
 
 @case('OGB dataset that is not on disk (no downloads)', 'ogbg-molhiv',
-      'cannot be downloaded')
+      'cannot be downloaded', error=FileNotFoundError)
 def _():
     from pyg_hsa.datasets.ogb import load_ogbg_dataset
     with _temporary_root() as root:
@@ -685,7 +689,7 @@ def _():
 
 
 @case('OGB dataset folder without RELEASE_v1.txt', 'RELEASE_v1.txt',
-      'delete it')
+      'delete it', error=FileNotFoundError)
 def _():
     from pyg_hsa.datasets.ogb import load_ogbg_dataset
     with _temporary_root() as root:
@@ -693,7 +697,7 @@ def _():
         load_ogbg_dataset('ogbg-molhiv', root)
 
 
-@case('half-built ogbg-molfreesolv folder', 'delete the folder')
+@case('half-built ogbg-molfreesolv folder', 'delete the folder', error=FileExistsError)
 def _():
     from pyg_hsa.datasets.ogb import build_ogbg_molfreesolv
     with _temporary_root() as root:

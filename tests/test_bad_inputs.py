@@ -1,5 +1,6 @@
-"""Every bad input of docs/bad_inputs.py raises a ValueError or TypeError
-(nothing else, never no error) whose message names what is wrong."""
+"""Every bad input of docs/bad_inputs.py raises exactly the exception type
+its case names (ValueError unless said otherwise; never no error) with a
+message that names what is wrong."""
 import importlib.util
 import re
 from pathlib import Path
@@ -18,11 +19,12 @@ _spec.loader.exec_module(bad_inputs)
 def test_bad_input_raises_a_clear_error(entry):
     description, trigger = entry[0], entry[1]
     names = entry[2] if len(entry) > 2 else ()
-    # Files that are missing or half-written raise Python's own
-    # FileNotFoundError / FileExistsError (with the path and what to do).
-    with pytest.raises((ValueError, TypeError, FileNotFoundError,
-                        FileExistsError)) as info:
+    error = entry[3] if len(entry) > 3 else ValueError
+    with pytest.raises(Exception) as info:
         trigger()
+    assert type(info.value) is error, (
+        f'{description}: expected {error.__name__}, got '
+        f'{type(info.value).__name__}: {info.value}')
     message = str(info.value)
     assert message, f'{description}: empty message'
     for name in names:
@@ -53,8 +55,8 @@ def test_the_table_lists_every_case(capsys, tmp_path):
     assert len(printed.splitlines()) == 2 + len(bad_inputs.CASES)
 
 
-def test_readme_table_is_the_generated_one():
-    """The README's "input -> what happens" table is this script's output
-    (regenerate it with ``python docs/bad_inputs.py``)."""
-    readme = (ROOT / 'README.md').read_text()
-    assert bad_inputs.markdown_table() in readme
+def test_docs_table_is_the_generated_one():
+    """docs/bad_inputs.md's "input -> what happens" table is this script's
+    output (regenerate it with ``python docs/bad_inputs.py``)."""
+    page = (ROOT / 'docs' / 'bad_inputs.md').read_text()
+    assert bad_inputs.markdown_table() in page
