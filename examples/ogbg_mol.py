@@ -19,37 +19,21 @@ best-validation weights and the target scaling) is written atomically after
 every epoch (``--checkpoint``); ``--resume`` continues from it.
 """
 import argparse
-import json
-import os
 import os.path as osp
-import random
-import sys
-import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from ogb.graphproppred import Evaluator
+from ogbg_mol_models import MODELS, MolecularBatch, MolecularNet
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 from tqdm import tqdm
+from training import Distributed, fit, seed_everything, write_result
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from ogbg_mol_models import (  # noqa: E402
-    MODELS,
-    MolecularBatch,
-    MolecularNet,
-    count_parameters,
-)
-
-from pyg_hsa.datasets.ogb import FREESOLV, load_ogbg_dataset  # noqa: E402
-from pyg_hsa.transforms import MoleculeToHierarchy  # noqa: E402
-from pyg_hsa.transforms.molecule_to_hierarchy import (  # noqa: E402
-    FRAGMENT_SCHEMES,
-)
-from pyg_hsa.utils.io import atomic_save  # noqa: E402
+from pyg_hsa.datasets.ogb import FREESOLV, load_ogbg_dataset
+from pyg_hsa.transforms import MoleculeToHierarchy
+from pyg_hsa.transforms.molecule_to_hierarchy import FRAGMENT_SCHEMES
 
 DEFAULT_ROOT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
                         'datasets')
@@ -102,69 +86,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.resume and not args.checkpoint:
         parser.error('--resume needs --checkpoint (or --filename)')
     return args
-
-
-class Distributed:
-    """The process group when launched by torchrun (``WORLD_SIZE > 1``),
-    a single process otherwise. On GPUs every rank uses its own device
-    (``--device`` + local rank), with nccl for CUDA tensors and gloo for
-    the small CPU collectives."""
-    def __init__(self, use_cuda: bool, first_device: int = 0):
-        self.world_size = int(os.environ.get('WORLD_SIZE', 1))
-        self.rank = int(os.environ.get('RANK', 0))
-        self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        self.device = torch.device('cpu')
-        if use_cuda:
-            self.device = torch.device('cuda', first_device + self.local_rank)
-            torch.cuda.set_device(self.device)
-        if self.enabled and not dist.is_initialized():
-            if use_cuda:
-                dist.init_process_group('cpu:gloo,cuda:nccl',
-                                        device_id=self.device)
-            else:
-                dist.init_process_group('gloo')
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, items: list) -> list:
-        """Every rank's list, concatenated in rank order, on all ranks."""
-        if not self.enabled:
-            return items
-        out: List[list] = [None] * self.world_size
-        dist.all_gather_object(out, items)
-        return [item for part in out for item in part]
-
-    def share_buffers(self, module: torch.nn.Module):
-        """Rank 0's buffers (BatchNorm statistics) on every rank: DDP syncs
-        them only at the start of a forward, so after training each rank
-        would otherwise evaluate with its own last batch's statistics."""
-        if self.enabled:
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
-
-    def sum(self, *values: float) -> List[float]:
-        """The sums of :obj:`values` over all ranks."""
-        if not self.enabled:
-            return list(values)
-        total = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(total)
-        return total.tolist()
-
-    def close(self):
-        if self.enabled:
-            dist.destroy_process_group()
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def load_splits(args):
@@ -251,20 +172,13 @@ def evaluate(net, dataset, index, args, evaluator, scale, device,
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     ctx = Distributed(torch.cuda.is_available(), args.device)
-    device = ctx.device
-    show = ctx.main and sys.stderr.isatty()
+    device, show = ctx.device, ctx.show_progress
     seed_everything(args.seed)
 
-    # Rank 0 builds and caches the dataset first, then the others load it.
-    if ctx.enabled and not ctx.main:
-        dist.barrier()
-    dataset, split = load_splits(args)
-    if ctx.enabled and ctx.main:
-        dist.barrier()
+    dataset, split = ctx.first_then_others(lambda: load_splits(args))
     evaluator = Evaluator(args.dataset)
     task_type = dataset.task_type
     scale = regression_scale(dataset, split['train'], task_type)
-    higher_better = evaluator.eval_metric not in ('rmse', 'mae')
 
     pos_channels = None
     if args.model == 'hsa' and not args.no_pe:
@@ -288,104 +202,30 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         shuffle=sampler is None, sampler=sampler,
                         generator=generator, num_workers=args.num_workers)
 
-    state = {'epoch': 0, 'curves': {'loss': [], 'valid': [], 'test': [],
-                                    'seconds': []},
-             'best': None}
-    best_model = None  # the weights of the best validation epoch
-    if args.resume:
-        state, best_model = resume(args, net, optimizer, generator, ctx)
-
-    for epoch in range(state['epoch'] + 1, args.epochs + 1):
+    def train(epoch: int) -> float:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        start = time.perf_counter()
-        loss = train_epoch(model, net, loader, optimizer, device, task_type,
+        return train_epoch(model, net, loader, optimizer, device, task_type,
                            scale, ctx, show)
-        seconds = time.perf_counter() - start
-        ctx.share_buffers(net)  # evaluate (and save) rank 0's model
-        valid = evaluate(net, dataset, split['valid'], args, evaluator,
-                         scale, device, ctx, show)
-        test = evaluate(net, dataset, split['test'], args, evaluator, scale,
-                        device, ctx, show)
-        curves = state['curves']
-        for key, value in (('loss', loss), ('valid', valid), ('test', test),
-                           ('seconds', seconds)):
-            curves[key].append(value)
-        best = state['best']
-        if best is None or np.isnan(best['valid']) or (
-                valid > best['valid'] if higher_better
-                else valid < best['valid']):
-            state['best'] = {'epoch': epoch, 'valid': valid, 'test': test}
-            best_model = {k: v.detach().clone()
-                          for k, v in net.state_dict().items()}
-        state['epoch'] = epoch
-        if ctx.main:
-            print(f'Epoch {epoch:3d}  loss {loss:.4f}  valid '
-                  f'{evaluator.eval_metric} {valid:.4f}  test {test:.4f}  '
-                  f'({seconds:.2f} s)', flush=True)
-            if args.checkpoint:
-                atomic_save({'args': vars(args), 'state': state,
-                             'model': net.state_dict(),
-                             'optimizer': optimizer.state_dict(),
-                             'generator': generator.get_state(),
-                             'torch_rng': torch.get_rng_state(),
-                             'best_model': best_model,
-                             'target_scale': scale},
-                            args.checkpoint)
 
-    best = state['best']
-    result = {
-        'args': vars(args), 'dataset': args.dataset,
-        'metric': evaluator.eval_metric, 'num_params': count_parameters(net),
-        'world_size': ctx.world_size, 'best_epoch': best['epoch'],
-        'target_scale': list(scale),
-        'valid': best['valid'], 'test': best['test'],
-        'seconds_per_epoch': float(np.mean(state['curves']['seconds'])),
-        'curves': state['curves'],
-    }
-    if ctx.main:
-        print(f"Best validation {evaluator.eval_metric} {best['valid']:.4f} "
-              f"at epoch {best['epoch']}; test {best['test']:.4f}")
-        if args.filename:
-            with open(args.filename + '.tmp', 'w') as f:
-                json.dump(result, f, indent=1)
-            os.replace(args.filename + '.tmp', args.filename)
+    def score(name: str) -> float:
+        return evaluate(net, dataset, split[name], args, evaluator, scale,
+                        device, ctx, show)
+
+    result = fit(args, net, optimizer, generator, ctx, train, score,
+                 evaluator.eval_metric,
+                 higher_better=evaluator.eval_metric not in ('rmse', 'mae'),
+                 checked_args=CHECKED_ARGS, extra={'target_scale': scale})
+    result.update(dataset=args.dataset, target_scale=list(scale))
+    write_result(result, args.filename, ctx)
     ctx.close()
     return result
 
 
-def resume(args, net, optimizer, generator, ctx: Distributed):
-    """Restores model, optimiser and random state from the checkpoint and
-    returns the training state and the best weights so far; training
-    continues at the epoch after the saved one. (Exact for one process;
-    under DDP every rank restarts from rank 0's random state.)"""
-    if not osp.exists(args.checkpoint):
-        raise FileNotFoundError(f"--resume: no checkpoint at "
-                                f"'{args.checkpoint}'")
-    try:
-        saved = torch.load(args.checkpoint, map_location='cpu')
-        keys = ('args', 'state', 'model', 'optimizer', 'generator',
-                'torch_rng', 'best_model')
-        if not isinstance(saved, dict) or any(k not in saved for k in keys):
-            raise ValueError('missing entries')
-    except Exception as error:
-        raise RuntimeError(f"--resume: '{args.checkpoint}' is not a "
-                           f"readable checkpoint of this script ({error}); "
-                           f"delete it to start over") from error
-    for key in ('dataset', 'model', 'hierarchy', 'no_pe', 'num_layers',
+# A checkpoint made with other values of these is refused by --resume.
+CHECKED_ARGS = ('dataset', 'model', 'hierarchy', 'no_pe', 'num_layers',
                 'emb_dim', 'heads', 'lr', 'batch_size', 'drop_ratio', 'seed',
-                'max_graphs'):
-        if saved['args'].get(key) != getattr(args, key):
-            raise ValueError(f"--resume: the checkpoint was made with "
-                             f"--{key} {saved['args'][key]}, not "
-                             f"{getattr(args, key)}")
-    net.load_state_dict(saved['model'])
-    optimizer.load_state_dict(saved['optimizer'])
-    generator.set_state(saved['generator'])
-    torch.set_rng_state(saved['torch_rng'])
-    if ctx.main:
-        print(f"Resuming after epoch {saved['state']['epoch']}", flush=True)
-    return saved['state'], saved['best_model']
+                'max_graphs')
 
 
 if __name__ == '__main__':

@@ -174,7 +174,3 @@ class MolecularNet(torch.nn.Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.model!r}, '
                 f'num_layers={self.num_layers})')
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_hsa_smoke(tmp_path):
     out = tmp_path / 'table.md'
     plot = tmp_path / 'plot.png'
@@ -37,6 +40,7 @@ def test_bench_hsa_smoke(tmp_path):
     assert plot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_ogbg_mol_results_smoke(tmp_path, freesolv_root):
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     import ogbg_mol_results

@@ -4,12 +4,14 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 
 from transform_checks import package_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_make_pictures(tmp_path):
     package_file('pyvista', 'examples', 'ant.ply')  # the data it draws
     subprocess.run([sys.executable, str(ROOT / 'docs' / 'make_pictures.py'),

@@ -118,6 +118,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(freesolv_root, tmp_path):
     filename = str(tmp_path / 'ddp.json')
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
@@ -178,6 +179,7 @@ def _fixed_model_metric(root):
                              torch.device('cpu'), ctx, show=False)
 
 
+@pytest.mark.slow
 def test_ddp_metric_equals_single_process(freesolv_root):
     """Sharded evaluation gathered over two processes scores exactly the
     predictions one process makes (64 molecules, odd shards of 8)."""

@@ -250,6 +250,7 @@ def git_status(*options):
                   if not any(cache in line for cache in caches))
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_nothing_into_the_checkout(tmp_path):
     """The documented CI command, run from the repository root without
     --root: it generates its data in a temporary folder (here under

@@ -567,6 +567,7 @@ def test_repr():
 # -------------------------------------------------------------- benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / 'times.json'
     done = subprocess.run([
