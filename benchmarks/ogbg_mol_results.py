@@ -30,7 +30,8 @@ HERE = osp.dirname(osp.abspath(__file__))
 EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
-from ogbg_mol_models import MODELS, MolecularNet, count_parameters  # noqa
+from ogbg_mol_models import MODELS, MolecularNet  # noqa
+from training import count_parameters  # noqa
 
 # MoleculeToHierarchy's pe widths with walk_length=8 (atom, fragment,
 # component); only used to count the HSA model's parameters.

@@ -107,7 +107,8 @@ def count_parameters(module: torch.nn.Module) -> int:
 def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
         ctx: Distributed, train_epoch: Callable[[int], float],
         evaluate: Callable[[str], float], metric: str, higher_better: bool,
-        checked_args: Sequence[str], extra: Optional[Dict] = None) -> Dict:
+        checked_args: Sequence[str], extra: Optional[Dict] = None,
+        test_every_epoch: bool = True) -> Dict:
     """Epochs ``1 .. args.epochs`` (continuing after the checkpoint's with
     ``args.resume``): ``train_epoch(epoch)`` returns the mean training
     loss, ``evaluate('valid' | 'test')`` the metric. The weights of the
@@ -115,7 +116,9 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
     checkpoint atomically to ``args.checkpoint`` (model, optimiser, data
     order and dropout random state, best weights, and :obj:`extra`).
     A checkpoint made with other values of :obj:`checked_args` is refused.
-    Returns the result (also written to ``args.filename`` as JSON)."""
+    Without :obj:`test_every_epoch` the test metric is computed only when
+    the validation metric improves (NaN in the curve otherwise). Returns
+    the result (written to ``args.filename`` by :func:`write_result`)."""
     state = {'epoch': 0, 'best': None,
              'curves': {'loss': [], 'valid': [], 'test': [], 'seconds': []}}
     best_model = None  # the weights of the best validation epoch
@@ -128,15 +131,17 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
         loss = train_epoch(epoch)
         seconds = time.perf_counter() - start
         ctx.share_buffers(net)  # evaluate (and save) rank 0's model
-        valid, test = evaluate('valid'), evaluate('test')
+        valid = evaluate('valid')
+        best = state['best']
+        improved = best is None or np.isnan(best['valid']) or (
+            valid > best['valid'] if higher_better else valid < best['valid'])
+        test = evaluate('test') if test_every_epoch or improved \
+            else float('nan')
         curves = state['curves']
         for key, value in (('loss', loss), ('valid', valid), ('test', test),
                            ('seconds', seconds)):
             curves[key].append(value)
-        best = state['best']
-        if best is None or np.isnan(best['valid']) or (
-                valid > best['valid'] if higher_better
-                else valid < best['valid']):
+        if improved:
             state['best'] = {'epoch': epoch, 'valid': valid, 'test': test}
             best_model = {k: v.detach().clone()
                           for k, v in net.state_dict().items()}
@@ -144,7 +149,7 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
         if ctx.main:
             print(f'Epoch {epoch:3d}  loss {loss:.4f}  valid {metric} '
                   f'{valid:.4f}  test {test:.4f}  ({seconds:.2f} s)',
-                  flush=True)
+                  flush=True)  # (test: nan where not computed)
             if args.checkpoint:
                 atomic_save({'args': vars(args), 'state': state,
                              'model': net.state_dict(),
