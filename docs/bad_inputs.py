@@ -388,6 +388,43 @@ def _():
     hsa_attention(*qkv(), PARENT, dropout=1.5)
 
 
+@case("resolution='row'", "'resolution'", "'block' or 'query'")
+def _():
+    from pyg_hsa import hsa_attention
+    hsa_attention(*qkv(), PARENT, resolution='row')
+
+
+@case("causal=True with resolution='block'", 'causal=True',
+      "resolution='query'", 'future')
+def _():
+    from pyg_hsa import hsa_attention
+    hsa_attention(*qkv(), PARENT, self_loops=True, causal=True)
+
+
+@case("causal=True without self loops", 'causal=True', 'self_loops=True')
+def _():
+    from pyg_hsa import hsa_attention
+    hsa_attention(*qkv(), PARENT, resolution='query', causal=True)
+
+
+@case("resolution='query' with attention dropout", "'dropout'")
+def _():
+    from pyg_hsa import hsa_attention
+    hsa_attention(*qkv(), PARENT, resolution='query', dropout=0.1)
+
+
+@case('KV cache: a token without a path', "'path'", 'root first')
+def _():
+    from pyg_hsa import HierarchicalKVCache
+    HierarchicalKVCache().append(torch.randn(2, 4), torch.randn(2, 4), [])
+
+
+@case('KV cache: attend() before append()', 'append()')
+def _():
+    from pyg_hsa import HierarchicalKVCache
+    HierarchicalKVCache().attend(torch.randn(2, 4))
+
+
 @case('infinite scale', "'scale'", 'finite')
 def _():
     from pyg_hsa import hsa_attention
@@ -718,6 +755,7 @@ def _():
         os.path.abspath(__file__))), 'examples')
     sys.path.insert(0, examples)
     import ogbg_mol
+    import training
     from pyg_hsa.utils.io import atomic_save
     with tempfile.TemporaryDirectory() as root:
         path = os.path.join(root, 'run.ckpt')
@@ -726,7 +764,8 @@ def _():
                      'optimizer': {}, 'generator': None, 'torch_rng': None,
                      'best_model': None}, path)
         args = ogbg_mol.parse_args(['--checkpoint', path, '--resume'])
-        ogbg_mol.resume(args, None, None, None, None)
+        training.resume(args, None, None, None, None,
+                        ogbg_mol.CHECKED_ARGS)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
