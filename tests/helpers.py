@@ -1,8 +1,10 @@
 """Random hierarchies for the tests (test-only code: loops are fine here)."""
+import math
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
 
 
 def random_forest(rng: np.random.Generator, max_depth: int = 4,
@@ -115,3 +117,67 @@ def root_paths(parent: torch.Tensor, num_leaves: int) -> List[List[int]]:
             path.append(int(parent[path[-1]]))
         paths.append(path[::-1])
     return paths
+
+
+def brute_force_theta(logits_fn, parent, num_leaves, self_loops,
+                      query=False, causal=False):
+    """Minimise the KL objective over block-constant stochastic matrices
+    (scipy's SLSQP; it knows nothing of the closed forms).
+
+    ``logits_fn(i, j, a, b)`` is the leaf-level logit of leaves ``i, j`` in
+    block ``(a, b)``: ``a`` and ``b`` are the children of the leaves' lowest
+    common ancestor on their paths. Paper HSA (``query=False``) shares one
+    value per block ``(a, b)`` across rows and columns; query-resolved HSA
+    one per ``(i, b)``, and ``causal`` keeps only the ``b`` whose first leaf
+    is smaller than ``a``'s."""
+    paths = root_paths(parent, num_leaves)
+    first = {}
+    for leaf, path in enumerate(paths):
+        for node in path:
+            first[node] = min(first.get(node, leaf), leaf)
+    block_of, logits = {}, np.full((num_leaves, num_leaves), -np.inf)
+    for i in range(num_leaves):
+        for j in range(num_leaves):
+            if i == j:
+                if not self_loops:
+                    continue
+                a = b = i
+            else:
+                if paths[i][0] != paths[j][0]:
+                    continue  # different roots
+                d = 0
+                while paths[i][d] == paths[j][d]:
+                    d += 1
+                a, b = paths[i][d], paths[j][d]
+                if causal and first[b] > first[a]:
+                    continue
+            block_of[i, j] = (i, b) if query else (a, b)
+            logits[i, j] = logits_fn(i, j, a, b)
+    top = logits.max(1, keepdims=True)
+    target = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+    target /= np.maximum(target.sum(1, keepdims=True), 1e-300)
+    blocks = sorted(set(block_of.values()))
+    index = {blk: t for t, blk in enumerate(blocks)}
+    members = np.zeros((len(blocks), num_leaves, num_leaves))
+    for (i, j), blk in block_of.items():
+        members[index[blk], i, j] = 1.0
+
+    def theta_of(z):
+        return np.einsum('b,bij->ij', np.exp(z), members)
+
+    def objective(z):
+        theta = theta_of(z)
+        mask = members.sum(0) > 0
+        return float((theta[mask] * (np.log(theta[mask]) -
+                                     np.log(target[mask]))).sum())
+
+    rows = sorted({i for i, _ in block_of})
+    constraints = [{
+        'type': 'eq',
+        'fun': lambda z, i=i: theta_of(z)[i].sum() - 1.0
+    } for i in rows]
+    z0 = np.full(len(blocks), -math.log(num_leaves))
+    res = minimize(objective, z0, method='SLSQP', constraints=constraints,
+                   options={'ftol': 1e-15, 'maxiter': 2000})
+    assert res.success, res.message
+    return theta_of(res.x)

@@ -11,9 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 
-from helpers import nested_to_forest, random_qkv, root_paths
+from helpers import brute_force_theta, nested_to_forest, random_qkv
 from pyg_hsa import hsa_dense
 
 TINY_TREES = [
@@ -22,54 +21,6 @@ TINY_TREES = [
     [[['leaf', 'leaf']], 'leaf', ['leaf', 'leaf']],  # a unary node
     [['leaf', ['leaf', 'leaf', 'leaf']], ['leaf']],
 ]
-
-
-def brute_force_theta(logits_fn, parent, num_leaves, self_loops):
-    """Minimise the KL objective over block-constant stochastic matrices.
-
-    ``logits_fn(i, j, a, b)`` is the leaf-level logit of leaves ``i, j`` in
-    block ``(a, b)``."""
-    paths = root_paths(parent, num_leaves)
-    block_of, logits = {}, np.full((num_leaves, num_leaves), -np.inf)
-    for i in range(num_leaves):
-        for j in range(num_leaves):
-            if i == j:
-                if not self_loops:
-                    continue
-                a = b = i
-            else:
-                d = 0
-                while paths[i][d] == paths[j][d]:
-                    d += 1
-                a, b = paths[i][d], paths[j][d]
-            block_of[i, j] = (a, b)
-            logits[i, j] = logits_fn(i, j, a, b)
-    target = np.exp(logits - logits.max(1, keepdims=True))
-    target /= target.sum(1, keepdims=True)
-    blocks = sorted(set(block_of.values()))
-    index = {blk: t for t, blk in enumerate(blocks)}
-    members = np.zeros((len(blocks), num_leaves, num_leaves))
-    for (i, j), blk in block_of.items():
-        members[index[blk], i, j] = 1.0
-
-    def theta_of(z):
-        return np.einsum('b,bij->ij', np.exp(z), members)
-
-    def objective(z):
-        theta = theta_of(z)
-        mask = members.sum(0) > 0
-        return float((theta[mask] * (np.log(theta[mask]) -
-                                     np.log(target[mask]))).sum())
-
-    constraints = [{
-        'type': 'eq',
-        'fun': lambda z, i=i: theta_of(z)[i].sum() - 1.0
-    } for i in range(num_leaves)]
-    z0 = np.full(len(blocks), -math.log(num_leaves))
-    res = minimize(objective, z0, method='SLSQP', constraints=constraints,
-                   options={'ftol': 1e-15, 'maxiter': 2000})
-    assert res.success, res.message
-    return theta_of(res.x)
 
 
 @pytest.mark.parametrize('tree_index', range(len(TINY_TREES)))

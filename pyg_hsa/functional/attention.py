@@ -19,9 +19,11 @@ from pyg_hsa.functional.checks import (
     check_finite,
     check_inputs,
     check_options,
+    check_resolution,
 )
 from pyg_hsa.functional.compiled import compiled_attention
 from pyg_hsa.functional.dynamic_program import dynamic_program
+from pyg_hsa.functional.query_resolved import query_resolved
 from pyg_hsa.tree import Tree
 
 
@@ -37,6 +39,8 @@ def hsa_attention(
     dropout: float = 0.0,
     return_attention_weights: bool = False,
     validate: bool = False,
+    resolution: str = 'block',
+    causal: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
     r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025).
 
@@ -104,6 +108,22 @@ def hsa_attention(
             default: the check reads every entry and, on a GPU, waits for
             it. (Shapes, dtypes and devices are always checked, and the tree
             when it is built.)
+        resolution (str): :obj:`'block'` (the paper's HSA, above) or
+            :obj:`'query'`: every leaf's own KL projection of its softmax
+            row onto the blocks seen from it, :math:`\Theta_{ij} \propto
+            \exp(\mathrm{scale}\langle q_i, \rho_k(B)\rangle +
+            \langle e(A), e(B)\rangle)` for :math:`j` in a sibling
+            :math:`B` of an ancestor :math:`A` of :math:`i` (see
+            :mod:`~pyg_hsa.functional.query_resolved`). Never further from
+            softmax attention in KL than :obj:`'block'`; cost
+            :math:`O(N \sum_\ell b_\ell)`.
+        causal (bool): attend only to the leaf itself and the blocks left
+            of its path (a smaller first leaf index). Needs
+            :obj:`resolution='query'` (block resolution would leak the
+            future through the block's mean query) and
+            :obj:`self_loops=True`. With every subtree's leaves numbered
+            contiguously (sequences, windows), leaf :math:`i` sees exactly
+            leaves :math:`j \le i`.
 
     Returns:
         ``[N, H, Cv]`` outputs (and the attention weights if requested).
@@ -112,7 +132,14 @@ def hsa_attention(
     check_inputs(q, k, v, tree, pos)
     scale, dropout, flags = check_options(
         scale, dropout, self_loops=self_loops,
-        return_attention_weights=return_attention_weights, validate=validate)
+        return_attention_weights=return_attention_weights, validate=validate,
+        causal=causal)
+    query = check_resolution(resolution, flags['causal'],
+                             flags['self_loops'])
+    if query and (dropout > 0 or flags['return_attention_weights']):
+        raise ValueError("resolution='query' supports neither 'dropout' nor "
+                         "'return_attention_weights' (its weights are per "
+                         "leaf and block, not per sibling edge)")
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     if torch.compiler.is_compiling():
@@ -121,21 +148,29 @@ def hsa_attention(
                              "not available under torch.compile; call "
                              "hsa_attention eagerly for them")
         return compiled_attention(tree, q, k, v, pos, scale,
-                                  flags['self_loops'], dropout)
+                                  flags['self_loops'], dropout, query,
+                                  flags['causal'])
     if flags['validate']:
         check_finite(q=q, k=k, v=v, pos=pos)
     return attend(tree, q, k, v, pos, scale, flags['self_loops'], dropout,
-                  flags['return_attention_weights'])
+                  flags['return_attention_weights'], query=query,
+                  causal=flags['causal'])
 
 
 def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
            pos: Optional[Tensor], scale, self_loops: bool, dropout: float,
-           need_weights: bool = False, seed: Optional[int] = None):
+           need_weights: bool = False, seed: Optional[int] = None,
+           query: bool = False, causal: bool = False):
     """:func:`hsa_attention` on checked arguments, eagerly."""
     out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                     v.dtype)
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if query:
+        with torch.autocast(q.device.type, enabled=False):
+            out = query_resolved(tree, q, k, v, None if pos is None else
+                                 pos.to(dtype), scale, self_loops, causal)
+        return out.to(out_dtype)
     layout = tree._layout(self_loops)
     if pos is not None:  # to level order, heads first: [H or 1, M, P]
         pos = pos.to(dtype)[layout.perm]

@@ -106,6 +106,32 @@ def check_options(scale, dropout, **flags) -> Tuple[object, float, dict]:
                             for name, value in flags.items()}
 
 
+RESOLUTIONS = ('block', 'query')
+CAUSAL_LEAK = (
+    "causal=True needs resolution='query': with resolution='block' every "
+    "leaf of a block attends with the weights of the block's mean query, "
+    "which includes the queries of the block's later leaves, so the "
+    "earlier leaves would see the future")
+
+
+def check_resolution(resolution, causal: bool, self_loops: bool) -> bool:
+    """Checks :obj:`resolution` against :obj:`causal` and
+    :obj:`self_loops`; returns whether it is query-resolved."""
+    if not isinstance(resolution, str):
+        raise TypeError(f"'resolution' must be 'block' or 'query' (got "
+                        f"{describe(resolution)})")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"'resolution' must be 'block' or 'query' (got "
+                         f"{resolution!r})")
+    if causal and resolution != 'query':
+        raise ValueError(CAUSAL_LEAK)
+    if causal and not self_loops:
+        raise ValueError("causal=True needs self_loops=True: a leaf attends "
+                         "to itself and the blocks on its left, and the "
+                         "first leaf has nothing else")
+    return resolution == 'query'
+
+
 def non_finite_row(x: Tensor) -> Optional[Tuple[int, float]]:
     """The first row of :obj:`x` holding a NaN or an infinity and that
     value, or :obj:`None` if :obj:`x` is finite (one synchronisation)."""

@@ -43,7 +43,8 @@ def _tree(handle: Tensor):
 
 def compiled_attention(tree, q: Tensor, k: Tensor, v: Tensor,
                        pos: Optional[Tensor], scale, self_loops: bool,
-                       dropout: float) -> Tensor:
+                       dropout: float, query: bool = False,
+                       causal: bool = False) -> Tensor:
     """The custom operator's call, traced by the compiler in place of the
     dynamic program."""
     tensor_scale = scale if isinstance(scale, Tensor) else None
@@ -51,27 +52,30 @@ def compiled_attention(tree, q: Tensor, k: Tensor, v: Tensor,
     seed = torch.randint(1, 2**62, (), dtype=torch.long) if dropout > 0 \
         else None
     return hsa(tree._handle, q, k, v, pos, tensor_scale, value, self_loops,
-               dropout, seed)
+               dropout, seed, query, causal)
 
 
 def _eager(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout,
-           seed):
+           seed, query, causal):
     from pyg_hsa.functional.attention import attend
     scale = tensor_scale if tensor_scale is not None else value
     return attend(_tree(handle), q, k, v, pos, scale, self_loops, dropout,
-                  seed=None if seed is None else int(seed))
+                  seed=None if seed is None else int(seed), query=query,
+                  causal=causal)
 
 
 @torch.library.custom_op('pyg_hsa::hsa', mutates_args=())
 def hsa(handle: Tensor, q: Tensor, k: Tensor, v: Tensor,
         pos: Optional[Tensor], tensor_scale: Optional[Tensor], value: float,
-        self_loops: bool, dropout: float, seed: Optional[Tensor]) -> Tensor:
+        self_loops: bool, dropout: float, seed: Optional[Tensor],
+        query: bool, causal: bool) -> Tensor:
     return _own(_eager(handle, q, k, v, pos, tensor_scale, value,
-                       self_loops, dropout, seed))
+                       self_loops, dropout, seed, query, causal))
 
 
 @hsa.register_fake
-def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed):
+def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
+      query, causal):
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                 v.dtype)
     return v.new_empty(v.shape, dtype=dtype)
@@ -81,12 +85,14 @@ def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed):
 def hsa_backward(handle: Tensor, q: Tensor, k: Tensor, v: Tensor,
                  pos: Optional[Tensor], tensor_scale: Optional[Tensor],
                  value: float, self_loops: bool, dropout: float,
-                 seed: Optional[Tensor], grad: Tensor) -> List[Tensor]:
+                 seed: Optional[Tensor], query: bool, causal: bool,
+                 grad: Tensor) -> List[Tensor]:
     inputs = [q, k, v, pos, tensor_scale]
     with _autograd_inside_operator(), torch.enable_grad():
         leaves = [None if x is None else x.detach().requires_grad_()
                   for x in inputs]
-        out = _eager(handle, *leaves, value, self_loops, dropout, seed)
+        out = _eager(handle, *leaves, value, self_loops, dropout, seed,
+                     query, causal)
         wanted = [x for x in leaves if x is not None]
         found = iter(torch.autograd.grad(out, wanted, grad))
     # (Absent inputs get empty gradients: an operator returns tensors; and
@@ -125,26 +131,28 @@ def _autograd_inside_operator() -> Iterator[None]:
 
 @hsa_backward.register_fake
 def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
-      grad):
+      query, causal, grad):
     return [x.new_empty(x.shape) if x is not None else q.new_empty(0)
             for x in (q, k, v, pos, tensor_scale)]
 
 
 def _setup_context(ctx, inputs, output):
-    handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed = \
-        inputs
+    (handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
+     query, causal) = inputs
     ctx.save_for_backward(handle, q, k, v, pos, tensor_scale, seed)
-    ctx.options = (value, self_loops, dropout)
+    ctx.options = (value, self_loops, dropout, query, causal)
 
 
 def _backward(ctx, grad):
     handle, q, k, v, pos, tensor_scale, seed = ctx.saved_tensors
-    value, self_loops, dropout = ctx.options
+    value, self_loops, dropout, query, causal = ctx.options
     dq, dk, dv, dpos, dscale = hsa_backward(handle, q, k, v, pos,
                                             tensor_scale, value, self_loops,
-                                            dropout, seed, grad)
+                                            dropout, seed, query, causal,
+                                            grad)
     return (None, dq, dk, dv, None if pos is None else dpos,
-            None if tensor_scale is None else dscale, None, None, None, None)
+            None if tensor_scale is None else dscale, None, None, None, None,
+            None, None)
 
 
 hsa.register_autograd(_backward, setup_context=_setup_context)

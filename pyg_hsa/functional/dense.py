@@ -15,6 +15,7 @@ from pyg_hsa.functional.checks import (
     check_finite,
     check_inputs,
     check_options,
+    check_resolution,
 )
 
 
@@ -27,6 +28,8 @@ def hsa_dense(
     self_loops: bool = False,
     scale: Optional[float] = None,
     validate: bool = False,
+    resolution: str = 'block',
+    causal: bool = False,
 ) -> Tensor:
     r"""The explicit ``[H, N, N]`` HSA attention matrix :math:`\Theta`.
 
@@ -43,12 +46,19 @@ def hsa_dense(
     of :func:`hsa_attention` (its reference), e.g. for plots. The
     arguments are those of :func:`hsa_attention`; :obj:`validate` checks
     :obj:`q`, :obj:`k` and :obj:`pos` for NaN and infinity.
+
+    With :obj:`resolution='query'`, row :math:`i` is its own projection:
+    :math:`\Theta_{ij} \propto \exp(\mathrm{scale} \langle q_i,
+    \rho_k(B') \rangle + \langle e(A'), e(B') \rangle)`, and with
+    :obj:`causal` only for :math:`B'` left of :math:`A'` (a smaller first
+    leaf) and :math:`j = i`.
     """
     tree = as_tree(tree, q)
     check_inputs(q, k, None, tree, pos)
     scale, _, flags = check_options(scale, 0.0, self_loops=self_loops,
-                                    validate=validate)
-    self_loops = flags['self_loops']
+                                    validate=validate, causal=causal)
+    self_loops, causal = flags['self_loops'], flags['causal']
+    query = check_resolution(resolution, causal, self_loops)
     if flags['validate']:
         check_finite(q=q, k=k, pos=pos)
     if scale is None:
@@ -77,6 +87,10 @@ def hsa_dense(
     rho_q = torch.einsum('mi,ihc->mhc', below, q) / size.view(-1, 1, 1)
     rho_k = torch.einsum('mi,ihc->mhc', below, k) / size.view(-1, 1, 1)
 
+    branch_a, branch_b, pair_ok = _branches(ancestors, depth, num_leaves)
+    if query:
+        return _query_resolved(q, k, rho_k, pos, scale, branch_a, branch_b,
+                               pair_ok, below, self_loops, causal)
     logit = scale * torch.einsum('ahc,bhc->hab', rho_q, rho_k)
     if pos is not None:
         pos = pos.to(dtype)
@@ -130,25 +144,9 @@ def hsa_dense(
     log_norm = torch.where(phi_finite & has_sibling,
                            torch.logaddexp(-phi, -eta), -eta)
 
-    # Lowest common ancestor of every leaf pair from the root-first paths.
-    root_first = torch.full((int(depth.max()) + 1, num_leaves), -1,
-                            device=device, dtype=torch.long)
-    leaf_depth = depth[:num_leaves]
-    for t in range(ancestors.size(0)):
-        ok = t <= leaf_depth
-        level = (leaf_depth - t).clamp(min=0)
-        root_first[level[ok], cols[0][ok]] = ancestors[t, :num_leaves][ok]
-    same = (root_first.unsqueeze(2) == root_first.unsqueeze(1)) & \
-        (root_first.unsqueeze(2) >= 0)  # [D, N, N]
-    shared = same.long().cumprod(0).sum(0)  # length of the common path
-    below_lca = shared.clamp(max=root_first.size(0) - 1)
-    a = root_first.t().gather(1, below_lca)  # A'[i, j] = branch of i
-    b = root_first.gather(0, below_lca)  # B'[i, j] = branch of j
-    a, b = a.clamp(min=0), b.clamp(min=0)
     heads = torch.arange(q.size(1), device=device).view(-1, 1, 1)
+    a, b = branch_a, branch_b
     log_theta = (log_w[heads, a] + logit[heads, a, b] - log_norm[heads, a])
-    pair_ok = (shared > 0) & ~torch.eye(num_leaves, dtype=torch.bool,
-                                        device=device)
     theta = torch.where(pair_ok, log_theta.exp(), 0.0)
     if self_loops:
         i = torch.arange(num_leaves, device=device)
@@ -157,3 +155,51 @@ def hsa_dense(
     return theta
 
 
+def _branches(ancestors: Tensor, depth: Tensor, num_leaves: int):
+    """For every leaf pair ``(i, j)``: the children ``A'``, ``B'`` of their
+    lowest common ancestor above ``i`` and ``j``, and whether the pair
+    counts (distinct leaves of one root)."""
+    device = ancestors.device
+    cols = torch.arange(num_leaves, device=device)
+    root_first = torch.full((int(depth.max()) + 1, num_leaves), -1,
+                            device=device, dtype=torch.long)
+    leaf_depth = depth[:num_leaves]
+    for t in range(ancestors.size(0)):
+        ok = t <= leaf_depth
+        level = (leaf_depth - t).clamp(min=0)
+        root_first[level[ok], cols[ok]] = ancestors[t, :num_leaves][ok]
+    same = (root_first.unsqueeze(2) == root_first.unsqueeze(1)) & \
+        (root_first.unsqueeze(2) >= 0)  # [D, N, N]
+    shared = same.long().cumprod(0).sum(0)  # length of the common path
+    below_lca = shared.clamp(max=root_first.size(0) - 1)
+    a = root_first.t().gather(1, below_lca)  # A'[i, j] = branch of i
+    b = root_first.gather(0, below_lca)  # B'[i, j] = branch of j
+    pair_ok = (shared > 0) & ~torch.eye(num_leaves, dtype=torch.bool,
+                                        device=device)
+    return a.clamp(min=0), b.clamp(min=0), pair_ok
+
+
+def _query_resolved(q, k, rho_k, pos, scale, a, b, pair_ok, below,
+                    self_loops: bool, causal: bool) -> Tensor:
+    """Query-resolved rows, straight from their definition."""
+    num_leaves = q.size(0)
+    i = torch.arange(num_leaves, device=q.device)
+    logit = scale * torch.einsum('ihc,ijhc->hij', q, rho_k[b])
+    own = scale * (q * k).sum(-1).t()  # [H, N]
+    if pos is not None:
+        pos = pos.to(q.dtype)
+        pos = pos.unsqueeze(1) if pos.dim() == 2 else pos
+        logit = logit + (pos[a] * pos[b]).sum(-1).permute(2, 0, 1)
+        own = own + pos[i].square().sum(-1).t()
+    ok = pair_ok
+    if causal:
+        leaf_index = torch.arange(num_leaves, device=q.device, dtype=q.dtype)
+        first = torch.where(below > 0, leaf_index, math.inf).amin(1)
+        ok = ok & (first[b] < first[a])
+    logit = logit.masked_fill(~ok, -math.inf)
+    if self_loops or causal:
+        logit[:, i, i] = own
+    top = logit.amax(-1, keepdim=True)
+    theta = torch.exp(logit - torch.where(torch.isfinite(top), top, 0.0))
+    total = theta.sum(-1, keepdim=True)
+    return theta / torch.where(total > 0, total, 1.0)

@@ -1,0 +1,271 @@
+"""Query-resolved and causal HSA (``resolution='query'``): the scipy KL
+minimiser on tiny trees, the dense construction on random forests
+(hypothesis), softmax attention on a flat tree, exact causality of the
+gradients, the KL order against paper HSA, the custom backward pass and the
+errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import (
+    brute_force_theta,
+    dense_output,
+    nested_to_forest,
+    random_forest,
+    random_qkv,
+)
+from pyg_hsa import Tree, hsa_attention, hsa_dense
+import pyg_hsa.functional.query_resolved as query_resolved
+
+TINY_TREES = [
+    [['leaf', 'leaf'], ['leaf', ['leaf', 'leaf']]],
+    [['leaf', 'leaf', 'leaf'], 'leaf'],
+    [[['leaf', 'leaf']], 'leaf', ['leaf', 'leaf']],  # a unary node
+    [['leaf', ['leaf', 'leaf', 'leaf']], ['leaf']],
+]
+trees = st.recursive(st.just('leaf'),
+                     lambda children: st.lists(children, min_size=1,
+                                               max_size=5), max_leaves=24)
+forests = st.lists(trees, min_size=1, max_size=3)
+SETTINGS = settings(max_examples=120, deadline=None)
+# (self_loops, causal): causal needs self loops.
+MODES = [(False, False), (True, False), (True, True)]
+
+
+def windows(sizes):
+    """A tree over contiguous leaves: ``sizes[0]`` leaves per window, then
+    ``sizes[1]`` windows per window, ..., one root (every subtree's leaves
+    are contiguous, as in a sequence)."""
+    num_leaves = math.prod(sizes)
+    parents, start, width = [], 0, num_leaves
+    for size in sizes:
+        parents.append(start + width + torch.arange(width) // size)
+        start, width = start + width, width // size
+    return Tree.from_parent(torch.cat(parents + [torch.tensor([-1])]),
+                            num_leaves)
+
+
+def random_pos(kind, num_nodes, heads, seed):
+    if kind is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    shape = (num_nodes, 2) if kind == 'shared' else (num_nodes, heads, 2)
+    return torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize('tree_index', range(len(TINY_TREES)))
+@pytest.mark.parametrize('self_loops,causal', MODES)
+@pytest.mark.parametrize('with_pos', [False, True])
+def test_query_resolved_is_the_kl_minimiser(tree_index, self_loops, causal,
+                                            with_pos):
+    rng = np.random.default_rng(tree_index)
+    parent, num_leaves = nested_to_forest([TINY_TREES[tree_index]], rng)
+    q, k, _ = random_qkv(num_leaves, heads=1, channels=2, seed=tree_index)
+    pos = random_pos('shared' if with_pos else None, parent.numel(), 1, 7)
+    scale = 1 / math.sqrt(2)
+    qn, kn = q[:, 0].numpy(), k[:, 0].numpy()
+    pn = pos.numpy() if with_pos else None
+
+    def leaf_logit(i, j, a, b):
+        logit = scale * float(qn[i] @ kn[j])
+        if pn is not None:
+            logit += float(pn[a] @ pn[b])
+        return logit
+
+    expected = brute_force_theta(leaf_logit, parent, num_leaves, self_loops,
+                                 query=True, causal=causal)
+    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops,
+                      resolution='query', causal=causal)[0]
+    np.testing.assert_allclose(theta.numpy(), expected, rtol=0, atol=2e-5)
+
+
+@SETTINGS
+@given(forests, st.integers(0, 2**16), st.sampled_from(MODES),
+       st.sampled_from([None, 'shared', 'per_head']))
+def test_dynamic_equals_dense(roots, seed, mode, pos_kind):
+    self_loops, causal = mode
+    parent, num_leaves = nested_to_forest(roots, np.random.default_rng(seed))
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    pos = random_pos(pos_kind, tree.num_nodes, 2, seed)
+    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops,
+                        resolution='query', causal=causal)
+    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops,
+                      resolution='query', causal=causal)
+    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
+                               atol=1e-10)
+    alone = torch.bincount(tree.batch)[tree.batch] == 1
+    expected = (~alone | self_loops).to(theta.dtype)
+    torch.testing.assert_close(theta.sum(-1), expected.expand_as(
+        theta.sum(-1)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_chunked_groups_equal_one_chunk(seed, monkeypatch):
+    parent, num_leaves = random_forest(np.random.default_rng(seed),
+                                       max_leaves=64, num_roots=2)
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, v = random_qkv(num_leaves, seed=seed)
+    pos = random_pos('per_head', tree.num_nodes, 2, seed)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v, pos)]
+
+    def run():
+        out = hsa_attention(*inputs[:3], tree, pos=inputs[3],
+                            self_loops=True, resolution='query', causal=True)
+        grads = torch.autograd.grad(out.square().sum(), inputs)
+        return out, grads
+
+    expected = run()
+    monkeypatch.setattr(query_resolved, 'CHUNK_ELEMENTS', 1)
+    got = run()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('num_leaves', [1, 2, 7, 64])
+@pytest.mark.parametrize('causal', [False, True])
+def test_flat_tree_is_softmax_attention(num_leaves, causal):
+    parent = torch.tensor([num_leaves] * num_leaves + [-1]) \
+        if num_leaves > 1 else torch.tensor([-1])
+    q, k, v = random_qkv(num_leaves, heads=3, channels=4, value_channels=5)
+    out = hsa_attention(q, k, v, parent, self_loops=True,
+                        resolution='query', causal=causal)
+    ref = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+        is_causal=causal).transpose(0, 1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('sizes', [[4, 4], [2, 3, 2], [8], [1, 5, 3]])
+def test_causal_gradients_of_the_future_are_exactly_zero(sizes):
+    tree = windows(sizes)
+    n = tree.num_leaves
+    q, k, v = random_qkv(n, seed=len(sizes))
+    pos = random_pos('per_head', tree.num_nodes, 2, 3).requires_grad_()
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+                        resolution='query', causal=True)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(n):
+        weight = torch.randn(out[:t + 1].shape, generator=gen,
+                             dtype=out.dtype)
+        grads = torch.autograd.grad((weight * out[:t + 1]).sum(),
+                                    (q, k, v), retain_graph=True)
+        for grad in grads:
+            assert bool((grad[t + 1:] == 0).all())
+        assert bool((grads[2][:t + 1] != 0).any())  # the past does count
+    # And the outputs of a prefix do not depend on what follows it.
+    for t in (1, n // 2):
+        later = [x.detach().clone() for x in (q, k, v)]
+        for x in later:
+            x[t:] = torch.randn_like(x[t:])
+        changed = hsa_attention(*later, tree, pos=pos, self_loops=True,
+                                resolution='query', causal=True)
+        assert torch.equal(changed[:t], out[:t])
+
+
+def kl_rows(theta, q, k, scale):
+    """Sum over rows and heads of KL(theta_i || softmax_j(scale q_i k_j))."""
+    logits = scale * torch.einsum('ihc,jhc->hij', q, k)
+    log_p = torch.log_softmax(logits, -1)
+    safe = torch.where(theta > 0, theta, 1.0)
+    return float((theta * (safe.log() - log_p)).sum())
+
+
+@SETTINGS
+@given(trees, st.integers(0, 2**16), st.booleans(),
+       st.floats(0.2, 3.0))
+def test_kl_to_softmax_is_at_most_paper_hsa(root, seed, self_loops,
+                                            magnitude):
+    parent, num_leaves = nested_to_forest([root],
+                                          np.random.default_rng(seed))
+    if num_leaves < 2:
+        return
+    q, k, _ = random_qkv(num_leaves, seed=seed, magnitude=magnitude)
+    scale = 1 / math.sqrt(q.size(-1))
+    block = hsa_dense(q, k, parent, self_loops=self_loops)
+    query = hsa_dense(q, k, parent, self_loops=self_loops,
+                      resolution='query')
+    # Without self loops both put 0 on the diagonal: leaving it out of the
+    # softmax shifts every row's KL by the same constant for both.
+    assert kl_rows(query, q, k, scale) <= kl_rows(block, q, k, scale) + 1e-9
+
+
+def test_gradcheck_of_the_custom_backward():
+    parent, num_leaves = random_forest(np.random.default_rng(3),
+                                       max_leaves=14, num_roots=2)
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, v = random_qkv(num_leaves, channels=2, value_channels=2)
+    for pos_kind in (None, 'shared', 'per_head'):
+        pos = random_pos(pos_kind, tree.num_nodes, 2, 1)
+        for self_loops, causal in MODES:
+            scale = torch.tensor(0.7, dtype=torch.float64)
+            inputs = [x.clone().requires_grad_() for x in
+                      (q, k, v, scale) + ((pos, ) if pos is not None else ())]
+
+            def f(q, k, v, scale, *pos):
+                return hsa_attention(q, k, v, tree, pos=pos[0] if pos else
+                                     None, scale=scale, self_loops=self_loops,
+                                     resolution='query', causal=causal)
+
+            assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_dtypes_follow_the_inputs():
+    tree = windows([2, 3])
+    q, k, v = random_qkv(6, dtype=torch.float32)
+    out = hsa_attention(q, k, v, tree, resolution='query')
+    assert out.dtype == torch.float32
+    ref = hsa_attention(q.double(), k.double(), v.double(), tree,
+                        resolution='query')
+    torch.testing.assert_close(out, ref.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_resolution_and_causal_arguments():
+    tree = windows([2, 2])
+    q, k, v = random_qkv(4)
+    with pytest.raises(TypeError, match="'resolution' must be"):
+        hsa_attention(q, k, v, tree, resolution=1)
+    with pytest.raises(ValueError, match="'resolution' must be"):
+        hsa_attention(q, k, v, tree, resolution='row')
+    with pytest.raises(ValueError, match='see the future'):
+        hsa_attention(q, k, v, tree, self_loops=True, causal=True)
+    with pytest.raises(ValueError, match='see the future'):
+        hsa_dense(q, k, tree, self_loops=True, causal=True)
+    with pytest.raises(ValueError, match='causal=True needs self_loops'):
+        hsa_attention(q, k, v, tree, resolution='query', causal=True)
+    with pytest.raises(TypeError, match="'causal'"):
+        hsa_attention(q, k, v, tree, resolution='query', causal='yes')
+    with pytest.raises(ValueError, match='dropout'):
+        hsa_attention(q, k, v, tree, resolution='query', dropout=0.1)
+    with pytest.raises(ValueError, match='return_attention_weights'):
+        hsa_attention(q, k, v, tree, resolution='query',
+                      return_attention_weights=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('causal', [False, True])
+def test_query_resolved_compiles(causal):
+    torch._dynamo.reset()
+    parent, num_leaves = random_forest(np.random.default_rng(5),
+                                       max_leaves=30, num_roots=2)
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, v = random_qkv(num_leaves)
+    pos = random_pos('shared', tree.num_nodes, 2, 0)
+
+    def f(q, k, v):
+        return hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+                             resolution='query', causal=causal)
+
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = torch.compile(f, fullgraph=True)(*inputs)
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    eager = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref = f(*eager)
+    ref_grads = torch.autograd.grad(ref.square().sum(), eager)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
