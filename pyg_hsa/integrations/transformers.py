@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from pyg_hsa.functional import hsa_attention
+from pyg_hsa.functional.checks import check_resolution
 from pyg_hsa.integrations.dispatch import ATTENTION_NAME, ConfigView, patch_of
 from pyg_hsa.integrations.encoders import (
     check_layers,
@@ -35,7 +36,7 @@ from pyg_hsa.integrations.flops import (
 )
 from pyg_hsa.integrations.segments import SEGMENT_UNITS, segment_ids
 from pyg_hsa.tree import Tree
-from pyg_hsa.utils.checks import describe
+from pyg_hsa.utils.checks import check_bool, describe
 from pyg_hsa.utils.token_forest import (
     check_branching,
     check_segments,
@@ -68,7 +69,9 @@ def patch_attention(model: nn.Module,
                     branching: Sequence[int] = (2, 4, 8, 16),
                     boundaries: Union[None, Tensor,
                                       Sequence[Tensor]] = None,
-                    special_tokens: str = 'root') -> 'HSAPatch':
+                    special_tokens: str = 'root',
+                    resolution: str = 'block',
+                    causal: bool = False) -> 'HSAPatch':
     r"""Replaces the self-attention of encoder layers of a pre-trained
     BERT/RoBERTa-family model with HSA over a hierarchy of its tokens,
     zero-shot; returns a handle whose :meth:`~HSAPatch.remove` restores the
@@ -133,9 +136,16 @@ def patch_attention(model: nn.Module,
             inputs, or several levels of them, finest first (sentences,
             paragraphs); see :meth:`HSAPatch.set_boundaries`.
         special_tokens (str): ``'root'`` or ``'inline'`` (see above).
+        resolution (str): ``'block'`` (the paper's HSA) or ``'query'``
+            (every token's own projection of its softmax row: closer to the
+            original model, see :func:`~pyg_hsa.hsa_attention`).
+        causal (bool): every token attends only to itself and the blocks
+            on its left (needs ``resolution='query'``). The patched encoder
+            was trained bidirectionally, so this is an ablation, not a way
+            to patch decoders (causal self-attention modules are refused).
     """
     return HSAPatch(model, layers, hierarchy, branching, boundaries,
-                    special_tokens)
+                    special_tokens, resolution, causal)
 
 
 class HSAPatch:
@@ -151,10 +161,10 @@ class HSAPatch:
     Attributes:
         model: the patched model.
         layers (tuple): the patched encoder layer indices (non-negative).
-        hierarchy, branching, special_tokens: as given.
+        hierarchy, branching, special_tokens, resolution, causal: as given.
     """
     def __init__(self, model, layers, hierarchy, branching, boundaries,
-                 special_tokens):
+                 special_tokens, resolution='block', causal=False):
         if hierarchy not in HIERARCHIES:
             raise ValueError(f"'hierarchy' must be one of {HIERARCHIES} "
                              f"(got {hierarchy!r})")
@@ -162,6 +172,9 @@ class HSAPatch:
             raise ValueError(f"'special_tokens' must be one of "
                              f"{SPECIAL_TOKENS} (got {special_tokens!r})")
         self.branching = check_branching(branching)
+        self.causal = check_bool(causal, 'causal')
+        check_resolution(resolution, self.causal, True)
+        self.resolution = resolution
         self.hierarchy = hierarchy
         self.special_tokens = special_tokens
         if boundaries is not None and hierarchy != 'sentences':
@@ -359,13 +372,17 @@ class HSAPatch:
             return x.transpose(1, 2).reshape(batch * length, heads,
                                              x.size(-1))[leaves]
 
+        if self.resolution == 'query':
+            dropout = 0.0  # (query-resolved weights have no dropout)
         mixed = hsa_attention(rows(query), rows(key), rows(value), tree,
                               self_loops=True, scale=scaling,
-                              dropout=dropout)
+                              dropout=dropout, resolution=self.resolution,
+                              causal=self.causal)
         return out.index_copy(0, leaves, mixed).view(batch, length, heads, -1)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(layers={list(self.layers)}, '
                 f'hierarchy={self.hierarchy!r}, branching={self.branching}, '
                 f'special_tokens={self.special_tokens!r}, '
+                f'resolution={self.resolution!r}, causal={self.causal}, '
                 f'active={self.active})')

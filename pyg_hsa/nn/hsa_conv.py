@@ -8,6 +8,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import HeteroDictLinear
 
 from pyg_hsa.functional import hsa_attention
+from pyg_hsa.functional.checks import check_resolution
 from pyg_hsa.nn.conv_inputs import (
     Channels,
     check_finite_inputs,
@@ -72,6 +73,14 @@ class HSAConv(MessagePassing):
         root_weight (bool, optional): If :obj:`False`, drop the skip
             connection :math:`\mathbf{W}_{\mathrm{skip}} \mathbf{x}_i`.
             (default: :obj:`True`)
+        resolution (str, optional): :obj:`'block'` (the paper's HSA) or
+            :obj:`'query'` (every leaf's own projection of its softmax row,
+            never further from softmax attention; without attention
+            dropout). (default: :obj:`'block'`)
+        causal (bool, optional): Leaves attend only to themselves and the
+            blocks left of their path (a smaller first leaf index); needs
+            :obj:`resolution='query'` and :obj:`self_loops=True`.
+            (default: :obj:`False`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -97,6 +106,8 @@ class HSAConv(MessagePassing):
         dropout: float = 0.0,
         bias: bool = True,
         root_weight: bool = True,
+        resolution: str = 'block',
+        causal: bool = False,
         **kwargs,
     ):
         kwargs.setdefault('aggr', 'add')
@@ -113,6 +124,12 @@ class HSAConv(MessagePassing):
             raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
         self.root_weight = check_bool(root_weight, 'root_weight')
         bias = check_bool(bias, 'bias')
+        self.causal = check_bool(causal, 'causal')
+        query = check_resolution(resolution, self.causal, self.self_loops)
+        self.resolution = resolution
+        if query and self.dropout > 0:
+            raise ValueError("resolution='query' has no attention dropout: "
+                             "'dropout' must be 0")
 
         width = heads * self.out_channels
         self.lin_query = leaf_linear(in_channels, width)
@@ -212,7 +229,8 @@ class HSAConv(MessagePassing):
         result = hsa_attention(
             q, k, v, tree, pos=pos, self_loops=self.self_loops,
             dropout=self.dropout if self.training else 0.0,
-            return_attention_weights=weights)
+            return_attention_weights=weights, resolution=self.resolution,
+            causal=self.causal)
         out, attention = result if weights else (result, None)
 
         out = out.reshape(num_leaves, heads * channels) if self.concat \
@@ -260,5 +278,10 @@ class HSAConv(MessagePassing):
         return pos.view(tree.num_nodes, self.heads, self.out_channels)
 
     def __repr__(self) -> str:
+        options = ''
+        if self.resolution != 'block':
+            options += f", resolution='{self.resolution}'"
+        if self.causal:
+            options += ', causal=True'
         return (f'{self.__class__.__name__}({self.in_channels}, '
-                f'{self.out_channels}, heads={self.heads})')
+                f'{self.out_channels}, heads={self.heads}{options})')

@@ -34,12 +34,19 @@ class HSAEncoderLayer(torch.nn.Module):
         self_loops (bool, optional): Leaves also attend to themselves.
             (default: :obj:`True`)
         dropout (float, optional): Dropout after attention and feed-forward
-            and on the attention weights. (default: :obj:`0.`)
+            and on the attention weights (not on query-resolved weights).
+            (default: :obj:`0.`)
+        resolution (str, optional): :obj:`'block'` or :obj:`'query'`, see
+            :class:`HSAConv`. (default: :obj:`'block'`)
+        causal (bool, optional): Causal attention (with
+            :obj:`resolution='query'`), see :class:`HSAConv`.
+            (default: :obj:`False`)
     """
     def __init__(self, channels: int, heads: int = 1,
                  ffn_channels: Optional[int] = None,
                  pos_channels: Optional[int] = None, self_loops: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, resolution: str = 'block',
+                 causal: bool = False):
         super().__init__()
         if channels % heads != 0:
             raise ValueError(f"'channels' ({channels}) must be divisible by "
@@ -48,9 +55,12 @@ class HSAEncoderLayer(torch.nn.Module):
         self.heads = heads
         self.ffn_channels = ffn_channels or 4 * channels
         self.dropout = dropout
+        # Query-resolved weights have no dropout (HSAConv refuses it).
         self.attn = HSAConv(channels, channels // heads, heads=heads,
                             pos_channels=pos_channels, self_loops=self_loops,
-                            dropout=dropout, root_weight=False)
+                            dropout=dropout if resolution == 'block' else 0.0,
+                            root_weight=False, resolution=resolution,
+                            causal=causal)
         self.lin_out = Linear(channels, channels)
         self.norm_attn = torch.nn.LayerNorm(channels)
         self.ffn = torch.nn.Sequential(
@@ -80,5 +90,10 @@ class HSAEncoderLayer(torch.nn.Module):
         return self.norm_ffn(h + out)
 
     def __repr__(self) -> str:
+        options = ''
+        if self.attn.resolution != 'block':
+            options += f", resolution='{self.attn.resolution}'"
+        if self.attn.causal:
+            options += ', causal=True'
         return (f'{self.__class__.__name__}({self.channels}, '
-                f'heads={self.heads})')
+                f'heads={self.heads}{options})')

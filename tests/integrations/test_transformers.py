@@ -392,3 +392,41 @@ def test_public_names_stay_importable_from_the_patch_module():
     assert integration.dense_attention_flops is flops.dense_attention_flops
     assert integration.ATTENTION_NAME == dispatch.ATTENTION_NAME == \
         'pyg_hsa'
+
+
+def test_query_resolution_is_closer_to_minilm(minilm):
+    model, tokenizer = minilm
+    base, mask = run(model, tokenizer, TEXTS)
+
+    def mean_cosine(**options):
+        with patch_attention(model, branching=(2, 4), **options) as handle:
+            assert handle.resolution == options.get('resolution', 'block')
+            out, _ = run(model, tokenizer, TEXTS)
+        return torch.cosine_similarity(out.last_hidden_state[mask],
+                                       base.last_hidden_state[mask]).mean()
+
+    with patch_attention(model, hierarchy='flat', resolution='query'):
+        flat, _ = run(model, tokenizer, TEXTS)
+    torch.testing.assert_close(flat.last_hidden_state[mask],
+                               base.last_hidden_state[mask], atol=1e-4,
+                               rtol=1e-4)
+    assert mean_cosine(resolution='query') > mean_cosine() + 0.01
+
+
+def test_causal_patch_keeps_earlier_tokens_unchanged():
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32)
+    model = BertModel(config).eval()
+    ids = torch.randint(3, 50, (1, 12))
+    changed = ids.clone()
+    changed[0, 7:-1] = (changed[0, 7:-1] + 1) % 47 + 3
+    with patch_attention(model, branching=(2, 2), resolution='query',
+                         causal=True) as handle:
+        assert 'causal=True' in repr(handle)
+        with torch.no_grad():
+            a = model(input_ids=ids).last_hidden_state
+            b = model(input_ids=changed).last_hidden_state
+    torch.testing.assert_close(a[0, :7], b[0, :7], rtol=0, atol=1e-6)
+    assert (a[0, 7:] - b[0, 7:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='see the future'):
+        patch_attention(model, causal=True)

@@ -291,3 +291,36 @@ def test_hsa_conv_hetero_positions_match_manual_computation():
     # Positions matter: without them the output differs.
     assert not torch.allclose(got, torch.cat(
         list(conv(data.x_dict, tree).values())))
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_hsa_conv_query_resolution_is_hsa_attention(causal):
+    rng = np.random.default_rng(4)
+    parent, num_leaves = random_forest(rng, num_roots=2)
+    tree = Tree.from_parent(parent, num_leaves)
+    x = torch.randn(num_leaves, 6, dtype=torch.float64)
+    pe = torch.randn(tree.num_nodes, 3, dtype=torch.float64)
+    conv = HSAConv(6, 4, heads=2, pos_channels=3, self_loops=True,
+                   resolution='query', causal=causal).double()
+    expected = "HSAConv(6, 4, heads=2, resolution='query'" + (
+        ', causal=True)' if causal else ')')
+    assert repr(conv) == expected
+    q = conv.norm_query(conv.lin_query(x).view(-1, 2, 4))
+    k = conv.norm_key(conv.lin_key(x).view(-1, 2, 4))
+    v = conv.lin_value(x).view(-1, 2, 4)
+    pos = conv.lin_pos(pe).view(-1, 2, 4)
+    theta = hsa_dense(q, k, tree, pos=pos, self_loops=True,
+                      resolution='query', causal=causal)
+    ref = dense_output(theta, v).reshape(-1, 8) + conv.lin_skip(x)
+    torch.testing.assert_close(conv(x, tree, pe), ref, rtol=0, atol=1e-10)
+
+
+def test_hsa_conv_refuses_bad_resolution_options():
+    with pytest.raises(ValueError, match="'resolution' must be"):
+        HSAConv(4, 4, resolution='rows')
+    with pytest.raises(ValueError, match='see the future'):
+        HSAConv(4, 4, self_loops=True, causal=True)
+    with pytest.raises(ValueError, match='needs self_loops=True'):
+        HSAConv(4, 4, resolution='query', causal=True)
+    with pytest.raises(ValueError, match="'dropout' must be 0"):
+        HSAConv(4, 4, resolution='query', dropout=0.1)

@@ -32,3 +32,33 @@ def test_hsa_encoder_layer_checks_heads_and_resets():
     before = layer.lin_out.weight.clone()
     layer.reset_parameters()
     assert not torch.equal(before, layer.lin_out.weight)
+
+
+def test_causal_encoder_layers_keep_the_past_unchanged():
+    # Windows of 4, then 2 windows, then the root: every subtree is a
+    # contiguous run of leaves, so a causal stack is exactly causal.
+    parent = torch.cat([16 + torch.arange(16) // 4,
+                        20 + torch.arange(4) // 2, torch.tensor([22, 22]),
+                        torch.tensor([-1])])
+    tree = Tree.from_parent(parent, 16)
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(*[
+        HSAEncoderLayer(8, heads=2, resolution='query', causal=True,
+                        dropout=0.1) for _ in range(2)
+    ]).double().eval()
+    assert str(layers[0]) == \
+        "HSAEncoderLayer(8, heads=2, resolution='query', causal=True)"
+    assert layers[0].attn.dropout == 0.0  # no dropout on these weights
+
+    def run(x):
+        for layer in layers:
+            x = layer(x, tree)
+        return x
+
+    x = torch.randn(16, 8, dtype=torch.float64)
+    out = run(x)
+    for t in (1, 5, 12):
+        changed = x.clone()
+        changed[t:] = torch.randn(16 - t, 8, dtype=torch.float64)
+        assert torch.equal(run(changed)[:t], out[:t])
+        assert not torch.equal(run(changed)[t:], out[t:])
