@@ -1,0 +1,254 @@
+r"""Incremental decoding with causal query-resolved HSA.
+
+A token attends, causally, to itself and to the *completed* left siblings
+of every node on its path (see :func:`~pyg_hsa.hsa_attention` with
+:obj:`resolution='query'` and :obj:`causal=True`). In a hierarchy that grows
+left to right (every subtree's tokens contiguous: windows, lines,
+sentences, brackets), a completed subtree never changes, so one summary
+stands for it: the sum of its keys, the sum of its values, its number of
+tokens and its position vector. The completed children of the open nodes
+form a stack: when a node closes, the summaries of its children are popped
+and its own summary is pushed, as a child of its parent. So the cache holds
+at most :math:`b` entries per level, and a token costs
+:math:`O(b \cdot \mathrm{depth})` time and memory instead of :math:`O(N)`.
+"""
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyg_hsa.utils.checks import check_real, describe
+
+
+class HierarchicalKVCache:
+    r"""The key/value cache of one attention layer (all heads) for causal
+    query-resolved HSA over a hierarchy that grows left to right.
+
+    .. code-block:: python
+
+        cache = HierarchicalKVCache()
+        for t, token in enumerate(tokens):
+            q, k, v = project(token)            # [H, C] each (or [B, H, C])
+            cache.append(k, v, path=window_path(t, (16, 16, 16)))
+            out = cache.attend(q)               # [H, Cv]
+
+    Token :math:`t`'s output equals row :math:`t` of
+    ``hsa_attention(q, k, v, tree, self_loops=True, resolution='query',
+    causal=True)`` on the tree of all tokens (up to rounding):
+
+    .. math::
+        o_t = \frac{e^{s_{tt}} v_t + \sum_B n(B) e^{s_t(B)} \bar v(B)}
+        {e^{s_{tt}} + \sum_B n(B) e^{s_t(B)}}, \quad
+        s_t(B) = \mathrm{scale} \langle q_t, \bar k(B) \rangle +
+        \langle e(A), e(B) \rangle,
+
+    over the completed left siblings :math:`B` of every node :math:`A` on
+    the path of :math:`t` (its own leaf included), with :math:`\bar k,
+    \bar v` the means over :math:`B`'s tokens and :math:`s_{tt} =
+    \mathrm{scale} \langle q_t, k_t \rangle + \lVert e(t) \rVert^2`.
+
+    A token's :obj:`path` lists its ancestors root first (the root, ...,
+    its parent), one id per depth; an id only needs to differ from the
+    previous token's id at that depth when a new node opens there. Nodes of
+    the previous path that are not on the new one are closed for good; a
+    new root starts an independent sequence. Paths may have any length
+    (brackets, lines in blocks).
+
+    Args:
+        scale (float, optional): the logit scale. (default:
+            :math:`1/\sqrt{C}`)
+    """
+    def __init__(self, scale: Optional[float] = None):
+        self.scale = None if scale is None else check_real(
+            scale, 'scale', 0.0, strict=True)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets every token."""
+        self.num_tokens = 0
+        self._path: List[int] = []  # ids of the open nodes, root first
+        # The stack of summaries: each entry's parent depth (a list, read
+        # when popping) and buffers [capacity, ...] of key sums, value sums,
+        # counts and position vectors; the first len(self._depth) count.
+        self._depth: List[int] = []
+        self._key = self._value = self._count = self._pos = None
+        # Below each open node (depth d at row d): key and value sums and
+        # counts; and the position vectors of the path and the last token.
+        self._acc_key = self._acc_value = self._acc_count = None
+        self._own_pos = None
+        self._last = None  # the last token's (k, v)
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    @property
+    def num_entries(self) -> int:
+        """Summaries held now (completed left siblings on the path)."""
+        return len(self._depth)
+
+    def append(self, k: Tensor, v: Tensor, path: Sequence[int],
+               pos: Optional[Tensor] = None) -> None:
+        """Adds a token with key :obj:`k` ``[..., H, C]``, value :obj:`v`
+        ``[..., H, Cv]`` and ancestors :obj:`path` (root first); closes the
+        nodes of the previous path that :obj:`path` leaves. :obj:`pos`
+        holds the position vectors of the path's nodes and of the token
+        itself, ``[len(path) + 1, P]`` or ``[len(path) + 1, H, P]``, if the
+        model uses them (for every token or for none)."""
+        path = self._check(k, v, path, pos)
+        if pos is not None and pos.dim() == 2:  # shared by the heads
+            pos = pos.unsqueeze(1)
+        if self._last is None:
+            self._allocate(k, v, pos)
+        else:  # the previous token is now a completed child of its parent
+            self._push(len(self._path) - 1, *self._last, 1.0, None if
+                       self._pos is None else self._own_pos[len(self._path)])
+        common = 0
+        for old, new in zip(self._path, path):
+            if old != new:
+                break
+            common += 1
+        # Close the old nodes below the common part, deepest first: each
+        # replaces its children's summaries by its own.
+        for depth in range(len(self._path) - 1, common - 1, -1):
+            while self._depth and self._depth[-1] >= depth:
+                self._depth.pop()
+            if depth > 0:
+                self._push(depth - 1, self._acc_key[depth],
+                           self._acc_value[depth], self._acc_count[depth],
+                           None if self._pos is None else
+                           self._own_pos[depth])
+        self._grow_levels(len(path) + 1)
+        self._acc_key[common:len(path)] = 0
+        self._acc_value[common:len(path)] = 0
+        self._acc_count[common:len(path)] = 0
+        self._acc_key[:len(path)] += k
+        self._acc_value[:len(path)] += v
+        self._acc_count[:len(path)] += 1
+        if pos is not None:  # the new nodes' and the token's vectors
+            self._own_pos[common:len(path) + 1] = pos[common:]
+        self._path = path
+        self._last = (k, v)
+        self.num_tokens += 1
+
+    def attend(self, q: Tensor) -> Tensor:
+        """The output ``[..., H, Cv]`` of the last appended token for its
+        query :obj:`q` ``[..., H, C]``."""
+        if self._last is None:
+            raise ValueError("attend() needs a token: call append() first")
+        k, v = self._last
+        if not isinstance(q, Tensor) or q.shape != k.shape:
+            raise ValueError(f"'q' must be a tensor of the key's shape "
+                             f"{tuple(k.shape)} (got {describe(q)})")
+        scale = self.scale if self.scale is not None else \
+            1.0 / math.sqrt(q.size(-1))
+        size = len(self._depth)
+        self_logit = scale * (q * k).sum(-1)  # [..., H]
+        if self._pos is not None:
+            self_logit = self_logit + \
+                self._own_pos[len(self._path)].square().sum(-1)
+        count = self._count[:size].view(-1, *([1] * (q.dim() - 1)))
+        # Blocks of n tokens: logit of the mean key, plus log n.
+        logit = scale * (q * self._key[:size]).sum(-1) / count + count.log()
+        if self._pos is not None:
+            # An entry's sibling on the path: the open node (or the token)
+            # one level below the entry's parent.
+            mine = self._own_pos[self._depth_tensor(size) + 1]
+            logit = logit + (mine * self._pos[:size]).sum(-1)
+        logit = torch.cat([self_logit.unsqueeze(0), logit])  # [E+1, ..., H]
+        weight = torch.softmax(logit, dim=0)
+        values = torch.cat([v.unsqueeze(0), self._value[:size] /
+                            count.unsqueeze(-1)])
+        return (weight.unsqueeze(-1) * values).sum(0)
+
+    # Buffers ##############################################################
+
+    def _allocate(self, k: Tensor, v: Tensor, pos: Optional[Tensor]):
+        capacity = 64
+        self._key = k.new_zeros(capacity, *k.shape)
+        self._value = v.new_zeros(capacity, *v.shape)
+        self._count = k.new_zeros(capacity)
+        self._acc_key = k.new_zeros(8, *k.shape)
+        self._acc_value = v.new_zeros(8, *v.shape)
+        self._acc_count = k.new_zeros(8)
+        if pos is not None:
+            width = pos.shape[1:]
+            self._pos = pos.new_zeros(capacity, *width)
+            self._own_pos = pos.new_zeros(8, *width)
+
+    def _push(self, depth: int, key: Tensor, value: Tensor, count,
+              pos: Optional[Tensor]) -> None:
+        size = len(self._depth)
+        if size == self._key.size(0):
+            self._key, self._value, self._count, self._pos = (
+                None if x is None else torch.cat([x, torch.zeros_like(x)])
+                for x in (self._key, self._value, self._count, self._pos))
+        self._key[size], self._value[size] = key, value
+        self._count[size] = count
+        if self._pos is not None:
+            self._pos[size] = pos
+        self._depth.append(depth)
+
+    def _grow_levels(self, levels: int) -> None:
+        while self._acc_key.size(0) < levels:
+            self._acc_key, self._acc_value, self._acc_count, \
+                self._own_pos = (
+                    None if x is None else torch.cat([x, torch.zeros_like(x)])
+                    for x in (self._acc_key, self._acc_value,
+                              self._acc_count, self._own_pos))
+
+    def _depth_tensor(self, size: int) -> Tensor:
+        return torch.tensor(self._depth[:size], dtype=torch.long,
+                            device=self._key.device)
+
+    def _check(self, k, v, path, pos) -> List[int]:
+        for name, x in (('k', k), ('v', v)):
+            if not isinstance(x, Tensor) or x.dim() < 2 or \
+                    not x.is_floating_point():
+                raise TypeError(f"'{name}' must be a floating-point tensor "
+                                f"[..., H, C] (got {describe(x)})")
+        if v.shape[:-1] != k.shape[:-1]:
+            raise ValueError(f"'k' {tuple(k.shape)} and 'v' "
+                             f"{tuple(v.shape)} must agree up to the last "
+                             f"dimension")
+        if self._last is not None and (k.shape, v.shape) != (
+                self._last[0].shape, self._last[1].shape):
+            raise ValueError(f"'k' and 'v' must keep the shapes "
+                             f"{tuple(self._last[0].shape)} and "
+                             f"{tuple(self._last[1].shape)} of the earlier "
+                             f"tokens (got {tuple(k.shape)} and "
+                             f"{tuple(v.shape)})")
+        if isinstance(path, Tensor):
+            path = path.tolist() if path.dim() == 1 else None
+        if not isinstance(path, (list, tuple)) or not path or not all(
+                isinstance(node, (int, np.integer)) for node in path):
+            raise ValueError(f"'path' must list the token's ancestors as "
+                             f"integer ids, root first (at least the root; "
+                             f"got {describe(path)})")
+        if self._last is not None and (pos is None) != (self._pos is None):
+            raise ValueError("'pos' must be given for every token or for "
+                             "none")
+        if pos is not None and (not isinstance(pos, Tensor) or pos.dim()
+                                not in (2, 3) or pos.size(0) != len(path) + 1
+                                or pos.dim() == 3 and pos.size(1) not in (
+                                    1, k.size(-2))):
+            raise ValueError(f"'pos' must be [len(path) + 1, P] or "
+                             f"[len(path) + 1, H, P] (got {describe(pos)} "
+                             f"for a path of {len(path)})")
+        return [int(node) for node in path]
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_tokens={self.num_tokens}, '
+                f'num_entries={self.num_entries})')
+
+
+def window_path(t: int, branching: Sequence[int]) -> list:
+    """The ancestors of token :obj:`t`, root first, in fixed windows of
+    ``branching[0]`` tokens, ``branching[1]`` windows, ...: one root above
+    the last level."""
+    path, size = [], 1
+    for width in branching:
+        size *= width
+        path.append(t // size)
+    return [0] + path[::-1]
