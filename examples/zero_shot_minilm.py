@@ -66,12 +66,14 @@ class Config(NamedTuple):
     hierarchy: str
     branching: Tuple[int, ...] = ()
     special_tokens: str = 'root'
+    resolution: str = 'block'
 
     def patch(self, model):
         return patch_attention(model, layers=self.layers,
                                hierarchy=self.hierarchy,
                                branching=self.branching,
-                               special_tokens=self.special_tokens)
+                               special_tokens=self.special_tokens,
+                               resolution=self.resolution)
 
     def layer_text(self, num_layers: int) -> str:
         if self.layers is None:
@@ -101,10 +103,21 @@ CONFIGS = [
     Config('windows 32', FIRST_FOUR, 'windows', (32, )),
     Config('windows 64', FIRST_FIVE, 'windows', (64, )),
     Config('sentences, paragraphs', FIRST_FIVE, 'sentences'),
+    # Query-resolved HSA (every token its own projection): the rows of the
+    # paper's configurations above that it is compared with.
+    Config('windows 2-4-8-16, query-resolved', ALL, 'windows',
+           (2, 4, 8, 16), resolution='query'),
+    Config('windows 16, query-resolved', ALL, 'windows', (16, ),
+           resolution='query'),
+    Config('windows 32, query-resolved', FIRST_FOUR, 'windows', (32, ),
+           resolution='query'),
+    Config('sentences, paragraphs, query-resolved', ALL, 'sentences',
+           resolution='query'),
 ]
-SMOKE_CONFIGS = [CONFIGS[0], CONFIGS[1], CONFIGS[7]]
+SMOKE_CONFIGS = [CONFIGS[0], CONFIGS[1], CONFIGS[7], CONFIGS[18]]
 # Configurations whose whole forward is timed (all layers patched).
-TIMED = ('flat', 'windows 2-4-8-16', 'windows 32', 'sentences, paragraphs')
+TIMED = ('flat', 'windows 2-4-8-16', 'windows 32', 'sentences, paragraphs',
+         'windows 2-4-8-16, query-resolved')
 
 
 # Model and corpus #########################################################
@@ -240,7 +253,8 @@ def corpus_flops(model, tokenizer, texts, max_length, batch_size,
                 handle.set_boundaries(boundaries(batch, enc))
             tree, _ = handle.hierarchy_for(valid)
             lengths = valid.sum(1)
-            hsa += hsa_attention_flops(tree, heads, head_dim)
+            hsa += hsa_attention_flops(tree, heads, head_dim,
+                                       resolution=config.resolution)
             dense += dense_attention_flops(lengths, heads, head_dim)
             linear += layer_linear_flops(cfg, lengths)
         patched = len(handle.layers)

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from pyg_hsa.functional.checks import check_resolution
 from pyg_hsa.tree import Tree
 from pyg_hsa.utils.checks import check_bool, check_int
 
@@ -53,7 +54,8 @@ def dense_attention_flops(lengths: Union[int, Sequence[int], Tensor],
 def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
                         value_dim: Optional[int] = None, *,
                         self_loops: bool = True,
-                        padded: bool = False) -> int:
+                        padded: bool = False,
+                        resolution: str = 'block') -> int:
     r"""FLOPs of :func:`~pyg_hsa.hsa_attention` on a tree, counted like
     :func:`dense_attention_flops`. Per head, with :math:`M` nodes,
     :math:`I` internal nodes, :math:`E = M - \#\text{roots}` child edges
@@ -75,6 +77,17 @@ def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
     * the down pass adds :math:`W(1-\mu)\vartheta` to every node
       (:math:`2C_v`) after :data:`NODE_FLOPS` of scalar recursions.
 
+    With :obj:`resolution='query'` every leaf attends on its own to every
+    family above it, :math:`n(P_F)` rows per family (the leaves below its
+    parent), and only keys and values are pooled:
+
+    .. math::
+        \sum_F n(P_F)\, b_F (2C + 5 + 2C_v) + (C + C_v)(E + I)
+        + N (2C + 5 + 2C_v)
+
+    (the last term: every leaf's own term with :obj:`self_loops`, and
+    merging its levels).
+
     Args:
         tree (Tree or LongTensor): the hierarchy, or its parent vector.
         heads (int): number of heads :math:`H`.
@@ -82,6 +95,9 @@ def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
         value_dim (int, optional): value width :math:`C_v` (default
             :math:`C`).
         self_loops (bool): whether leaves attend to themselves.
+        resolution (str): ``'block'`` or ``'query'``, as in
+            :func:`~pyg_hsa.hsa_attention` (``padded`` applies to
+            ``'block'``).
         padded (bool): count the families as the implementation runs them
             (its real work) instead of the algorithm's :math:`b_F`: every
             family of two or more members at the width of the bucket it is
@@ -92,12 +108,15 @@ def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
     heads, head_dim, value_dim = _check_widths(heads, head_dim, value_dim)
     self_loops = check_bool(self_loops, 'self_loops')
     padded = check_bool(padded, 'padded')
+    query = check_resolution(resolution, False, self_loops)
     if not isinstance(tree, Tree):
         tree = Tree.from_parent(tree)
     parent = tree.parent
     num_nodes = parent.numel()
     has_parent = parent >= 0
     num_children = torch.bincount(parent[has_parent], minlength=num_nodes)
+    if query:
+        return heads * _query_flops(tree, num_children, head_dim, value_dim)
     if padded:
         family = _bucket_widths(tree, self_loops)
     else:
@@ -112,6 +131,31 @@ def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
                 (2 * head_dim + value_dim) * (num_edges + num_internal) +
                 (2 * value_dim + NODE_FLOPS) * num_nodes)
     return heads * per_head
+
+
+def _query_flops(tree: Tree, num_children: Tensor, head_dim: int,
+                 value_dim: int) -> int:
+    """Per head: query-resolved HSA's FLOPs (see
+    :func:`hsa_attention_flops`)."""
+    internal = num_children > 0
+    leaves_below = _leaves_below(tree.parent, tree.num_leaves)
+    pairs = int((leaves_below[internal] * num_children[internal]).sum())
+    per_pair = 2 * head_dim + SOFTMAX_FLOPS + 1 + 2 * value_dim
+    edges = int((tree.parent >= 0).sum())
+    return (pairs * per_pair +
+            (head_dim + value_dim) * (edges + int(internal.sum())) +
+            tree.num_leaves * per_pair)
+
+
+def _leaves_below(parent: Tensor, num_leaves: int) -> Tensor:
+    """The number of leaves below every node."""
+    count = torch.zeros(parent.numel(), dtype=torch.long)
+    node = torch.arange(num_leaves)
+    while node.numel():
+        count.index_add_(0, node, torch.ones_like(node))
+        node = parent[node]
+        node = node[node >= 0]
+    return count
 
 
 def _bucket_widths(tree: Tree, self_loops: bool) -> Tensor:

@@ -34,6 +34,22 @@ def test_flop_counts_by_hand():
         lone, 1, 2, self_loops=False) == PAIR
 
 
+def test_query_resolved_flop_counts_by_hand():
+    # Same tree. Rows x members: the root family (2 windows) is seen by 4
+    # leaves, each window (2 leaves) by its 2 leaves: 4 * 2 + 2 * (2 * 2)
+    # = 16 pairs of 13; pooling of k and v (C + Cv) * (E + I) = 4 * 9;
+    # every leaf's own term and merge: 4 * 13.
+    parent = torch.tensor([4, 4, 5, 5, 6, 6, -1])
+    assert hsa_attention_flops(parent, 1, 2, resolution='query') == \
+        16 * PAIR + 36 + 4 * PAIR
+    # A flat tree is softmax attention: N^2 pairs, plus pooling and own.
+    flat = torch.tensor([5] * 5 + [-1])
+    assert hsa_attention_flops(flat, 2, 2, resolution='query') == \
+        2 * (25 * PAIR + 4 * 6 + 5 * PAIR)
+    with pytest.raises(ValueError, match="'resolution'"):
+        hsa_attention_flops(flat, 1, 2, resolution='rows')
+
+
 def test_padded_counts_the_bucket_widths():
     # Families of 3 (node 7), 4 (node 8) and 2 (the root 9): batched into
     # one bucket of width 4, so 3 * 16 pairs instead of 9 + 16 + 4.
