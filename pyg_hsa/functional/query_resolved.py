@@ -46,7 +46,7 @@ class FamilyGroup(NamedTuple):
     ordered by first leaf (``-1`` pads)."""
     leaf: Tensor  # [F, R] leaf of each row (0 for pads)
     own: Tensor  # [F, R] the child of the family the leaf sits in
-    allowed: Tensor  # [F, R, W] which members the row attends to
+    allowed: Tensor  # [F, R, W] which members the row attends to (pads: 0)
     members: Tensor  # [F, W] (0 for pads)
     row_ok: Tensor  # [F, R]
     # ``leaf`` is ``first, first + 1, ...`` without pads (ordered trees:
@@ -128,9 +128,11 @@ class QueryPlan:
                 member_ok, offset[families[sel]].unsqueeze(1) + member_slot,
                 0)]
             own_slot = slot[own[index]].unsqueeze(-1)  # [F, R, 1]
-            allowed = member_ok.unsqueeze(1) & row_ok.unsqueeze(-1) & (
-                member_slot < own_slot if causal else
-                member_slot != own_slot)
+            # (Pad rows see the first member: a finite log-sum-exp keeps
+            # NaN out of second derivatives; their weights are dropped.)
+            allowed = member_ok.unsqueeze(1) & torch.where(
+                row_ok.unsqueeze(-1), member_slot < own_slot if causal else
+                member_slot != own_slot, member_slot == 0)
             rows_leaf = torch.where(row_ok, leaf[index], 0)
             first = int(rows_leaf[0, 0])
             if not (bool(row_ok.all()) and torch.equal(
@@ -201,9 +203,11 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
             logits.append(None)
             lse.append(checkpoint(_row_lse, *inputs[-1],
                                   use_reentrant=False))
+            lse[-1] = torch.where(part.row_ok, lse[-1], -math.inf)
         else:
             logits.append(_logits(*inputs[-1]))
-            lse.append(torch.logsumexp(logits[-1], dim=-1))
+            lse.append(torch.where(part.row_ok, torch.logsumexp(
+                logits[-1], dim=-1), -math.inf))
         leaves.append(part.leaf.reshape(-1))
     own = None
     if self_loops or causal:
@@ -225,9 +229,11 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
         norm = log_norm if whole[i] else log_norm[:, part.leaf.view(-1)]
         if logits[i] is None:
             weighted = checkpoint(_weighted_values, None, norm, values[i],
+                                  part.row_ok,
                                   *inputs[i], use_reentrant=False)
         else:
-            weighted = _weighted_values(logits[i], norm, values[i])
+            weighted = _weighted_values(logits[i], norm, values[i],
+                                        part.row_ok)
         weighted = weighted.reshape(heads, -1, weighted.size(-1))
         if whole[i]:
             out = out + weighted
@@ -338,7 +344,7 @@ def _row_lse(*inputs) -> Tensor:
 
 
 def _weighted_values(s: Optional[Tensor], log_norm: Tensor, values: Tensor,
-                     *inputs) -> Tensor:
+                     row_ok: Tensor, *inputs) -> Tensor:
     """``[H, F, R, Cv]``: each row's weights over its blocks (logits
     :obj:`s`, or recomputed from :obj:`inputs`), normalised over all of
     its leaf's levels (:obj:`log_norm`, ``[H, F * R]``), times the blocks'
@@ -347,6 +353,7 @@ def _weighted_values(s: Optional[Tensor], log_norm: Tensor, values: Tensor,
         s = _logits(*inputs)
     heads, num_fam, num_rows, width = s.shape
     p = torch.exp(s - log_norm.view(heads, num_fam, num_rows, 1))
+    p = torch.where(row_ok.unsqueeze(-1), p, 0.0)  # pad rows weigh nothing
     out = torch.bmm(p.view(heads * num_fam, num_rows, width),
                     values.reshape(heads * num_fam, width, -1))
     return _DenseGrad.apply(out).view(heads, num_fam, num_rows, -1)

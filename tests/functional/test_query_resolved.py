@@ -269,3 +269,18 @@ def test_query_resolved_compiles(causal):
     ref_grads = torch.autograd.grad(ref.square().sum(), eager)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
+
+
+def test_second_derivatives():
+    parent, num_leaves = random_forest(np.random.default_rng(8),
+                                       max_leaves=10)
+    tree = Tree.from_parent(parent, num_leaves)
+    q, k, v = random_qkv(num_leaves, channels=2, value_channels=2)
+    pos = random_pos('shared', tree.num_nodes, 2, 2)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v, pos)]
+
+    def f(q, k, v, pos):
+        return hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+                             resolution='query', causal=True)
+
+    assert torch.autograd.gradgradcheck(f, inputs)
