@@ -178,7 +178,7 @@ def molecule_timings(device: str, batches, repeats: int) -> None:
                 qp, kp, vp, attn_mask=mask).sum().backward()
 
         t_hsa, t_sdpa = timed(hsa, device, repeats), timed(sdpa, device,
-                                                            repeats)
+                                                           repeats)
         print(f'| {batch} | {n} | {t_hsa * 1e3:.2f} | {t_sdpa * 1e3:.2f} | '
               f'{t_hsa / t_sdpa:.2f} |', flush=True)
 

@@ -17,7 +17,8 @@ A ``fwd+bwd`` step is ``out.sum().backward()`` after setting the inputs'
 Each cell runs in a fresh subprocess. Where a cell compares methods or
 hierarchies, they alternate in that process, several rounds after a
 warm-up, and each keeps its fastest round: the machine's drift hits all
-alike, so their ratio (``x``) is what to read. ``peak MB`` is the process's peak
+alike, so their ratio (``x``) is what to read. ``peak MB`` is the process's
+peak
 resident set above its size after the imports, over everything it ran.
 
 Rows:
@@ -270,7 +271,7 @@ def cells(smoke: bool):
                 [('hsa', 'complete')], 128 * K, True, 5))
     for batch, rounds in ((32, 30), (512, 10)):
         out.append(([f'molecules x{batch}'] * 2, [('hsa', 'molecules'),
-                                                   ('sdpa', 'molecules')],
+                                                  ('sdpa', 'molecules')],
                     batch, True, rounds))
     out.append((['hsa_conv'], [('hsa_conv', 'complete')], 128 * K, True, 3))
     return out
@@ -324,7 +325,7 @@ def summary(rows) -> list:
     def find(name, method, phase, n):
         for r in rows:
             if r[:4] == (name, method, phase, n) and not isinstance(r[4],
-                                                                     str):
+                                                                    str):
                 return r
         return None
 
@@ -338,9 +339,10 @@ def summary(rows) -> list:
     big = find('flat', 'hsa', 'fwd+bwd', 100_000)
     big_sdpa = find('flat', 'sdpa', 'fwd+bwd', 100_000)
     if big:
+        sdpa_text = f'; SDPA (4-D) {big_sdpa[4] / 1e3:.1f} s' \
+            if big_sdpa else ''
         lines.append(f'- 100k-member family: {big[4] / 1e3:.1f} s, peak '
-                     f'{big[6]:.0f} MB' + (f'; SDPA (4-D) {big_sdpa[4] / 1e3:.1f} s'
-                                           if big_sdpa else ''))
+                     f'{big[6]:.0f} MB' + sdpa_text)
     for n in (1024, 4096, 16384, 65536):
         hsa, sdpa = (find('complete b=8', m, 'fwd+bwd', n)
                      for m in ('hsa', 'sdpa'))

@@ -7,7 +7,8 @@ should name). ``tests/test_bad_inputs.py`` runs every case and requires a
 :class:`ValueError` or :class:`TypeError` whose message contains those
 words (or, for a case that lists none, names something in quotes).
 
-Running the script prints the table of docs/bad_inputs.md, "input -> what happens" from
+Running the script prints the table of docs/bad_inputs.md, "input -> what
+happens" from
 the errors actually raised::
 
     python docs/bad_inputs.py [--out FILE]
@@ -179,7 +180,8 @@ def _():
     Tree.from_parent(torch.tensor([3.0, 3.0, 3.0, -1.0]))
 
 
-@case('parent vector as a Python list', "'parent'", 'LongTensor', error=TypeError)
+@case('parent vector as a Python list', "'parent'", 'LongTensor',
+      error=TypeError)
 def _():
     from pyg_hsa import Tree
     Tree.from_parent([3, 3, 3, -1])
@@ -490,7 +492,8 @@ def _():
     conv()(data.x_dict, tree_of(data))
 
 
-@case('float64 features for a float32 layer', "'x['atom']'", 'dtype', error=TypeError)
+@case('float64 features for a float32 layer', "'x['atom']'", 'dtype',
+      error=TypeError)
 def _():
     data = molecule()
     data['atom'].x = data['atom'].x.double()
@@ -734,7 +737,8 @@ def _():
         load_ogbg_dataset('ogbg-molhiv', root)
 
 
-@case('half-built ogbg-molfreesolv folder', 'delete the folder', error=FileExistsError)
+@case('half-built ogbg-molfreesolv folder', 'delete the folder',
+      error=FileExistsError)
 def _():
     from pyg_hsa.datasets.ogb import build_ogbg_molfreesolv
     with _temporary_root() as root:

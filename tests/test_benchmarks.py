@@ -23,7 +23,8 @@ def test_bench_hsa_smoke(tmp_path):
     assert done.returncode == 0, done.stderr
     table = out.read_text()
     rows = [line.split(' | ') for line in table.splitlines()
-            if line.startswith('| ') and (' | hsa' in line or ' | sdpa' in line)]
+            if line.startswith('| ') and (' | hsa' in line or
+                                          ' | sdpa' in line)]
     names = {(r[0].strip('| '), r[1]) for r in rows}
     for name in (('flat', 'hsa'), ('flat', 'sdpa'),
                  ('flat', 'sdpa 3-D (math path)'), ('complete b=8', 'hsa'),

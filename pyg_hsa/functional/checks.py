@@ -28,7 +28,7 @@ def as_tree(tree: TreeLike, q: Tensor) -> Tree:
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
-                  pos: Optional[Tensor]) -> None:
+                 pos: Optional[Tensor]) -> None:
     named = [('q', q), ('k', k)] + ([('v', v)] if v is not None else [])
     for name, x in named + ([('pos', pos)] if pos is not None else []):
         if not isinstance(x, Tensor):

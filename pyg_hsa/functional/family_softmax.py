@@ -16,9 +16,10 @@ the keys' bias :math:`\log n` ``[F, W]``. The forward pass builds the
 the weights :math:`\alpha`: :math:`\partial\ell/\partial\mathrm{logit} =
 \alpha \odot (g_\alpha - \langle g_\alpha, \alpha\rangle - g_\eta)`.
 Padding, and a member's own key unless it loops, are an additive mask of a
-large finite negative number: exact zero weights, finite gradients. Families whose logits would exceed
-:data:`FAMILY_BLOCK_ENTRIES` go a block of query rows at a time, and the
-backward pass recomputes each block, so memory stays bounded.
+large finite negative number: exact zero weights, finite gradients.
+Families whose logits would exceed :data:`FAMILY_BLOCK_ENTRIES` go a block
+of query rows at a time, and the backward pass recomputes each block, so
+memory stays bounded.
 """
 from typing import NamedTuple, Optional, Tuple, Union
 

@@ -1,4 +1,5 @@
-r"""The level-order layout of a forest, compiled once per :class:`~pyg_hsa.Tree`.
+r"""The level-order layout of a forest, compiled once per
+:class:`~pyg_hsa.Tree`.
 
 :class:`Layout` renumbers the nodes of a validated forest in *level order*:
 the roots first, then depth 1, depth 2, and so on, each level sorted by
@@ -149,7 +150,7 @@ class Layout:
         sizes = self.by_level(self.size)
         for d in range(num_levels - 1, 0, -1):
             sizes[d - 1].add_(sum_children(self, d, sizes[d].view(1, -1)
-                                            )[0])
+                                           )[0])
 
         #: Per level: the positions of its leaves inside the level, and
         #: their indices in the user's leaf order.
@@ -416,7 +417,6 @@ def copy_nodes_(out: Tensor, index: Tensor, src: Tensor) -> Tensor:
     for target, part in zip(out, src):
         target.index_copy_(0, index, part)
     return out
-
 
 
 def sum_children(layout: Layout, d: int, x: Tensor) -> Tensor:

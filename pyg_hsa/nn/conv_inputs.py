@@ -16,6 +16,7 @@ from pyg_hsa.utils.checks import describe
 
 Channels = Union[int, Dict[str, int]]
 
+
 def resolve_tree(layer, x, tree, hetero: bool) -> Tree:
     """The :class:`~pyg_hsa.Tree` of the call (built from a parent vector,
     a ``HeteroData`` or an ``edge_index_dict`` where one is given)."""
@@ -72,7 +73,6 @@ def check_leaves(layer, x_dict: Mapping[str, Tensor], tree: Tree) -> None:
                              f"type '{nt}'")
 
 
-
 def check_positions(layer, pe, hetero: bool, tree: Tree) -> None:
     """:obj:`pe`: one tensor ``[M, P]`` or a dictionary per node type, of
     the widths the layer projects."""
@@ -124,7 +124,6 @@ def check_positions(layer, pe, hetero: bool, tree: Tree) -> None:
                              f"'{nt}'")
 
 
-
 def check_finite_inputs(x, pe, hetero: bool, tree: Tree) -> None:
     """``validate=True``: :obj:`x` and :obj:`pe` hold no NaN or infinity."""
     if hetero:
@@ -141,9 +140,8 @@ def check_finite_inputs(x, pe, hetero: bool, tree: Tree) -> None:
                              f"at row {bad[0]}; expected finite values")
 
 
-
 def type_linear(lin: torch.nn.Module, node_type: str,
-                 argument: str) -> torch.nn.Module:
+                argument: str) -> torch.nn.Module:
     """The projection of one node type (a shared one for integer
     channels)."""
     if not isinstance(lin, HeteroDictLinear):
@@ -184,7 +182,7 @@ def check_features(x: Tensor, name: str, lin: Linear,
 
 
 def check_finite_projections(tree: Tree, hetero: bool,
-                              **projections: Optional[Tensor]):
+                             **projections: Optional[Tensor]):
     for what, x in projections.items():
         bad = None if x is None else non_finite_row(x)
         if bad is None:
@@ -201,7 +199,7 @@ def check_finite_projections(tree: Tree, hetero: bool,
 
 
 def leaf_linear(in_channels: Channels, out_channels: int,
-                 bias: bool = True) -> torch.nn.Module:
+                bias: bool = True) -> torch.nn.Module:
     if isinstance(in_channels, Mapping):
         return HeteroDictLinear(dict(in_channels), out_channels, bias=bias)
     return Linear(in_channels, out_channels, bias=bias)

@@ -3,7 +3,6 @@ continues exactly, smoke runs leave the checkout untouched, and the
 models see what they claim to see."""
 import json
 import os
-import os.path as osp
 import subprocess
 import sys
 from pathlib import Path

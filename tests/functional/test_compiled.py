@@ -114,7 +114,7 @@ def test_hsa_attention_compiles_on_every_tree(pos, self_loops, grad):
 @pytest.mark.parametrize('self_loops', [False, True])
 @pytest.mark.parametrize('pos', [None, 'shared'])
 def test_hsa_conv_and_encoder_layer_compile_on_every_tree(pos, self_loops,
-                                                         grad):
+                                                          grad):
     torch._dynamo.reset()
     conv = HSAConv(8, 4, heads=2, self_loops=self_loops,
                    pos_channels=None if pos is None else 3)
@@ -141,7 +141,7 @@ def test_hsa_conv_compiles_on_molecule_batches_with_typed_positions(grad):
     torch._dynamo.reset()
     first = molecules(3, 0)
     widths = {nt: first[nt].pe.size(-1) for nt in ('atom', 'fragment',
-                                                    'component')}
+                                                   'component')}
     conv = HSAConv(9, 4, heads=2, pos_channels=widths)
     compiled = torch.compile(conv, fullgraph=True)
     for start in (0, 3, 6):
