@@ -187,6 +187,7 @@ def test_missing_dataset_and_bad_names(tmp_path):
             ogb_data.freesolv_source()
 
 
+@pytest.mark.slow
 def test_hierarchy_cache_and_corruption(freesolv_root):
     plain = load_ogbg_dataset('ogbg-molfreesolv', freesolv_root)
     hier = load_ogbg_dataset('ogbg-molfreesolv', freesolv_root,

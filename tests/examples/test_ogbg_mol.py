@@ -29,6 +29,7 @@ def run(root, *extra):
     return ogbg_mol.main(['--root', root, *SMALL, *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['hsa', 'gin', 'gin-virtual',
                                    'transformer', 'hsa --no_pe',
                                    'hsa --hierarchy atoms'])
@@ -46,6 +47,7 @@ def test_every_model_trains(freesolv_root, tmp_path, model):
     assert all(math.isfinite(v) and v > 0 for v in saved['curves']['test'])
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(freesolv_root, tmp_path):
     straight = run(freesolv_root, '--epochs', '3', '--model', 'hsa',
                    '--checkpoint', str(tmp_path / 'a.ckpt'))

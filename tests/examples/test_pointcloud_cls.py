@@ -36,6 +36,7 @@ def smoke(example, tmp_path_factory):
     return out, json.loads(filename.read_text())
 
 
+@pytest.mark.slow
 def test_smoke_results(smoke):
     out, written = smoke
     assert written['results'] == json.loads(json.dumps(out['results']))
@@ -228,6 +229,7 @@ def test_readout_with_one_cloud(example):
     assert torch.allclose(out, readout.eval()(h, batch, 1))
 
 
+@pytest.mark.slow
 def test_batch_size_one_runs(example, tmp_path):
     filename = tmp_path / 'results.json'
     out = example.main(['--smoke', '--quiet', '--root', str(tmp_path),

@@ -110,6 +110,7 @@ def test_learned_scale_through_the_fused_kernel(every_family_fused):
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('self_loops', [False, True])
 def test_second_derivatives_through_the_fused_kernel(self_loops,
                                                      every_family_fused):

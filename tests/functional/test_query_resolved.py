@@ -195,14 +195,19 @@ def test_kl_to_softmax_is_at_most_paper_hsa(root, seed, self_loops,
     assert kl_rows(query, q, k, scale) <= kl_rows(block, q, k, scale) + 1e-9
 
 
-def test_gradcheck_of_the_custom_backward():
+@pytest.mark.parametrize('pos_kinds,modes', [
+    (['per_head'], [(True, True)]),
+    pytest.param([None, 'shared', 'per_head'], MODES,
+                 marks=pytest.mark.slow),
+])
+def test_gradcheck(pos_kinds, modes):
     parent, num_leaves = random_forest(np.random.default_rng(3),
                                        max_leaves=14, num_roots=2)
     tree = Tree.from_parent(parent, num_leaves)
     q, k, v = random_qkv(num_leaves, channels=2, value_channels=2)
-    for pos_kind in (None, 'shared', 'per_head'):
+    for pos_kind in pos_kinds:
         pos = random_pos(pos_kind, tree.num_nodes, 2, 1)
-        for self_loops, causal in MODES:
+        for self_loops, causal in modes:
             scale = torch.tensor(0.7, dtype=torch.float64)
             inputs = [x.clone().requires_grad_() for x in
                       (q, k, v, scale) + ((pos, ) if pos is not None else ())]

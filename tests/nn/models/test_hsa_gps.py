@@ -35,6 +35,7 @@ def run(model, data):
                  edge_attr=bond.edge_attr)
 
 
+@pytest.mark.slow
 def test_hsa_gps_batched_equals_each_graph_and_trains():
     torch.manual_seed(0)
     graphs = [molecule(5, [0, 0, 1, 1, 1], 0), molecule(4, [0, 1, 1, 1], 1),
