@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyg_hsa.functional.layout import Layout, from_parents, sum_children
+from pyg_hsa.functional.layout import Layout
+from pyg_hsa.functional.level_ops import from_parents, sum_children
 from pyg_hsa.functional.siblings import sibling_attention
 from pyg_hsa.functional.tree_sums import GatedPathSums, SubtreeSums
 

@@ -32,12 +32,8 @@ from pyg_hsa.functional.fused_attention import (
     prepare,
     unprepare,
 )
-from pyg_hsa.functional.layout import (
-    Bucket,
-    Layout,
-    copy_nodes_,
-    select_nodes,
-)
+from pyg_hsa.functional.layout import Bucket, Layout
+from pyg_hsa.functional.level_ops import copy_nodes_, select_nodes
 
 
 def sibling_attention(layout: Layout, stacks: Tuple[Tensor, ...],

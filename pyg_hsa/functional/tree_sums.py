@@ -21,9 +21,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from pyg_hsa.functional.layout import (
+from pyg_hsa.functional.layout import Layout
+from pyg_hsa.functional.level_ops import (
     SLICED_INDEXING,
-    Layout,
     add_children_,
     add_parents_,
     copy_nodes_,
@@ -199,7 +199,7 @@ def _weighted(layout: Layout, x: Tensor, divide: bool,
 def gather_leaves(x: Tensor, users: Tensor, out: Tensor) -> Tensor:
     """``out[h, i] = x[users[i], h]`` for the user's ``[N, H, C]``
     :obj:`x` (a gather per head, see
-    :data:`~pyg_hsa.functional.layout.SLICED_INDEXING`)."""
+    :data:`~pyg_hsa.functional.level_ops.SLICED_INDEXING`)."""
     if out[0].numel() < SLICED_INDEXING:
         return out.copy_(x.index_select(0, users).transpose(0, 1))
     for h in range(x.size(1)):

@@ -10,12 +10,9 @@ import torch
 from helpers import dense_output, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import layout as layout_module
-from pyg_hsa.functional.layout import (
-    _merge_narrow,
-    contract_unary_chains,
-    copy_nodes_,
-    select_nodes,
-)
+from pyg_hsa.functional import level_ops
+from pyg_hsa.functional.layout import _merge_narrow, contract_unary_chains
+from pyg_hsa.functional.level_ops import copy_nodes_, select_nodes
 
 
 def test_unary_chains_are_contracted():
@@ -122,7 +119,7 @@ def test_bucket_merging_is_optimal():
 
 
 def test_sliced_index_operations_equal_the_plain_ones(monkeypatch):
-    monkeypatch.setattr(layout_module, 'SLICED_INDEXING', 1)
+    monkeypatch.setattr(level_ops, 'SLICED_INDEXING', 1)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, 50, 4, generator=gen)
     index = torch.randint(0, 50, (30, ), generator=gen)

@@ -7,7 +7,7 @@ import torch
 
 from helpers import random_forest, root_paths
 from pyg_hsa import Tree
-from pyg_hsa.functional import layout as layout_module
+from pyg_hsa.functional import level_ops
 from pyg_hsa.functional.tree_sums import (
     GatedPathSums,
     PathSums,
@@ -20,7 +20,7 @@ def indexing(request, monkeypatch):
     """Runs a test with index operations as one call and, forced, one 2-D
     slice at a time (the path large trees take)."""
     if request.param == 'sliced':
-        monkeypatch.setattr(layout_module, 'SLICED_INDEXING', 1)
+        monkeypatch.setattr(level_ops, 'SLICED_INDEXING', 1)
     return request.param
 
 
