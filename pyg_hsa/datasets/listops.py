@@ -1,6 +1,5 @@
 r"""The ListOps task of the Long Range Arena, generated offline."""
 import numbers
-import os
 import os.path as osp
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -23,7 +22,13 @@ from pyg_hsa.datasets.listops_generator import (  # noqa: F401 (re-exported)
     generate,
     to_text,
 )
-from pyg_hsa.utils.checks import check_bool, check_int, describe
+from pyg_hsa.utils.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_path,
+    describe,
+)
 from pyg_hsa.utils.io import atomic_save
 
 SPLITS = ('train', 'val', 'test')
@@ -162,17 +167,8 @@ class ListOps(InMemoryDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"'root' must be a path (got {describe(root)})")
-        root = os.fspath(root)
-        if not root:
-            raise ValueError("'root' must be a non-empty path (got '')")
-        if not isinstance(split, str):
-            raise TypeError(f"'split' must be 'train', 'val' or 'test' (got "
-                            f"{describe(split)})")
-        if split not in SPLITS:
-            raise ValueError(f"'split' must be 'train', 'val' or 'test' "
-                             f"(got {split!r})")
+        root = check_path(root, 'root')
+        check_choice(split, 'split', SPLITS)
         self.num_examples = _check_num_examples(num_examples)
         for name, value in (('transform', transform),
                             ('pre_transform', pre_transform),

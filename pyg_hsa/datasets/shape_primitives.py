@@ -1,5 +1,4 @@
 """An offline point-cloud classification dataset of geometric primitives."""
-import os
 import os.path as osp
 from typing import Callable, List, Optional
 
@@ -7,7 +6,13 @@ import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
-from pyg_hsa.utils.checks import check_bool, check_int, describe
+from pyg_hsa.utils.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_path,
+    describe,
+)
 from pyg_hsa.utils.io import atomic_save
 
 SPLITS = ('train', 'test')
@@ -148,17 +153,8 @@ class ShapePrimitives(InMemoryDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"'root' must be a path (got {describe(root)})")
-        root = os.fspath(root)
-        if not root:
-            raise ValueError("'root' must be a non-empty path (got '')")
-        if not isinstance(split, str):
-            raise TypeError(f"'split' must be 'train' or 'test' (got "
-                            f"{describe(split)})")
-        if split not in SPLITS:
-            raise ValueError(f"'split' must be 'train' or 'test' (got "
-                             f"{split!r})")
+        root = check_path(root, 'root')
+        check_choice(split, 'split', SPLITS)
         if num_per_class is None:
             num_per_class = DEFAULT_NUM_PER_CLASS[split]
         for name, value in (('transform', transform),

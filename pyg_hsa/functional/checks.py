@@ -11,7 +11,12 @@ import torch
 from torch import Tensor
 
 from pyg_hsa.tree import Tree
-from pyg_hsa.utils.checks import check_bool, check_real, describe
+from pyg_hsa.utils.checks import (
+    check_bool,
+    check_choice,
+    check_real,
+    describe,
+)
 
 TreeLike = Union[Tree, Tensor]
 
@@ -117,12 +122,7 @@ CAUSAL_LEAK = (
 def check_resolution(resolution, causal: bool, self_loops: bool) -> bool:
     """Checks :obj:`resolution` against :obj:`causal` and
     :obj:`self_loops`; returns whether it is query-resolved."""
-    if not isinstance(resolution, str):
-        raise TypeError(f"'resolution' must be 'block' or 'query' (got "
-                        f"{describe(resolution)})")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"'resolution' must be 'block' or 'query' (got "
-                         f"{resolution!r})")
+    check_choice(resolution, 'resolution', RESOLUTIONS)
     if causal and resolution != 'query':
         raise ValueError(CAUSAL_LEAK)
     if causal and not self_loops:

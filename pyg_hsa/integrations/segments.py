@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from pyg_hsa.utils.checks import describe
+from pyg_hsa.utils.checks import check_choice, describe
 
 __all__ = ['SEGMENT_UNITS', 'segment_ids']
 
@@ -60,9 +60,7 @@ def segment_ids(texts: Union[str, Sequence[str]], encoding,
         which :func:`~pyg_hsa.integrations.transformers.patch_attention`
         then places directly under the root.
     """
-    if unit not in _UNIT_END:
-        raise ValueError(f"'unit' must be one of {SEGMENT_UNITS} (got "
-                         f"{unit!r})")
+    check_choice(unit, 'unit', SEGMENT_UNITS)
     texts = _check_texts(texts, 'texts')
     offsets = _offsets(encoding, len(texts))
     start, end = offsets[..., 0].contiguous(), offsets[..., 1]

@@ -36,7 +36,7 @@ from pyg_hsa.integrations.flops import (
 )
 from pyg_hsa.integrations.segments import SEGMENT_UNITS, segment_ids
 from pyg_hsa.tree import Tree
-from pyg_hsa.utils.checks import check_bool, describe
+from pyg_hsa.utils.checks import check_bool, check_choice, describe
 from pyg_hsa.utils.token_forest import (
     check_branching,
     check_segments,
@@ -165,12 +165,8 @@ class HSAPatch:
     """
     def __init__(self, model, layers, hierarchy, branching, boundaries,
                  special_tokens, resolution='block', causal=False):
-        if hierarchy not in HIERARCHIES:
-            raise ValueError(f"'hierarchy' must be one of {HIERARCHIES} "
-                             f"(got {hierarchy!r})")
-        if special_tokens not in SPECIAL_TOKENS:
-            raise ValueError(f"'special_tokens' must be one of "
-                             f"{SPECIAL_TOKENS} (got {special_tokens!r})")
+        check_choice(hierarchy, 'hierarchy', HIERARCHIES)
+        check_choice(special_tokens, 'special_tokens', SPECIAL_TOKENS)
         self.branching = check_branching(branching)
         self.causal = check_bool(causal, 'causal')
         check_resolution(resolution, self.causal, True)

@@ -8,7 +8,7 @@ from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import scatter
 
-from pyg_hsa.utils.checks import check_bool, check_int, describe
+from pyg_hsa.utils.checks import check_bool, check_choice, check_int
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
@@ -125,13 +125,8 @@ class MoleculeToHierarchy(BaseTransform):
     """
     def __init__(self, fragments: str = 'brics', components: bool = True,
                  walk_length: int = 8):
-        if not isinstance(fragments, str):
-            raise TypeError(f"'fragments' must be one of {FRAGMENT_SCHEMES} "
-                            f"(got {describe(fragments)})")
-        if fragments not in FRAGMENT_SCHEMES:
-            raise ValueError(f"'fragments' must be one of {FRAGMENT_SCHEMES}"
-                             f" (got {fragments!r})")
-        self.fragments = str(fragments)
+        self.fragments = check_choice(fragments, 'fragments',
+                                      FRAGMENT_SCHEMES)
         self.components = check_bool(components, 'components')
         self.walk_length = check_int(walk_length, 'walk_length', minimum=1)
 

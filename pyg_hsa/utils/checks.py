@@ -6,7 +6,8 @@ any :class:`numbers.Integral` (NumPy's included), reals any
 argument and what it must be."""
 import math
 import numbers
-from typing import Any, Optional
+import os
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -57,6 +58,29 @@ def check_real(value: Any, name: str, minimum: Optional[float] = None,
                                      value > maximum)
     if not math.isfinite(value) or below or above:
         raise ValueError(f"'{name}' must be {wanted} (got {value})")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """:obj:`value` as one of the strings :obj:`choices`."""
+    if not isinstance(value, str) or value not in choices:
+        options = ', '.join(repr(c) for c in choices[:-1]) + \
+            f' or {choices[-1]!r}' if len(choices) > 1 else repr(choices[0])
+        if len(choices) > 2:
+            options = f'one of {options}'
+        got = repr(value) if isinstance(value, str) else describe(value)
+        error = ValueError if isinstance(value, str) else TypeError
+        raise error(f"'{name}' must be {options} (got {got})")
+    return str(value)
+
+
+def check_path(value: Any, name: str) -> str:
+    """:obj:`value` as a non-empty path string."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"'{name}' must be a path (got {describe(value)})")
+    value = os.fspath(value)
+    if not value:
+        raise ValueError(f"'{name}' must be a non-empty path (got '')")
     return value
 
 

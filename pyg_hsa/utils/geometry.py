@@ -32,7 +32,7 @@ from pyg_hsa.utils._knn_brute_force import (
     stable_order,
 )
 from pyg_hsa.utils._knn_kd_tree import knn_kd_tree, scipy_spatial
-from pyg_hsa.utils.checks import check_bool, check_int, describe
+from pyg_hsa.utils.checks import check_bool, check_choice, check_int, describe
 
 #: The kd-tree answers an example's queries when it has at least this many
 #: (query, point) pairs; below, blocked brute force is faster.
@@ -113,11 +113,7 @@ def knn_graph(x: Tensor, k: int, batch: Optional[Tensor] = None,
     """
     k = check_int(k, 'k', minimum=1)
     loop = check_bool(loop, 'loop')
-    if not isinstance(flow, str):
-        raise TypeError(f"'flow' must be one of {FLOWS} (got "
-                        f"{describe(flow)})")
-    if flow not in FLOWS:
-        raise ValueError(f"'flow' must be one of {FLOWS} (got {flow!r})")
+    check_choice(flow, 'flow', FLOWS)
     if _native(batch):
         from torch_geometric.nn import knn_graph as pyg_knn_graph
         return pyg_knn_graph(x, k, batch, loop, flow)
