@@ -24,12 +24,13 @@ from pyg_hsa.datasets.listops_generator import (  # noqa: F401 (re-exported)
 )
 from pyg_hsa.utils.checks import (
     check_bool,
+    check_callable,
     check_choice,
     check_int,
     check_path,
     describe,
 )
-from pyg_hsa.utils.io import atomic_save
+from pyg_hsa.utils.io import atomic_save, load_generated
 
 SPLITS = ('train', 'val', 'test')
 DEFAULT_NUM_EXAMPLES = {'train': 96000, 'val': 2000, 'test': 2000}
@@ -173,29 +174,14 @@ class ListOps(InMemoryDataset):
         for name, value in (('transform', transform),
                             ('pre_transform', pre_transform),
                             ('pre_filter', pre_filter)):
-            if value is not None and not callable(value):
-                raise TypeError(f"'{name}' must be callable or None (got "
-                                f"{describe(value)})")
+            check_callable(value, name)
         self.split = str(split)
         self.seed = check_int(seed, 'seed', minimum=0)
         force_reload = check_bool(force_reload, 'force_reload')
         self._regenerate = force_reload
         super().__init__(root, transform, pre_transform, pre_filter,
                          force_reload=force_reload)
-        path = self.processed_paths[0]
-        try:
-            # Truncated or garbled files fail in many ways (zip, pickle or
-            # collate errors), so every failure to read gets the same
-            # advice.
-            self.load(path, data_cls=Data)
-            if 'y' not in self._data:
-                raise ValueError('no labels')
-        except Exception as error:
-            raise RuntimeError(
-                f"The processed file '{path}' of {self.__class__.__name__} "
-                f"is corrupted or unreadable ({type(error).__name__}: "
-                f"{error}); delete the folder '{self.config_dir}' and run "
-                f"again to rebuild it") from error
+        load_generated(self, self.config_dir, list_of_examples=False)
 
     @property
     def raw_file_names(self) -> List[str]:

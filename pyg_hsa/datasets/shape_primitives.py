@@ -8,12 +8,12 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from pyg_hsa.utils.checks import (
     check_bool,
+    check_callable,
     check_choice,
     check_int,
     check_path,
-    describe,
 )
-from pyg_hsa.utils.io import atomic_save
+from pyg_hsa.utils.io import atomic_save, load_generated
 
 SPLITS = ('train', 'test')
 DEFAULT_NUM_PER_CLASS = {'train': 80, 'test': 20}
@@ -160,9 +160,7 @@ class ShapePrimitives(InMemoryDataset):
         for name, value in (('transform', transform),
                             ('pre_transform', pre_transform),
                             ('pre_filter', pre_filter)):
-            if value is not None and not callable(value):
-                raise TypeError(f"'{name}' must be callable or None (got "
-                                f"{describe(value)})")
+            check_callable(value, name)
         self.split = str(split)
         self.num_per_class = check_int(num_per_class, 'num_per_class',
                                        minimum=1)
@@ -171,20 +169,7 @@ class ShapePrimitives(InMemoryDataset):
         force_reload = check_bool(force_reload, 'force_reload')
         super().__init__(root, transform, pre_transform, pre_filter,
                          force_reload=force_reload)
-        path = self.processed_paths[0]
-        try:
-            # Truncated or garbled files fail in many ways (zip, pickle or
-            # collate errors), so every failure to read gets the same
-            # advice.
-            self.load(path, data_cls=Data)
-            if 'y' not in self._data or self.slices is None:
-                raise ValueError('no labels or not a list of examples')
-        except Exception as error:
-            raise RuntimeError(
-                f"The processed file '{path}' of {self.__class__.__name__} "
-                f"is corrupted or unreadable ({type(error).__name__}: "
-                f"{error}); delete the folder '{self.processed_dir}' and "
-                f"run again to rebuild it") from error
+        load_generated(self, self.processed_dir, list_of_examples=True)
 
     @property
     def raw_file_names(self) -> List[str]:

@@ -84,6 +84,14 @@ def check_path(value: Any, name: str) -> str:
     return value
 
 
+def check_callable(value: Any, name: str) -> Any:
+    """:obj:`value` if it is callable or :obj:`None`."""
+    if value is not None and not callable(value):
+        raise TypeError(f"'{name}' must be callable or None (got "
+                        f"{describe(value)})")
+    return value
+
+
 def describe(value: Any) -> str:
     """A short description of :obj:`value` for error messages: scalars as
     their value and type, tensors by dtype and shape."""

@@ -78,3 +78,25 @@ def atomic_directory(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_generated(dataset, folder: str, list_of_examples: bool) -> None:
+    """Loads the processed file of a dataset generated at run time
+    (:obj:`dataset.load`). Truncated or garbled files fail in many ways
+    (zip, pickle or collate errors, missing labels), so every failure to
+    read raises one :class:`RuntimeError` with the same advice: delete
+    :obj:`folder` and run again."""
+    from torch_geometric.data import Data
+    path = dataset.processed_paths[0]
+    try:
+        dataset.load(path, data_cls=Data)
+        if 'y' not in dataset._data:
+            raise ValueError('no labels')
+        if list_of_examples and dataset.slices is None:
+            raise ValueError('not a list of examples')
+    except Exception as error:
+        raise RuntimeError(
+            f"The processed file '{path}' of {type(dataset).__name__} is "
+            f"corrupted or unreadable ({type(error).__name__}: {error}); "
+            f"delete the folder '{folder}' and run again to rebuild "
+            f"it") from error
