@@ -147,9 +147,11 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
                           for k, v in net.state_dict().items()}
         state['epoch'] = epoch
         if ctx.main:
+            # (The test split is evaluated when validation improves.)
+            shown = 'not evaluated' if np.isnan(test) else f'{test:.4f}'
             print(f'Epoch {epoch:3d}  loss {loss:.4f}  valid {metric} '
-                  f'{valid:.4f}  test {test:.4f}  ({seconds:.2f} s)',
-                  flush=True)  # (test: nan where not computed)
+                  f'{valid:.4f}  test {shown}  ({seconds:.2f} s)',
+                  flush=True)
             if args.checkpoint:
                 atomic_save({'args': vars(args), 'state': state,
                              'model': net.state_dict(),
