@@ -70,6 +70,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              'when --filename is given, else none)')
     parser.add_argument('--resume', action='store_true',
                         help='continue from --checkpoint')
+    parser.add_argument('--compile', action='store_true',
+                        help='train through torch.compile(dynamic=True) '
+                             '(evaluation stays eager)')
     parser.add_argument('--max_graphs', type=int, default=0,
                         help='use only the first N graphs of each split '
                              '(smoke tests; default: all)')
@@ -192,6 +195,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if ctx.enabled:
         model = DistributedDataParallel(
             net, device_ids=[device.index] if device.type == 'cuda' else None)
+    if args.compile:  # (HSA is one opaque operator in the graph)
+        model = torch.compile(model, dynamic=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     train_set = dataset[split['train']]

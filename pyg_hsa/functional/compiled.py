@@ -10,10 +10,14 @@ change, which dynamic shapes absorb).
 
 A :class:`~pyg_hsa.Tree` reaches the operator as a handle: a one-element
 tensor with its number in a registry of live trees (weakly referenced, so a
-tree is freed as usual). The backward operator recomputes the forward pass
-with autograd and differentiates it; dropout draws its masks from a seed
-the compiled graph passes to both, so they agree.
+tree is freed as usual). The compiled graph keeps only the handle, while a
+training loop typically drops its batch (and tree) between the forward
+and the backward pass, so the operator also holds the trees of its last
+:data:`KEEP_RECENT_TREES` calls. The backward operator recomputes the
+forward pass with autograd and differentiates it; dropout draws its masks
+from a seed the compiled graph passes to both, so they agree.
 """
+import collections
 import contextlib
 import itertools
 import weakref
@@ -25,6 +29,10 @@ from torch import Tensor
 _TREES: 'weakref.WeakValueDictionary[int, object]' = \
     weakref.WeakValueDictionary()
 _NUMBERS = itertools.count(1)
+# Trees of the latest forward calls, kept alive for their backward passes
+# (gradient accumulation over up to this many batches).
+KEEP_RECENT_TREES = 16
+_RECENT: 'collections.OrderedDict[int, object]' = collections.OrderedDict()
 
 
 def register(tree) -> Tensor:
@@ -34,10 +42,19 @@ def register(tree) -> Tensor:
     return torch.tensor(number, dtype=torch.long)
 
 
-def _tree(handle: Tensor):
-    tree = _TREES.get(int(handle))
-    if tree is None:  # (cannot happen while the caller holds the tree)
-        raise RuntimeError('pyg_hsa: the Tree of this call no longer exists')
+def _tree(handle: Tensor, keep: bool = False):
+    number = int(handle)
+    tree = _TREES.get(number)
+    if tree is None:
+        raise RuntimeError(
+            f'pyg_hsa: the Tree of this compiled call was freed before its '
+            f'backward pass (more than {KEEP_RECENT_TREES} newer trees went '
+            f'through compiled HSA in between); keep a reference to it')
+    if keep:
+        _RECENT[number] = tree
+        _RECENT.move_to_end(number)
+        while len(_RECENT) > KEEP_RECENT_TREES:
+            _RECENT.popitem(last=False)
     return tree
 
 
@@ -56,12 +73,12 @@ def compiled_attention(tree, q: Tensor, k: Tensor, v: Tensor,
 
 
 def _eager(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout,
-           seed, query, causal):
+           seed, query, causal, keep=False):
     from pyg_hsa.functional.attention import attend
     scale = tensor_scale if tensor_scale is not None else value
-    return attend(_tree(handle), q, k, v, pos, scale, self_loops, dropout,
-                  seed=None if seed is None else int(seed), query=query,
-                  causal=causal)
+    return attend(_tree(handle, keep), q, k, v, pos, scale, self_loops,
+                  dropout, seed=None if seed is None else int(seed),
+                  query=query, causal=causal)
 
 
 @torch.library.custom_op('pyg_hsa::hsa', mutates_args=())
@@ -70,7 +87,7 @@ def hsa(handle: Tensor, q: Tensor, k: Tensor, v: Tensor,
         self_loops: bool, dropout: float, seed: Optional[Tensor],
         query: bool, causal: bool) -> Tensor:
     return _own(_eager(handle, q, k, v, pos, tensor_scale, value,
-                       self_loops, dropout, seed, query, causal))
+                       self_loops, dropout, seed, query, causal, keep=True))
 
 
 @hsa.register_fake

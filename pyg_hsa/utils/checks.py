@@ -56,7 +56,9 @@ def check_real(value: Any, name: str, minimum: Optional[float] = None,
                                      value < minimum)
     above = maximum is not None and (value >= maximum if strict else
                                      value > maximum)
-    if not math.isfinite(value) or below or above:
+    # (Not math.isfinite: torch.compile(dynamic=True) traces floats as
+    # symbols, which comparisons accept and math.isfinite does not.)
+    if not abs(value) < math.inf or below or above:
         raise ValueError(f"'{name}' must be {wanted} (got {value})")
     return value
 

@@ -3,6 +3,8 @@ HSAEncoderLayer on every kind of tree: compiled outputs and gradients equal
 eager ones, with and without autograd, and new trees of the same kind do not
 recompile the graph (the dynamic program is one opaque operator,
 ``pyg_hsa::hsa``)."""
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -177,3 +179,26 @@ def test_new_trees_of_a_kind_reuse_the_compiled_graph():
                                    atol=1e-5)
         out.sum().backward()
     assert counters['stats']['unique_graphs'] <= 3
+
+
+def test_backward_after_the_batch_and_its_tree_are_dropped():
+    # A training loop drops the batch (and its tree) between the forward
+    # and the backward pass; the compiled graph holds only the handle.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv = HSAConv(16, 8, heads=2)
+    compiled = torch.compile(conv, fullgraph=True, dynamic=True)
+    parent = torch.tensor([5, 5, 5, 6, 6, 7, 7, -1])
+    x = torch.randn(5, 16)
+
+    def loss_of(layer):
+        return layer(x, Tree.from_parent(parent)).square().sum()
+
+    losses = [loss_of(compiled) for _ in range(3)]  # three batches
+    gc.collect()
+    sum(losses).backward()
+    grads = [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad()
+    (3 * loss_of(conv)).backward()
+    for grad, p in zip(grads, conv.parameters()):
+        torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-6)
