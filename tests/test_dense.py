@@ -23,10 +23,18 @@ TINY_TREES = [
 ]
 
 
+# (resolution, self_loops, causal): the paper's HSA and query-resolved HSA,
+# causal or not.
+MODES = [('block', False, False), ('block', True, False),
+         ('query', False, False), ('query', True, False),
+         ('query', True, True)]
+
+
 @pytest.mark.parametrize('tree_index', range(len(TINY_TREES)))
-@pytest.mark.parametrize('self_loops', [False, True])
+@pytest.mark.parametrize('resolution,self_loops,causal', MODES)
 @pytest.mark.parametrize('with_pos', [False, True])
-def test_dense_is_the_kl_minimiser(tree_index, self_loops, with_pos):
+def test_dense_is_the_kl_minimiser(tree_index, resolution, self_loops,
+                                   causal, with_pos):
     rng = np.random.default_rng(tree_index)
     parent, num_leaves = nested_to_forest([TINY_TREES[tree_index]], rng)
     q, k, _ = random_qkv(num_leaves, heads=1, channels=2, seed=tree_index)
@@ -43,8 +51,10 @@ def test_dense_is_the_kl_minimiser(tree_index, self_loops, with_pos):
             logit += float(pn[a] @ pn[b])
         return logit
 
-    expected = brute_force_theta(leaf_logit, parent, num_leaves, self_loops)
-    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops)[0]
+    expected = brute_force_theta(leaf_logit, parent, num_leaves, self_loops,
+                                 query=resolution == 'query', causal=causal)
+    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops,
+                      resolution=resolution, causal=causal)[0]
     np.testing.assert_allclose(theta.numpy(), expected, rtol=0, atol=2e-5)
 
 

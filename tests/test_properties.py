@@ -18,10 +18,17 @@ def build(roots, seed):
     return nested_to_forest(roots, np.random.default_rng(seed))
 
 
-@SETTINGS
-@given(forests, st.integers(0, 2**16), st.booleans(),
+# (resolution, self_loops, causal): paper HSA and query-resolved HSA.
+MODES = [('block', False, False), ('block', True, False),
+         ('query', False, False), ('query', True, False),
+         ('query', True, True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(forests, st.integers(0, 2**16), st.sampled_from(MODES),
        st.sampled_from([None, 'shared', 'per_head']))
-def test_dynamic_program_equals_dense(roots, seed, self_loops, pos_kind):
+def test_dynamic_program_equals_dense(roots, seed, mode, pos_kind):
+    resolution, self_loops, causal = mode
     parent, num_leaves = build(roots, seed)
     q, k, v = random_qkv(num_leaves, seed=seed)
     gen = torch.Generator().manual_seed(seed)
@@ -29,8 +36,10 @@ def test_dynamic_program_equals_dense(roots, seed, self_loops, pos_kind):
         (parent.numel(), 2) if pos_kind == 'shared' else
         (parent.numel(), 2, 2), generator=gen, dtype=torch.float64)
     tree = Tree.from_parent(parent, num_leaves)
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
-    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+    options = dict(pos=pos, self_loops=self_loops, resolution=resolution,
+                   causal=causal)
+    out = hsa_attention(q, k, v, tree, **options)
+    theta = hsa_dense(q, k, tree, **options)
     torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                atol=1e-10)
     # Rows are stochastic wherever a leaf has someone to attend to.

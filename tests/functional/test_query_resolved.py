@@ -1,8 +1,8 @@
-"""Query-resolved and causal HSA (``resolution='query'``): the scipy KL
-minimiser on tiny trees, the dense construction on random forests
-(hypothesis), softmax attention on a flat tree, exact causality of the
-gradients, the KL order against paper HSA, the custom backward pass and the
-errors."""
+"""Query-resolved and causal HSA (``resolution='query'``; its dense matrix
+against the scipy KL minimiser is in tests/test_dense.py, against the
+dynamic computation on hypothesis forests in tests/test_properties.py):
+softmax attention on a flat tree, exact causality of the
+gradients, the KL order against paper HSA, gradients and errors."""
 import math
 
 import numpy as np
@@ -12,26 +12,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import (
-    brute_force_theta,
-    dense_output,
-    nested_to_forest,
-    random_forest,
-    random_qkv,
-)
+from helpers import nested_to_forest, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 import pyg_hsa.functional.query_resolved as query_resolved
 
-TINY_TREES = [
-    [['leaf', 'leaf'], ['leaf', ['leaf', 'leaf']]],
-    [['leaf', 'leaf', 'leaf'], 'leaf'],
-    [[['leaf', 'leaf']], 'leaf', ['leaf', 'leaf']],  # a unary node
-    [['leaf', ['leaf', 'leaf', 'leaf']], ['leaf']],
-]
 trees = st.recursive(st.just('leaf'),
                      lambda children: st.lists(children, min_size=1,
                                                max_size=5), max_leaves=24)
-forests = st.lists(trees, min_size=1, max_size=3)
 SETTINGS = settings(max_examples=120, deadline=None)
 # (self_loops, causal): causal needs self loops.
 MODES = [(False, False), (True, False), (True, True)]
@@ -56,53 +43,6 @@ def random_pos(kind, num_nodes, heads, seed):
     gen = torch.Generator().manual_seed(seed)
     shape = (num_nodes, 2) if kind == 'shared' else (num_nodes, heads, 2)
     return torch.randn(shape, generator=gen, dtype=torch.float64)
-
-
-@pytest.mark.parametrize('tree_index', range(len(TINY_TREES)))
-@pytest.mark.parametrize('self_loops,causal', MODES)
-@pytest.mark.parametrize('with_pos', [False, True])
-def test_query_resolved_is_the_kl_minimiser(tree_index, self_loops, causal,
-                                            with_pos):
-    rng = np.random.default_rng(tree_index)
-    parent, num_leaves = nested_to_forest([TINY_TREES[tree_index]], rng)
-    q, k, _ = random_qkv(num_leaves, heads=1, channels=2, seed=tree_index)
-    pos = random_pos('shared' if with_pos else None, parent.numel(), 1, 7)
-    scale = 1 / math.sqrt(2)
-    qn, kn = q[:, 0].numpy(), k[:, 0].numpy()
-    pn = pos.numpy() if with_pos else None
-
-    def leaf_logit(i, j, a, b):
-        logit = scale * float(qn[i] @ kn[j])
-        if pn is not None:
-            logit += float(pn[a] @ pn[b])
-        return logit
-
-    expected = brute_force_theta(leaf_logit, parent, num_leaves, self_loops,
-                                 query=True, causal=causal)
-    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops,
-                      resolution='query', causal=causal)[0]
-    np.testing.assert_allclose(theta.numpy(), expected, rtol=0, atol=2e-5)
-
-
-@SETTINGS
-@given(forests, st.integers(0, 2**16), st.sampled_from(MODES),
-       st.sampled_from([None, 'shared', 'per_head']))
-def test_dynamic_equals_dense(roots, seed, mode, pos_kind):
-    self_loops, causal = mode
-    parent, num_leaves = nested_to_forest(roots, np.random.default_rng(seed))
-    tree = Tree.from_parent(parent, num_leaves)
-    q, k, v = random_qkv(num_leaves, seed=seed)
-    pos = random_pos(pos_kind, tree.num_nodes, 2, seed)
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops,
-                        resolution='query', causal=causal)
-    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops,
-                      resolution='query', causal=causal)
-    torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
-                               atol=1e-10)
-    alone = torch.bincount(tree.batch)[tree.batch] == 1
-    expected = (~alone | self_loops).to(theta.dtype)
-    torch.testing.assert_close(theta.sum(-1), expected.expand_as(
-        theta.sum(-1)), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize('seed', range(4))
