@@ -3,12 +3,11 @@ r"""Compiled hierarchies: the bookkeeping every HSA forward pass shares.
 A :class:`Tree` is built once per batch (from a parent vector or from a
 :class:`~torch_geometric.data.HeteroData` nesting graph) and then reused by
 every stacked :class:`~pyg_hsa.nn.HSAConv`. Building it validates the input
-(:func:`validate_parent`) and compiles its level-order layout
-(:class:`~pyg_hsa.functional.layout.Layout`): every depth level and every
-family is then one contiguous slice, and families of all levels are
+(:func:`~pyg_hsa.forest.validate_parent`) and compiles its level-order
+layout (:class:`~pyg_hsa.functional.layout.Layout`): every depth level and
+every family is then one contiguous slice, and families of all levels are
 grouped into buckets of one padded width for batched attention.
 """
-import operator
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -16,6 +15,12 @@ from torch import Tensor
 
 from torch_geometric.data import HeteroData
 from torch_geometric.typing import EdgeType
+
+from pyg_hsa.forest import (
+    describe_global,
+    roots_of,
+    validate_parent,
+)
 
 NESTING_RELATION = 'in'
 
@@ -53,7 +58,7 @@ class Tree:
         self.num_roots = roots.numel()
         rank = torch.empty_like(parent)
         rank[roots] = torch.arange(roots.numel(), device=parent.device)
-        self.batch = rank[_roots_of(parent)[:num_leaves]]
+        self.batch = rank[roots_of(parent)[:num_leaves]]
         self.node_slices: Optional[Dict[str, Tuple[int, int]]] = None
         self.leaf_types: Optional[List[str]] = None
         self._layouts: Dict[bool, object] = {}
@@ -84,7 +89,7 @@ class Tree:
                 exactly the nodes without children. If :obj:`None`, ``N`` is
                 the number of childless nodes, which must come first.
         """
-        return cls(*validate_parent(parent, num_leaves, _describe_global))
+        return cls(*validate_parent(parent, num_leaves, describe_global))
 
     @classmethod
     def for_rows(cls, parent: Tensor, num_rows: int, name: str) -> 'Tree':
@@ -253,7 +258,7 @@ class Tree:
 
     def __setstate__(self, state: dict):
         parent, num_leaves = state['parent'], state['num_leaves']
-        self.__init__(*validate_parent(parent, num_leaves, _describe_global))
+        self.__init__(*validate_parent(parent, num_leaves, describe_global))
         self.node_slices = state['node_slices']
         self.leaf_types = state['leaf_types']
 
@@ -308,123 +313,12 @@ def _to_device(value, device):
     return value
 
 
-def validate_parent(parent: Tensor, num_leaves: Optional[int],
-                    describe) -> Tuple[Tensor, int, Tensor]:
-    """Checks a parent vector (``describe(i)`` names node ``i`` in
-    messages) and returns it as a LongTensor, the number of leaves and the
-    depth of every node."""
-    if not isinstance(parent, Tensor):
-        raise TypeError(f"'parent' must be a LongTensor "
-                        f"(got {type(parent).__name__})")
-    if parent.dim() != 1:
-        raise ValueError(f"'parent' must be one-dimensional "
-                         f"(got shape {tuple(parent.shape)})")
-    if parent.dtype.is_floating_point or parent.dtype == torch.bool \
-            or parent.is_complex():
-        raise TypeError(f"'parent' must be an integer tensor "
-                        f"(got {parent.dtype})")
-    if num_leaves is not None:
-        try:
-            num_leaves = operator.index(num_leaves)
-        except TypeError:
-            raise TypeError(f"'num_leaves' must be an int (got "
-                            f"{type(num_leaves).__name__})") from None
-    parent = parent.long()
-    num_nodes = parent.numel()
-    if num_nodes == 0:
-        raise ValueError("The hierarchy is empty (it has no nodes)")
-    device = parent.device
-    if num_leaves is not None and num_leaves > num_nodes:
-        raise ValueError(f"'parent' has {num_nodes} entries, fewer than "
-                         f"the {num_leaves} leaves; it needs one entry "
-                         f"per leaf and per internal node")
-
-    bad = (parent < -1) | (parent >= num_nodes)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"The parent of {describe(i)} is "
-                         f"{int(parent[i])}; expected -1 (a root) or a "
-                         f"node index in [0, {num_nodes})")
-    arange = torch.arange(num_nodes, device=device)
-    own = parent == arange
-    if bool(own.any()):
-        raise ValueError(f"{_cap(describe(int(own.nonzero()[0])))} is its "
-                         f"own parent")
-
-    has_parent = parent >= 0
-    num_children = torch.zeros(num_nodes, dtype=torch.long, device=device)
-    num_children.index_add_(0, parent[has_parent],
-                            torch.ones_like(parent[has_parent]))
-    childless = num_children == 0
-    if num_leaves is None:
-        num_leaves = int(childless.long().cumprod(0).sum())
-        if num_leaves == 0:
-            raise ValueError(f"Leaves must come first, but "
-                             f"{describe(0)} has children")
-    elif num_leaves < 1:
-        raise ValueError(f"'num_leaves' must be positive "
-                         f"(got {num_leaves})")
-    if bool((~childless[:num_leaves]).any()):
-        i = int((~childless[:num_leaves]).nonzero()[0])
-        c = int((parent == i).nonzero()[0])
-        raise ValueError(f"Leaves cannot have children, but leaf "
-                         f"{describe(i)} is the parent of {describe(c)}")
-    if bool(childless[num_leaves:].any()):
-        i = num_leaves + int(childless[num_leaves:].nonzero()[0])
-        raise ValueError(f"Internal {describe(i)} has no children; "
-                         f"every group needs at least one leaf below it "
-                         f"(leaves are nodes 0..{num_leaves - 1})")
-    return parent, num_leaves, depth_by_pointer_jumping(parent, describe)
-
-
-def _roots_of(parent: Tensor) -> Tensor:
-    """The root above every node of a forest, by pointer jumping."""
-    root = torch.where(parent >= 0, parent, torch.arange(
-        parent.numel(), device=parent.device))
-    while True:
-        higher = root[root]
-        if bool((higher == root).all()):
-            return root
-        root = higher
-
-
-def depth_by_pointer_jumping(parent: Tensor, describe=None) -> Tensor:
-    """Depth of every node of a forest in ``O(M log depth)``; raises a
-    :class:`ValueError` on cycles, naming the node with ``describe``."""
-    num_nodes = parent.numel()
-    jump = parent.clone()
-    depth = (parent >= 0).long()
-    # After k rounds ``jump`` points 2**k levels up; a node that still has a
-    # target after ceil(log2(M)) + 1 rounds lies on or above a cycle.
-    for _ in range(max(1, num_nodes.bit_length()) + 1):
-        active = jump >= 0
-        if not bool(active.any()):
-            return depth
-        target = jump.clamp(min=0)
-        depth = torch.where(active, depth + depth[target], depth)
-        jump = torch.where(active, jump[target], jump)
-    # ``jump`` now points more than M steps up, which only a node on a
-    # cycle can be reached by.
-    on_cycle = int(jump[int((jump >= 0).nonzero()[0])])
-    describe = describe or _describe_global
-    raise ValueError(f"The nesting contains a cycle: {describe(on_cycle)} "
-                     f"is its own ancestor")
-
-
 def _describe(node: int,
               node_slices: Dict[str, Tuple[int, int]]) -> Tuple[str, int]:
     for nt, (lo, hi) in node_slices.items():
         if lo <= node < hi:
             return nt, node - lo
     return '?', node
-
-
-def _describe_global(node: int) -> str:
-    return f'node {node}'
-
-
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def _shape(x) -> str:

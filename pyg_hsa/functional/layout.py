@@ -79,7 +79,7 @@ class Layout:
         num_nodes = parent.numel()
         self.num_leaves, self.num_nodes = num_leaves, num_nodes
         # (Imported here: the tree module imports this one.)
-        from pyg_hsa.tree import depth_by_pointer_jumping
+        from pyg_hsa.forest import depth_by_pointer_jumping
         depth = depth_by_pointer_jumping(parent)
 
         # Level order: roots in the order of the user's roots, then each

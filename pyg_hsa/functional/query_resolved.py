@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from pyg_hsa.tree import depth_by_pointer_jumping
+from pyg_hsa.forest import depth_by_pointer_jumping
 
 # Logits ([families, heads, rows, members]) one chunk may hold; larger
 # groups go in row chunks whose backward pass recomputes them.
