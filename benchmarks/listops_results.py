@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def run_rows(widths: Dict[str, int], args) -> Dict[str, Dict]:
     os.makedirs(osp.join(args.out, 'runs'), exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads), PYTHONWARNINGS='ignore')
-    results, pending, running = {}, list(widths), {}
+    results, pending, running, failed = {}, list(widths), {}, []
     while pending or running:
         while pending and len(running) < args.parallel:
             row = pending.pop(0)
@@ -110,8 +110,9 @@ def run_rows(widths: Dict[str, int], args) -> Dict[str, Dict]:
                 continue
             log.close()
             del running[row]
-            if process.returncode:
-                raise RuntimeError(f'{row} failed; see {log.name}')
+            if process.returncode:  # (the other rows go on)
+                failed.append(f'{row} (see {log.name})')
+                continue
             with open(result_path(row, args)) as f:
                 result = json.load(f)
             result['wall_seconds'] = time.perf_counter() - start
@@ -119,6 +120,8 @@ def run_rows(widths: Dict[str, int], args) -> Dict[str, Dict]:
                 json.dump(result, f, indent=1)
             results[row] = result
         time.sleep(0.5)
+    if failed:
+        raise RuntimeError(f"rows failed: {', '.join(failed)}")
     return {row: results[row] for row in widths}
 
 
@@ -134,11 +137,16 @@ def table(results: Dict[str, Dict], widths: Dict[str, int]) -> str:
             f"{widths[row]} | {r['num_params']:,} | {100 * r['test']:.2f} | "
             f"{100 * r['valid']:.2f} | {r['best_epoch']} | "
             f"{r['seconds_per_epoch']:.0f} | {r['peak_memory_mb']:.0f} | "
-            f"{r.get('wall_seconds', float('nan')) / 60:.1f} |")
+            f"{_minutes(r.get('wall_seconds'))} |")
     lines += ['', '| published (LRA, full data, no parse tree) | test '
               'accuracy (%) |', '| --- | ---: |']
     lines += [f'| {name} | {acc:.2f} |' for name, acc in LRA]
     return '\n'.join(lines)
+
+
+def _minutes(seconds: Optional[float]) -> str:
+    # (A row run outside this script has no wall-clock of its own.)
+    return 'n/a' if seconds is None else f'{seconds / 60:.1f}'
 
 
 def plot(results: Dict[str, Dict], path: str):

@@ -104,8 +104,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f'--{name} must be at least 1')
     if args.train_examples < 0 or args.eval_examples < 0:
         parser.error('--train_examples and --eval_examples must be >= 0')
-    if args.emb_dim % args.heads:
-        parser.error('--emb_dim must be divisible by --heads')
+    if args.model != 'gin' and args.emb_dim % args.heads:
+        parser.error('--emb_dim must be divisible by --heads (for the '
+                     'attention models)')
     if not 0 <= args.dropout < 1:
         parser.error('--dropout must lie in [0, 1)')
     if not args.checkpoint and args.filename:
