@@ -50,6 +50,17 @@ def molecules(count, start):
     return next(iter(DataLoader(data, batch_size=count)))
 
 
+def parse_tree():
+    from torch_geometric.data import Data
+
+    from pyg_hsa.datasets import ListOps
+    from pyg_hsa.datasets.listops import from_text
+    from pyg_hsa.transforms import BracketsToHierarchy
+    tokens = from_text('[MAX 2 9 [MIN 4 7 [SM 1 [MED 3 5 6 ] ] ] 0 ]')
+    transform = BracketsToHierarchy(ListOps.OPERATOR_IDS, ListOps.CLOSING_ID)
+    return Tree.from_hetero(transform(Data(x=tokens)))
+
+
 TREES = {
     'flat 1': lambda: flat(1),
     'flat 5': lambda: flat(5),
@@ -57,6 +68,7 @@ TREES = {
     'perfect binary': perfect_binary,
     'forest with unary chains': lambda: forest(3),
     'another forest': lambda: forest(4),
+    'parse tree': parse_tree,
 }
 
 
