@@ -48,7 +48,7 @@ class FamilyGroup(NamedTuple):
     own: Tensor  # [F, R] the child of the family the leaf sits in
     allowed: Tensor  # [F, R, W] which members the row attends to (pads: 0)
     members: Tensor  # [F, W] (0 for pads)
-    row_ok: Tensor  # [F, R]
+    row_ok: Tensor  # [F, R] rows that count (not pads, not causally empty)
     # ``leaf`` is ``first, first + 1, ...`` without pads (ordered trees:
     # sequences, windows, complete trees), else -1: rows are a slice.
     first: int
@@ -94,10 +94,11 @@ class QueryPlan:
         slot[children] = torch.arange(
             child.numel(), device=device) - offset[parent[children]]
 
-        # Rows: the pairs whose family offers a block (another member; a
-        # member on the left for causal).
+        # Rows: the pairs in families of two or more. For causal, a row in
+        # the first child has no block on its left: it stays (so that the
+        # rows of ordered trees stay contiguous) but does not count.
         fam = parent[own]
-        keep = (slot[own] > 0) if causal else (count[fam] > 1)
+        keep = count[fam] > 1
         leaf, own, fam = leaf[keep], own[keep], fam[keep]
         # Rows by family (families by first leaf), leaves in order: ordered
         # trees get contiguous rows.
@@ -120,8 +121,9 @@ class QueryPlan:
             sel = ((shape_rows == r) & (shape_width == w)).nonzero().view(-1)
             index = row_start[sel].unsqueeze(1) + torch.arange(
                 r, device=device)
-            row_ok = torch.arange(r, device=device) < rows[sel].unsqueeze(1)
-            index = torch.where(row_ok, index, 0)
+            real = torch.arange(r, device=device) < rows[sel].unsqueeze(1)
+            index = torch.where(real, index, 0)
+            row_ok = real & (slot[own[index]] > 0) if causal else real
             member_slot = torch.arange(w, device=device)
             member_ok = member_slot < widths[sel].unsqueeze(1)
             members = children[torch.where(
@@ -133,14 +135,14 @@ class QueryPlan:
             allowed = member_ok.unsqueeze(1) & torch.where(
                 row_ok.unsqueeze(-1), member_slot < own_slot if causal else
                 member_slot != own_slot, member_slot == 0)
-            rows_leaf = torch.where(row_ok, leaf[index], 0)
+            rows_leaf = torch.where(real, leaf[index], 0)
             first = int(rows_leaf[0, 0])
-            if not (bool(row_ok.all()) and torch.equal(
+            if not (bool(real.all()) and torch.equal(
                     rows_leaf.view(-1), first + torch.arange(
                         rows_leaf.numel(), device=device))):
                 first = -1
             self.groups.append(FamilyGroup(
-                rows_leaf, torch.where(row_ok, own[index], 0), allowed,
+                rows_leaf, torch.where(real, own[index], 0), allowed,
                 torch.where(member_ok, members, 0), row_ok, first))
 
 
@@ -223,7 +225,9 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
 
     # Pass 2: every row's weights over its blocks, normalised across all
     # its levels, times the blocks' mean values, added up by leaf.
-    out = 0.0
+    # (Accumulated in place: a fresh full-size tensor per level costs page
+    # faults; the additions' backward passes need no saved values.)
+    out = v.new_zeros(heads, num_leaves, v.size(-1))
     scattered, scattered_rows = [], []
     for i, (part, _) in enumerate(parts):
         norm = log_norm if whole[i] else log_norm[:, part.leaf.view(-1)]
@@ -236,18 +240,15 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
                                         part.row_ok)
         weighted = weighted.reshape(heads, -1, weighted.size(-1))
         if whole[i]:
-            out = out + weighted
+            out.add_(weighted)
         else:
             scattered.append(weighted)
             scattered_rows.append(part.leaf.view(-1))
     if scattered:
-        out = out + v.new_zeros(heads, num_leaves, v.size(-1)).index_add(
-            1, torch.cat(scattered_rows), torch.cat(scattered, dim=1))
+        out.index_add_(1, torch.cat(scattered_rows),
+                       torch.cat(scattered, dim=1))
     if own is not None:
-        out = out + torch.exp(own - log_norm).unsqueeze(-1) * \
-            v.transpose(0, 1)
-    if not isinstance(out, Tensor):
-        out = v.new_zeros(heads, num_leaves, v.size(-1))
+        out.add_(torch.exp(own - log_norm).unsqueeze(-1) * v.transpose(0, 1))
     return out.transpose(0, 1)
 
 
