@@ -61,3 +61,20 @@ def test_ogbg_mol_results_smoke(tmp_path, freesolv_root):
     gaps = [abs(ogbg_mol_results.parameters('gin', w, args) - budget)
             for w in (width - 4, width, width + 4)]
     assert gaps[1] == min(gaps)
+
+
+@pytest.mark.slow
+def test_bench_causal_smoke(tmp_path):
+    out, plot = tmp_path / 'results.md', tmp_path / 'decoding.png'
+    done = subprocess.run([
+        sys.executable, str(ROOT / 'benchmarks' / 'bench_causal.py'),
+        '--smoke', '--out', str(out), '--plot', str(plot)
+    ], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    table = out.read_text()
+    for size in (512, 4096):
+        assert f'| {size} | ' in table
+    for context in (256, 1024):
+        assert f'| {context} | ' in table
+    assert 'against 256 tokens of context' in table
+    assert plot.stat().st_size > 10_000
