@@ -41,9 +41,10 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 class FamilyGroup(NamedTuple):
-    """Families of one padded shape: ``rows[f, r]`` are the pairs (leaf,
-    own child) of family ``f`` (``-1`` pads), ``members[f, w]`` its children
-    ordered by first leaf (``-1`` pads)."""
+    """Families of one padded shape ``[F, R, W]``: the rows of family ``f``
+    are the pairs (leaf below it, the child the leaf sits in), its members
+    its children ordered by first leaf. Pads point at node 0 and are
+    masked."""
     leaf: Tensor  # [F, R] leaf of each row (0 for pads)
     own: Tensor  # [F, R] the child of the family the leaf sits in
     allowed: Tensor  # [F, R, W] which members the row attends to (pads: 0)
