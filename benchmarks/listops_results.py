@@ -32,7 +32,7 @@ EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
 import listops  # noqa: E402
-from training import count_parameters  # noqa: E402
+from training import closest_width, count_parameters  # noqa: E402
 
 # Long Range Arena's published ListOps test accuracies (%), none of which
 # uses the parse tree (Tay et al., 2021; S4: Gu et al., 2022; Mega: Ma et
@@ -48,8 +48,7 @@ def gin_width(budget: int, args) -> int:
     """GIN's width whose parameter count is closest to the budget."""
     def count(width):
         return count_parameters(listops.GINNet(width, args.gin_layers, 0.0))
-    return min(range(4, 8 * args.emb_dim + 1),
-               key=lambda w: abs(count(w) - budget))
+    return closest_width(count, budget, 8 * args.emb_dim)
 
 
 def command(row: str, width: int, args) -> List[str]:

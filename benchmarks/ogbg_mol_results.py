@@ -31,7 +31,7 @@ EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
 from ogbg_mol_models import MODELS, MolecularNet  # noqa
-from training import count_parameters  # noqa
+from training import closest_width, count_parameters  # noqa
 
 # MoleculeToHierarchy's pe widths with walk_length=8 (atom, fragment,
 # component); only used to count the HSA model's parameters.
@@ -57,17 +57,9 @@ def parameters(row: str, emb_dim: int, args) -> int:
 
 def matched_width(row: str, budget: int, args) -> int:
     """The multiple of ``heads`` whose parameter count is closest to the
-    budget, by bisection (parameters grow monotonically with the width)."""
-    lo, hi = 1, 16 * args.emb_dim // args.heads  # in units of heads
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if parameters(row, mid * args.heads, args) < budget:
-            lo = mid + 1
-        else:
-            hi = mid
-    candidates = [w * args.heads for w in (lo - 1, lo) if w >= 1]
-    return min(candidates,
-               key=lambda w: abs(parameters(row, w, args) - budget))
+    budget."""
+    return closest_width(lambda width: parameters(row, width, args), budget,
+                         16 * args.emb_dim, step=args.heads)
 
 
 def run(row: str, seed: int, emb_dim: int, args, epochs: int = 0,

@@ -47,7 +47,13 @@ from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GINConv, global_mean_pool
 from tqdm import tqdm
-from training import Distributed, fit, seed_everything, write_result
+from training import (
+    Distributed,
+    fit,
+    seed_everything,
+    train_epoch,
+    write_result,
+)
 
 from pyg_hsa import Tree
 from pyg_hsa.datasets import ListOps
@@ -214,22 +220,6 @@ def load_splits(args) -> Dict[str, torch.utils.data.Dataset]:
     return splits
 
 
-def train_epoch(model, loader, optimizer, device, ctx: Distributed) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for batch in tqdm(loader, desc='Iteration', disable=not ctx.show_progress,
-                      leave=False):
-        batch = batch.to(device)
-        loss = F.cross_entropy(model(batch), batch.y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * batch.num_graphs
-        count += batch.num_graphs
-    total, count = ctx.sum(total, count)
-    return total / max(count, 1)
-
-
 @torch.no_grad()
 def accuracy(net, dataset, args, device, ctx: Distributed) -> float:
     """Accuracy on :obj:`dataset`; every rank scores its share and the
@@ -295,7 +285,9 @@ def run(args) -> Dict:
     def train(epoch: int) -> float:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        return train_epoch(model, loader, optimizer, device, ctx)
+        return train_epoch(model, loader, optimizer, ctx,
+                           lambda batch: F.cross_entropy(model(batch),
+                                                         batch.y))
 
     def score(name: str) -> float:
         split = splits['val' if name == 'valid' else name]

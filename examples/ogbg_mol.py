@@ -29,7 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 from tqdm import tqdm
-from training import Distributed, fit, seed_everything, write_result
+from training import (
+    Distributed,
+    fit,
+    seed_everything,
+    train_epoch,
+    write_result,
+)
 
 from pyg_hsa.datasets.ogb import FREESOLV, load_ogbg_dataset
 from pyg_hsa.transforms import MoleculeToHierarchy
@@ -125,27 +131,6 @@ def masked_loss(pred, y, task_type: str):
     return torch.nn.functional.mse_loss(pred[labelled], y[labelled].float())
 
 
-def train_epoch(model, net, loader, optimizer, device, task_type, scale,
-                ctx: Distributed, show: bool) -> float:
-    model.train()
-    mean, std = scale
-    total, count = 0.0, 0
-    for batch in tqdm(loader, desc='Iteration', disable=not show,
-                      leave=False):
-        batch = batch.to(device)
-        if batch.num_graphs < 2:  # BatchNorm needs two graphs (as in OGB)
-            continue
-        pred = model(MolecularBatch(batch, net.needs_tree))
-        loss = masked_loss(pred, (batch.y - mean) / std, task_type)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * batch.num_graphs
-        count += batch.num_graphs
-    total, count = ctx.sum(total, count)
-    return total / max(count, 1)
-
-
 @torch.no_grad()
 def evaluate(net, dataset, index, args, evaluator, scale, device,
              ctx: Distributed, show: bool) -> float:
@@ -210,8 +195,14 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     def train(epoch: int) -> float:
         if sampler is not None:
             sampler.set_epoch(epoch)
-        return train_epoch(model, net, loader, optimizer, device, task_type,
-                           scale, ctx, show)
+        return train_epoch(model, loader, optimizer, ctx, loss_of)
+
+    def loss_of(batch):
+        if batch.num_graphs < 2:  # BatchNorm needs two graphs (as in OGB)
+            return None
+        pred = model(MolecularBatch(batch, net.needs_tree))
+        mean, std = scale
+        return masked_loss(pred, (batch.y - mean) / std, task_type)
 
     def score(name: str) -> float:
         return evaluate(net, dataset, split[name], args, evaluator, scale,

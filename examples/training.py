@@ -1,7 +1,8 @@
 r"""Training machinery shared by the example scripts (``ogbg_mol.py``,
-``listops.py``): the process group under ``torchrun``, seeding, and the
-epoch loop with best-validation selection, atomic checkpoints,
-``--resume`` and the JSON result file.
+``listops.py``): the process group under ``torchrun``, seeding, one
+training epoch, the width that matches a parameter budget, and the epoch
+loop with best-validation selection, atomic checkpoints, ``--resume`` and
+the JSON result file.
 
 A script imports it as ``from training import ...``: Python puts the
 script's own folder first on ``sys.path``, so this works from any working
@@ -18,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pyg_hsa.utils.io import atomic_save
 
@@ -102,6 +104,45 @@ def seed_everything(seed: int):
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def train_epoch(model: torch.nn.Module, loader, optimizer,
+                ctx: Distributed,
+                loss_of: Callable[[object], Optional[torch.Tensor]]) -> float:
+    """One pass over :obj:`loader` (batches moved to ``ctx.device``): the
+    mean of ``loss_of(batch)`` over the examples of all ranks, weighted by
+    ``batch.num_graphs``; a batch whose loss is :obj:`None` is skipped."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc='Iteration', disable=not ctx.show_progress,
+                      leave=False):
+        batch = batch.to(ctx.device)
+        loss = loss_of(batch)
+        if loss is None:
+            continue
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * batch.num_graphs
+        count += batch.num_graphs
+    total, count = ctx.sum(total, count)
+    return total / max(count, 1)
+
+
+def closest_width(count: Callable[[int], int], budget: int, maximum: int,
+                  step: int = 1) -> int:
+    """The multiple of :obj:`step` up to :obj:`maximum` whose parameter
+    count ``count(width)`` is closest to :obj:`budget`, by bisection
+    (parameters grow monotonically with the width)."""
+    lo, hi = 1, max(1, maximum // step)  # in units of step
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(mid * step) < budget:
+            lo = mid + 1
+        else:
+            hi = mid
+    candidates = [w * step for w in (lo - 1, lo) if w >= 1]
+    return min(candidates, key=lambda w: abs(count(w) - budget))
 
 
 def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
