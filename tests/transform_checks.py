@@ -47,6 +47,16 @@ def check_hierarchy(data: HeteroData, leaf_type: str, root_type: str,
     return tree
 
 
+def assert_same_hierarchy(out: HeteroData, expected: HeteroData) -> None:
+    """The same edge types, nesting and positions, exactly."""
+    assert out.edge_types == expected.edge_types
+    for et in out.edge_types:
+        assert torch.equal(out[et].edge_index, expected[et].edge_index)
+    for nt in out.node_types:
+        if 'pe' in out[nt]:
+            assert torch.equal(out[nt].pe, expected[nt].pe)
+
+
 def pe_channels(data: HeteroData) -> Dict[str, int]:
     return {nt: data[nt].pe.size(-1) for nt in data.node_types
             if 'pe' in data[nt]}

@@ -8,7 +8,11 @@ from torch_geometric.data import Data
 from torch_geometric.utils import barabasi_albert_graph, to_undirected
 
 from pyg_hsa.transforms.graph_to_hierarchy import GraphToHierarchy
-from transform_checks import check_batching, check_hierarchy
+from transform_checks import (
+    assert_same_hierarchy,
+    check_batching,
+    check_hierarchy,
+)
 
 
 def two_cliques_and_a_path():
@@ -250,12 +254,7 @@ def test_numpy_scalars_equal_python_scalars():
     assert [type(v) for v in vars(numpy).values()] == [int, float, float,
                                                        int, int]
     out, expected = numpy(data), python(data)
-    assert out.edge_types == expected.edge_types
-    for et in out.edge_types:
-        assert torch.equal(out[et].edge_index, expected[et].edge_index)
-    for nt in out.node_types:
-        if 'pe' in out[nt]:
-            assert torch.equal(out[nt].pe, expected[nt].pe)
+    assert_same_hierarchy(out, expected)
 
 
 def test_functional_transform():

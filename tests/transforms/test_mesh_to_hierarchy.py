@@ -12,7 +12,12 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import FaceToEdge
 
 from pyg_hsa.transforms.mesh_to_hierarchy import MeshToHierarchy
-from transform_checks import check_batching, check_hierarchy, package_file
+from transform_checks import (
+    assert_same_hierarchy,
+    check_batching,
+    check_hierarchy,
+    package_file,
+)
 
 
 def to_data(mesh: trimesh.Trimesh) -> Data:
@@ -408,12 +413,7 @@ def test_numpy_scalars_equal_python_scalars():
     assert repr(numpy) == repr(python)
     assert [type(v) for v in vars(numpy).values()] == [int, float, int]
     out, expected = numpy(data), python(data)
-    assert out.edge_types == expected.edge_types
-    for et in out.edge_types:
-        assert torch.equal(out[et].edge_index, expected[et].edge_index)
-    for nt in out.node_types:
-        if 'pe' in out[nt]:
-            assert torch.equal(out[nt].pe, expected[nt].pe)
+    assert_same_hierarchy(out, expected)
     # float32 patch sizes are read as their exact value.
     assert MeshToHierarchy(patch_size=np.float32(1.5)).patch_size == 1.5
 
