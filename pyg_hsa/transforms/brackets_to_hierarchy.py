@@ -8,9 +8,10 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 
-from pyg_hsa.utils.checks import check_int, describe
+from pyg_hsa.utils.checks import describe
 from pyg_hsa.utils.hierarchy import (
     NESTING_RELATION,
+    check_fourier_channels,
     check_input,
     fourier_encoding,
     leaf_hetero,
@@ -98,10 +99,7 @@ class BracketsToHierarchy(BaseTransform):
         if both:
             raise ValueError(f"'opening' and 'closing' share the ids {both}; "
                              f"a token cannot both open and close")
-        self.pe_channels = check_int(pe_channels, 'pe_channels', minimum=2)
-        if self.pe_channels % 2:
-            raise ValueError(f"'pe_channels' must be a positive even "
-                             f"integer (got {self.pe_channels})")
+        self.pe_channels = check_fourier_channels(pe_channels, 'pe_channels')
 
     def forward(self, data: Data) -> HeteroData:
         num_tokens = check_input(data, 'BracketsToHierarchy', 'token')

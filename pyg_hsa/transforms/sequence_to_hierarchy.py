@@ -5,10 +5,11 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 
-from pyg_hsa.utils.checks import check_int, check_real, describe
+from pyg_hsa.utils.checks import check_real, describe
 from pyg_hsa.utils.hierarchy import (
     add_level,
     add_root,
+    check_fourier_channels,
     check_input,
     data_device,
     fourier_encoding,
@@ -98,10 +99,7 @@ class SequenceToHierarchy(BaseTransform):
         if len(set(self.segments)) != len(self.segments):
             raise ValueError(f"'segments' has repeated names "
                              f"{self.segments}")
-        self.pe_channels = check_int(pe_channels, 'pe_channels', minimum=2)
-        if self.pe_channels % 2:
-            raise ValueError(f"'pe_channels' must be a positive even "
-                             f"integer (got {self.pe_channels})")
+        self.pe_channels = check_fourier_channels(pe_channels, 'pe_channels')
         self.max_period = check_real(max_period, 'max_period', minimum=1,
                                      strict=True)
 

@@ -8,6 +8,8 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import scatter
 
+from pyg_hsa.utils.checks import check_int
+
 NESTING_RELATION = 'in'
 
 
@@ -161,6 +163,15 @@ def first_child(parent: Tensor, num_parents: Optional[int] = None) -> Tensor:
 def group_sizes(group: Tensor, num_groups: int) -> Tensor:
     """Number of elements in each of :obj:`num_groups` groups."""
     return torch.bincount(group, minlength=num_groups)[:num_groups]
+
+
+def check_fourier_channels(value, name: str) -> int:
+    """A width for :func:`fourier_encoding`: an even integer >= 2."""
+    channels = check_int(value, name, minimum=2)
+    if channels % 2:
+        raise ValueError(f"'{name}' must be a positive even integer (got "
+                         f"{channels})")
+    return channels
 
 
 def fourier_encoding(position: Tensor, channels: int,
