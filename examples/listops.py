@@ -49,6 +49,8 @@ from torch_geometric.nn import GINConv, global_mean_pool
 from tqdm import tqdm
 from training import (
     Distributed,
+    add_checkpoint_arguments,
+    checkpoint_from_filename,
     fit,
     seed_everything,
     train_epoch,
@@ -89,11 +91,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--filename', type=str, default='',
                         help='JSON result file')
-    parser.add_argument('--checkpoint', type=str, default='',
-                        help='checkpoint file (default: <filename>.ckpt '
-                             'when --filename is given, else none)')
-    parser.add_argument('--resume', action='store_true',
-                        help='continue from --checkpoint')
+    add_checkpoint_arguments(parser)
     parser.add_argument('--smoke', action='store_true',
                         help='tiny sizes and data (seconds)')
     for name, (default, smoke) in SIZES.items():
@@ -115,10 +113,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                      'attention models)')
     if not 0 <= args.dropout < 1:
         parser.error('--dropout must lie in [0, 1)')
-    if not args.checkpoint and args.filename:
-        args.checkpoint = args.filename + '.ckpt'
-    if args.resume and not args.checkpoint:
-        parser.error('--resume needs --checkpoint (or --filename)')
+    checkpoint_from_filename(parser, args)
     return args
 
 

@@ -31,6 +31,8 @@ from torch_geometric.loader import DataLoader
 from tqdm import tqdm
 from training import (
     Distributed,
+    add_checkpoint_arguments,
+    checkpoint_from_filename,
     fit,
     seed_everything,
     train_epoch,
@@ -71,11 +73,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--root', type=str, default=DEFAULT_ROOT)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--checkpoint', type=str, default='',
-                        help='checkpoint file (default: <filename>.ckpt '
-                             'when --filename is given, else none)')
-    parser.add_argument('--resume', action='store_true',
-                        help='continue from --checkpoint')
+    add_checkpoint_arguments(parser)
     parser.add_argument('--compile', action='store_true',
                         help='train through torch.compile(dynamic=True) '
                              '(evaluation stays eager)')
@@ -90,10 +88,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error('--drop_ratio must lie in [0, 1)')
     if args.num_workers < 0 or args.max_graphs < 0:
         parser.error('--num_workers and --max_graphs must be >= 0')
-    if not args.checkpoint and args.filename:
-        args.checkpoint = args.filename + '.ckpt'
-    if args.resume and not args.checkpoint:
-        parser.error('--resume needs --checkpoint (or --filename)')
+    checkpoint_from_filename(parser, args)
     return args
 
 

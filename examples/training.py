@@ -8,6 +8,7 @@ A script imports it as ``from training import ...``: Python puts the
 script's own folder first on ``sys.path``, so this works from any working
 directory and under ``torchrun``.
 """
+import argparse
 import json
 import os
 import os.path as osp
@@ -104,6 +105,26 @@ def seed_everything(seed: int):
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--resume``; see
+    :func:`checkpoint_from_filename`."""
+    parser.add_argument('--checkpoint', type=str, default='',
+                        help='checkpoint file (default: <filename>.ckpt '
+                             'when --filename is given, else none)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from --checkpoint')
+
+
+def checkpoint_from_filename(parser: argparse.ArgumentParser,
+                             args: argparse.Namespace) -> None:
+    """``--checkpoint`` defaults to ``<filename>.ckpt``; ``--resume``
+    needs one."""
+    if not args.checkpoint and args.filename:
+        args.checkpoint = args.filename + '.ckpt'
+    if args.resume and not args.checkpoint:
+        parser.error('--resume needs --checkpoint (or --filename)')
 
 
 def train_epoch(model: torch.nn.Module, loader, optimizer,
