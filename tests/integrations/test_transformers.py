@@ -200,6 +200,15 @@ def test_layers_that_bypass_the_attention_interface_are_refused():
     assert layer.attention.self.config is config  # rolled back
 
 
+def sharpen(model):
+    """Peaked attention (unlike at initialisation), so that HSA differs
+    clearly from softmax attention."""
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.query.weight.mul_(30)
+            layer.attention.self.key.weight.mul_(30)
+
+
 @pytest.mark.parametrize('family', ['bert-eager', 'roberta-sdpa'])
 def test_flat_reproduces_small_random_encoders(family):
     """Other members of the family and the eager (additive) masks."""
@@ -215,10 +224,7 @@ def test_flat_reproduces_small_random_encoders(family):
                                intermediate_size=64)
         config._attn_implementation = 'sdpa'
         model = RobertaModel(config).eval()
-    with torch.no_grad():  # peaked attention, unlike at initialisation
-        for layer in model.encoder.layer:
-            layer.attention.self.query.weight.mul_(30)
-            layer.attention.self.key.weight.mul_(30)
+    sharpen(model)
     ids = torch.randint(3, 50, (3, 9))
     mask = torch.ones(3, 9, dtype=torch.long)
     mask[1, 5:] = 0
@@ -300,10 +306,7 @@ def tiny_bert():
                         num_attention_heads=2, intermediate_size=37,
                         vocab_size=100)
     model = BertModel(config).eval()
-    with torch.no_grad():  # peaked attention, so that HSA differs clearly
-        for layer in model.encoder.layer:
-            layer.attention.self.query.weight.mul_(30)
-            layer.attention.self.key.weight.mul_(30)
+    sharpen(model)
     ids = torch.randint(3, 100, (2, 11))
     mask = torch.ones(2, 11, dtype=torch.long)
     mask[1, 7:] = 0
