@@ -504,6 +504,7 @@ def test_learned_scale_gradient_equals_the_dense_gradient(self_loops):
     assert float(grads[0]) != 0.0
 
 
+@pytest.mark.slow  # (seconds: gradgradcheck on two trees)
 @pytest.mark.parametrize('parent', [
     [8, 8, 8, 8, 9, 9, 9, 9, 10, 10, -1],  # equal families: reshape paths
     [7, 8, 8, 9, -1, -1, 5, 6, -1, 8],  # chains, a lone root, buckets
