@@ -13,15 +13,12 @@ file exists with the same arguments is not repeated, so an interrupted
 sweep resumes. Writes ``<out>/results.md`` and ``<out>/accuracy_vs_time.png``.
 """
 import argparse
-import json
 import os
 import os.path as osp
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -32,6 +29,7 @@ EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
 import listops  # noqa: E402
+from sweep import result_path, run_rows  # noqa: E402
 from training import closest_width, count_parameters  # noqa: E402
 
 # Long Range Arena's published ListOps test accuracies (%), none of which
@@ -59,69 +57,13 @@ def command(row: str, width: int, args) -> List[str]:
            '--epochs', str(args.epochs), '--batch_size', str(args.batch_size),
            '--train_examples', str(args.train_examples),
            '--eval_examples', str(args.eval_examples),
-           '--seed', str(args.seed), '--filename', result_path(row, args)]
+           '--seed', str(args.seed), '--filename',
+           result_path(args.out, row)]
     if args.smoke:
         out.append('--smoke')
     if args.root:
         out += ['--root', args.root]
     return out
-
-
-def result_path(row: str, args) -> str:
-    return osp.join(args.out, 'runs', f'{row}.json')
-
-
-def cached(row: str, cmd: List[str], args):
-    path = result_path(row, args)
-    if not osp.exists(path):
-        return None
-    with open(path) as f:
-        result = json.load(f)
-    # The same arguments (the file name aside) as this sweep would use.
-    expected = vars(listops.parse_args(cmd[2:]))
-    expected['checkpoint'] = result['args'].get('checkpoint')
-    expected['root'] = result['args'].get('root')
-    return result if result['args'] == expected else None
-
-
-def run_rows(widths: Dict[str, int], args) -> Dict[str, Dict]:
-    """Runs the rows, :obj:`args.parallel` processes at a time; returns
-    each row's result with its wall-clock seconds."""
-    os.makedirs(osp.join(args.out, 'runs'), exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads), PYTHONWARNINGS='ignore')
-    results, pending, running, failed = {}, list(widths), {}, []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            row = pending.pop(0)
-            cmd = command(row, widths[row], args)
-            result = cached(row, cmd, args)
-            if result is not None:
-                results[row] = result
-                continue
-            print(' '.join(shlex.quote(c) for c in cmd[1:]), flush=True)
-            log = open(osp.join(args.out, 'runs', f'{row}.log'), 'w')
-            running[row] = (subprocess.Popen(cmd, env=env, stdout=log,
-                                             stderr=subprocess.STDOUT),
-                            time.perf_counter(), log)
-        for row, (process, start, log) in list(running.items()):
-            if process.poll() is None:
-                continue
-            log.close()
-            del running[row]
-            if process.returncode:  # (the other rows go on)
-                failed.append(f'{row} (see {log.name})')
-                continue
-            with open(result_path(row, args)) as f:
-                result = json.load(f)
-            result['wall_seconds'] = time.perf_counter() - start
-            with open(result_path(row, args), 'w') as f:
-                json.dump(result, f, indent=1)
-            results[row] = result
-        time.sleep(0.5)
-    if failed:
-        raise RuntimeError(f"rows failed: {', '.join(failed)}")
-    return {row: results[row] for row in widths}
 
 
 def table(results: Dict[str, Dict], widths: Dict[str, int]) -> str:
@@ -210,7 +152,9 @@ def main(argv=None):
                                              args.heads, 0.0))
     widths = {row: gin_width(budget, args) if row == 'gin' else args.emb_dim
               for row in ROWS}
-    results = run_rows(widths, args)
+    results = run_rows({row: command(row, width, args)
+                        for row, width in widths.items()}, args.out,
+                       listops.parse_args, args.threads, args.parallel)
     given = 'python benchmarks/listops_results.py' + ''.join(
         f' {shlex.quote(a)}'
         for a in (argv if argv is not None else sys.argv[1:]))

@@ -50,7 +50,9 @@ from tqdm import tqdm
 from training import (
     Distributed,
     add_checkpoint_arguments,
+    add_size_arguments,
     checkpoint_from_filename,
+    fill_sizes,
     fit,
     seed_everything,
     train_epoch,
@@ -92,16 +94,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--filename', type=str, default='',
                         help='JSON result file')
     add_checkpoint_arguments(parser)
-    parser.add_argument('--smoke', action='store_true',
-                        help='tiny sizes and data (seconds)')
-    for name, (default, smoke) in SIZES.items():
-        parser.add_argument(f'--{name}', type=int, default=None,
-                            help=f'(default: {default}; --smoke: {smoke}; '
-                                 f'0 examples means all)')
+    add_size_arguments(parser, SIZES, '; 0 examples means all')
     args = parser.parse_args(argv)
-    for name, (default, smoke) in SIZES.items():
-        if getattr(args, name) is None:
-            setattr(args, name, smoke if args.smoke else default)
+    fill_sizes(args, SIZES)
     for name in ('epochs', 'batch_size', 'emb_dim', 'num_layers',
                  'gin_layers', 'heads'):
         if getattr(args, name) < 1:

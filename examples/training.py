@@ -15,7 +15,7 @@ import os.path as osp
 import random
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -115,6 +115,27 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                              'when --filename is given, else none)')
     parser.add_argument('--resume', action='store_true',
                         help='continue from --checkpoint')
+
+
+def add_size_arguments(parser: argparse.ArgumentParser,
+                       sizes: Dict[str, Tuple[int, int]],
+                       note: str = '') -> None:
+    """``--smoke`` and an integer option per entry ``name: (default, smoke
+    default)`` of :obj:`sizes`; :func:`fill_sizes` fills in the ones not
+    given, so ``--smoke`` changes only those."""
+    parser.add_argument('--smoke', action='store_true',
+                        help='tiny sizes and data (seconds)')
+    for name, (default, smoke) in sizes.items():
+        parser.add_argument(f'--{name}', type=int, default=None,
+                            help=f'(default: {default}; --smoke: {smoke}'
+                                 f'{note})')
+
+
+def fill_sizes(args: argparse.Namespace,
+               sizes: Dict[str, Tuple[int, int]]) -> None:
+    for name, (default, smoke) in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else default)
 
 
 def checkpoint_from_filename(parser: argparse.ArgumentParser,

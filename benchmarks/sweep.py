@@ -1,0 +1,77 @@
+"""Runs the rows of a results table as example-script processes, a few at
+a time, and keeps each row's JSON result, so an interrupted sweep resumes
+(``listops_results.py``, ``causal_lm_results.py``).
+
+A row's command writes ``<out>/runs/<row>.json`` (its ``--filename``) and
+logs to ``<out>/runs/<row>.log``. A row whose result file exists, made
+with the arguments the command would use, is not run again.
+"""
+import json
+import os
+import os.path as osp
+import shlex
+import subprocess
+import time
+from typing import Callable, Dict, List, Optional
+
+
+def result_path(out: str, row: str) -> str:
+    return osp.join(out, 'runs', f'{row}.json')
+
+
+def cached(out: str, row: str, cmd: List[str],
+           parse_args: Callable) -> Optional[Dict]:
+    """The row's earlier result if it was made with the same arguments as
+    :obj:`cmd` (``[python, script, *arguments]``), the checkpoint and
+    data folder aside."""
+    path = result_path(out, row)
+    if not osp.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    expected = vars(parse_args(cmd[2:]))
+    expected['checkpoint'] = result['args'].get('checkpoint')
+    expected['root'] = result['args'].get('root')
+    return result if result['args'] == expected else None
+
+
+def run_rows(commands: Dict[str, List[str]], out: str, parse_args: Callable,
+             threads: int, parallel: int) -> Dict[str, Dict]:
+    """Runs the rows' commands, :obj:`parallel` processes at a time with
+    :obj:`threads` OpenMP threads each; returns each row's result with its
+    wall-clock seconds (``wall_seconds``)."""
+    os.makedirs(osp.join(out, 'runs'), exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), PYTHONWARNINGS='ignore')
+    results, pending, running, failed = {}, list(commands), {}, []
+    while pending or running:
+        while pending and len(running) < parallel:
+            row = pending.pop(0)
+            cmd = commands[row]
+            result = cached(out, row, cmd, parse_args)
+            if result is not None:
+                results[row] = result
+                continue
+            print(' '.join(shlex.quote(c) for c in cmd[1:]), flush=True)
+            log = open(osp.join(out, 'runs', f'{row}.log'), 'w')
+            running[row] = (subprocess.Popen(cmd, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT),
+                            time.perf_counter(), log)
+        for row, (process, start, log) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[row]
+            if process.returncode:  # (the other rows go on)
+                failed.append(f'{row} (see {log.name})')
+                continue
+            with open(result_path(out, row)) as f:
+                result = json.load(f)
+            result['wall_seconds'] = time.perf_counter() - start
+            with open(result_path(out, row), 'w') as f:
+                json.dump(result, f, indent=1)
+            results[row] = result
+        time.sleep(0.5)
+    if failed:
+        raise RuntimeError(f"rows failed: {', '.join(failed)}")
+    return {row: results[row] for row in commands}
