@@ -52,7 +52,8 @@ def test_ci_runs_the_readme_commands():
     assert setup in ci and tests in ci
 
 
-@pytest.mark.parametrize('script', ['ogbg_mol', 'listops', 'pointcloud_cls'])
+@pytest.mark.parametrize('script', ['ogbg_mol', 'listops', 'pointcloud_cls',
+                                    'causal_lm'])
 def test_example_commands_parse(script, monkeypatch):
     """Every ``python examples/<script>.py ...`` command in the docs is
     accepted by the script's argument parser."""
