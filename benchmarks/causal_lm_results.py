@@ -4,7 +4,7 @@ softmax and causal query-resolved HSA (fixed windows; indentation), at one
 parameter budget and one training-time budget, trained by
 ``examples/causal_lm.py``.
 
-    python benchmarks/causal_lm_results.py        # ~1 hour on 2 cores
+    python benchmarks/causal_lm_results.py        # ~75 minutes on 2 cores
     python benchmarks/causal_lm_results.py --smoke    # seconds (CI)
 
 Every row is an ``examples/causal_lm.py`` process with one torch thread;
