@@ -68,8 +68,9 @@ def run_rows(commands: Dict[str, List[str]], out: str, parse_args: Callable,
             with open(result_path(out, row)) as f:
                 result = json.load(f)
             result['wall_seconds'] = time.perf_counter() - start
-            with open(result_path(out, row), 'w') as f:
+            with open(result_path(out, row) + '.tmp', 'w') as f:
                 json.dump(result, f, indent=1)
+            os.replace(result_path(out, row) + '.tmp', result_path(out, row))
             results[row] = result
         time.sleep(0.5)
     if failed:

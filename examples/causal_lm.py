@@ -30,13 +30,15 @@ their values; the HSA caches follow the real text's hierarchy).
 
 ``--epochs`` splits the budget (``--minutes``, or ``--steps`` per epoch
 for runs that must repeat exactly) into evaluation points; the learning
-rate warms up and follows a cosine over the whole budget. ``--smoke``
+rate warms up and follows a cosine over the whole budget. ``--train_mb``
+trains on the first N MB of the training split (0: all of it). ``--smoke``
 fills in tiny defaults for the options not given and writes to a
 temporary folder. The JSON result file (``--filename``) holds the
 arguments, curves and all the numbers above.
 """
 import argparse
 import math
+import os
 import os.path as osp
 import statistics
 import tempfile
@@ -108,8 +110,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add_size_arguments(parser, SIZES)
     args = parser.parse_args(argv)
     fill_sizes(args, SIZES)
-    defaults = SMOKE if args.smoke else {
+    defaults = dict(SMOKE) if args.smoke else {
         'minutes': 20.0, 'decode_contexts': [1024, 4096, 16384, 65536]}
+    if args.minutes is not None:  # a time budget given: no step budget
+        defaults.pop('steps', None)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -126,8 +130,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.emb_dim % (2 * args.heads):
         parser.error('--emb_dim must be divisible by 2 * --heads (RoPE '
                      'rotates channel pairs of every head)')
-    if any(c < 1 for c in args.decode_contexts):
-        parser.error('--decode_contexts must be positive')
+    contexts = sorted(set(args.decode_contexts))
+    if any(c < 1 for c in contexts) or any(
+            b - a < args.decode_steps for a, b in zip(contexts, contexts[1:])):
+        parser.error('--decode_contexts must be positive and at least '
+                     '--decode_steps apart')
     checkpoint_from_filename(parser, args)
     return args
 
@@ -146,6 +153,11 @@ class Corpus:
         if args.model == 'hsa-indent':
             self.indentation = {name: IndentationPaths(stream, args.depth)
                                 for name, stream in streams.items()}
+        longest = max(args.decode_contexts, default=0) + args.decode_steps
+        if longest >= streams['valid'].size:
+            raise ValueError(f"--decode_contexts: the validation text has "
+                             f"only {streams['valid'].size} bytes (need "
+                             f"more than {longest})")
         eval_bytes = args.eval_kb * 1024
         self.eval_starts = {
             name: torch.arange(0, min(eval_bytes, stream.size - 1)
@@ -200,8 +212,8 @@ def bits_per_byte(net: CausalLM, corpus: Corpus, split: str,
 
 
 def learning_rate(args, progress: float) -> float:
-    """Linear warm-up over the first 2% of the budget, then a cosine down
-    to a tenth."""
+    """A cosine from :obj:`args.lr` down to a tenth over the whole budget,
+    times a linear warm-up from 0 over its first 2%."""
     warm = min(1.0, progress / 0.02)
     return args.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
@@ -228,10 +240,7 @@ def decode_timing(net: CausalLM, corpus: Corpus, args) -> Dict:
     ``--decode_steps`` steps) and the HSA cache's entries there."""
     net.eval()
     contexts = sorted(set(args.decode_contexts))
-    stream = corpus.streams['valid']
-    if contexts[-1] + args.decode_steps >= stream.numel():
-        raise ValueError(f'--decode_contexts: the validation text has only '
-                         f'{stream.numel()} bytes')
+    stream = corpus.streams['valid']  # (long enough: see Corpus)
     generator = torch.Generator().manual_seed(args.seed)
     heads, channels = args.heads, args.emb_dim // args.heads
     caches = net.new_caches(contexts[-1] + args.decode_steps)
@@ -246,9 +255,9 @@ def decode_timing(net: CausalLM, corpus: Corpus, args) -> Dict:
                                        generator=generator)
         seconds = []
         for t in range(context, context + args.decode_steps):
+            byte, path = int(stream[t]), corpus.path('valid', t, span)
             start = time.perf_counter()
-            net.step(int(stream[t]), t, corpus.path('valid', t, span),
-                     caches)
+            net.step(byte, t, path, caches)
             seconds.append(time.perf_counter() - start)
         size = context + args.decode_steps
         out['ms_per_byte'][context] = 1e3 * statistics.median(seconds)
@@ -271,15 +280,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 # A checkpoint made with other values of these is refused by --resume.
 CHECKED_ARGS = ('model', 'epochs', 'minutes', 'steps', 'lr', 'windows',
                 'depth', 'context', 'batch_size', 'emb_dim', 'heads',
-                'num_layers', 'window', 'train_mb', 'seed', 'root', 'smoke')
+                'num_layers', 'window', 'eval_kb', 'train_mb', 'seed', 'root',
+                'smoke')
 
 
 def run(args) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = Distributed(use_cuda=False)
-    if ctx.enabled:
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1:
         raise ValueError('causal_lm.py runs in one process (no torchrun)')
+    ctx = Distributed(use_cuda=False)
     seed_everything(args.seed)
     corpus = Corpus(args)
     net = CausalLM(ATTENTION[args.model], args.emb_dim, args.heads,
@@ -290,6 +300,8 @@ def run(args) -> Dict:
     train = corpus.streams['train']
     seconds_per_epoch = 60.0 * args.minutes / args.epochs
     counts = {'steps': 0, 'bytes': 0, 'seconds': 0.0}
+    if args.resume and osp.exists(args.checkpoint):  # (fit checks it)
+        counts.update(torch.load(args.checkpoint).get('counts', {}))
 
     def train_epoch(epoch: int) -> float:
         net.train()
@@ -328,7 +340,8 @@ def run(args) -> Dict:
 
     result = fit(args, net, optimizer, generator, ctx, train_epoch,
                  evaluate, 'bits per byte', higher_better=False,
-                 checked_args=CHECKED_ARGS, test_every_epoch=False)
+                 checked_args=CHECKED_ARGS, test_every_epoch=False,
+                 extra={'counts': counts})
     result.update(train_steps=counts['steps'], train_bytes=counts['bytes'],
                   train_seconds=counts['seconds'],
                   decode_max_abs_diff=decode_check(net, corpus),

@@ -18,7 +18,7 @@ construction): byte embedding; pre-norm blocks of
 bytes, so that every model sees the previous bytes exactly whatever its
 attention groups; RoPE on queries and keys, per head); then LayerNorm and
 a linear read-out over the 256 bytes. Rotating keys before HSA averages
-them is exact for the cache too: a block's summary is the sum of its
+them is exact for the cache too: a block's summary is the mean of its
 rotated keys.
 """
 import math
@@ -215,6 +215,9 @@ class FullKVCache:
             shape = (1, k.size(-2), self.capacity, k.size(-1))
             self.key, self.value = k.new_zeros(shape), v.new_zeros(shape)
         count = k.size(0)
+        if self.size + count > self.capacity:
+            raise ValueError(f'the cache holds {self.capacity} bytes '
+                             f'(got {self.size + count})')
         self.key[0, :, self.size:self.size + count] = k.transpose(0, 1)
         self.value[0, :, self.size:self.size + count] = v.transpose(0, 1)
         self.size += count

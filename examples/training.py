@@ -1,8 +1,8 @@
 r"""Training machinery shared by the example scripts (``ogbg_mol.py``,
-``listops.py``): the process group under ``torchrun``, seeding, one
-training epoch, the width that matches a parameter budget, and the epoch
-loop with best-validation selection, atomic checkpoints, ``--resume`` and
-the JSON result file.
+``listops.py``, ``causal_lm.py``): the process group under ``torchrun``,
+seeding, one training epoch, the width that matches a parameter budget,
+the ``--smoke`` sizes, and the epoch loop with best-validation selection,
+atomic checkpoints, ``--resume`` and the JSON result file.
 
 A script imports it as ``from training import ...``: Python puts the
 script's own folder first on ``sys.path``, so this works from any working
@@ -133,6 +133,8 @@ def add_size_arguments(parser: argparse.ArgumentParser,
 
 def fill_sizes(args: argparse.Namespace,
                sizes: Dict[str, Tuple[int, int]]) -> None:
+    """The default (or, with ``--smoke``, the smoke default) of every size
+    not given."""
     for name, (default, smoke) in sizes.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else default)

@@ -219,8 +219,9 @@ def test_decoding_timing_fills_caches_to_each_context(corpora):
     out = causal_lm.decode_timing(small_model('hsa-windows'), corpus, args)
     assert sorted(out['ms_per_byte']) == [64, 512]
     assert all(ms > 0 for ms in out['ms_per_byte'].values())
-    # Windows 16-8-8-8: at most 7 + 7 + 15 entries below the root.
-    assert 0 < out['cache_entries'][512] <= 29
+    # Windows 16-8-8 (they cover the 516 bytes): at most 3 + 7 + 15
+    # completed siblings on a path below the root.
+    assert 0 < out['cache_entries'][512] <= 25
 
 
 def test_training_lowers_the_loss_and_result_file(tmp_path):
@@ -258,6 +259,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     resumed = run('b.ckpt', '--resume')
     for key in ('loss', 'valid'):
         assert resumed['curves'][key] == straight['curves'][key]
+    for key in ('train_steps', 'train_bytes'):  # all epochs, not the last
+        assert resumed[key] == straight[key] == 3 * 3 * (
+            1 if key == 'train_steps' else 2 * 64)
     # The learning-rate schedule spans the epochs: they must not change.
     with pytest.raises(ValueError, match='--epochs'):
         causal_lm.main(['--smoke', '--model', 'hsa-windows', '--epochs',
@@ -294,10 +298,13 @@ def test_arguments_and_bad_input():
     args = causal_lm.parse_args([])
     assert (args.minutes, args.context, args.steps) == (20.0, 1024, None)
     assert args.decode_contexts == [1024, 4096, 16384, 65536]
+    args = causal_lm.parse_args(['--smoke', '--minutes', '0.01'])
+    assert (args.minutes, args.steps) == (0.01, None)  # a time budget
     for argv in (['--resume'], ['--epochs', '0'], ['--model', 'lstm'],
                  ['--emb_dim', '12', '--heads', '4'], ['--minutes', '0'],
                  ['--steps', '0'], ['--decode_contexts', '0'],
-                 ['--windows', '16', '1']):
+                 ['--windows', '16', '1'],
+                 ['--decode_contexts', '64', '66']):
         with pytest.raises(SystemExit):
             causal_lm.parse_args(argv)
     with pytest.raises(ValueError, match="'attention'"):
@@ -305,6 +312,12 @@ def test_arguments_and_bad_input():
     net = CausalLM('hsa', 16, 2, 1)
     with pytest.raises(ValueError, match="'tree'"):
         net(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match='validation text has only'):
+        causal_lm.Corpus(causal_lm.parse_args(
+            ['--smoke', '--decode_contexts', str(10**8)]))
+    cache = CausalLM('softmax', 16, 2, 1).new_caches(4)[0]
+    with pytest.raises(ValueError, match='holds 4 bytes'):
+        cache.fill_random(5, 2, 8, None, torch.Generator())
 
 
 def test_models_share_one_parameter_budget():
