@@ -299,9 +299,7 @@ def run(args) -> Dict:
     generator = torch.Generator().manual_seed(args.seed)
     train = corpus.streams['train']
     seconds_per_epoch = 60.0 * args.minutes / args.epochs
-    counts = {'steps': 0, 'bytes': 0, 'seconds': 0.0}
-    if args.resume and osp.exists(args.checkpoint):  # (fit checks it)
-        counts.update(torch.load(args.checkpoint).get('counts', {}))
+    counts = {'steps': 0, 'bytes': 0, 'seconds': 0.0}  # (fit resumes them)
 
     def train_epoch(epoch: int) -> float:
         net.train()

@@ -199,17 +199,19 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
     loss, ``evaluate('valid' | 'test')`` the metric. The weights of the
     best validation epoch are kept; after every epoch rank 0 saves a
     checkpoint atomically to ``args.checkpoint`` (model, optimiser, data
-    order and dropout random state, best weights, and :obj:`extra`).
-    A checkpoint made with other values of :obj:`checked_args` is refused.
-    Without :obj:`test_every_epoch` the test metric is computed only when
-    the validation metric improves (NaN in the curve otherwise). Returns
-    the result (written to ``args.filename`` by :func:`write_result`)."""
+    order and dropout random state, best weights, and :obj:`extra`); on
+    ``--resume``, the dictionaries among :obj:`extra`'s values (running
+    counts, say) are updated in place from the checkpoint. A checkpoint
+    made with other values of :obj:`checked_args` is refused. Without
+    :obj:`test_every_epoch` the test metric is computed only when the
+    validation metric improves (NaN in the curve otherwise). Returns the
+    result (written to ``args.filename`` by :func:`write_result`)."""
     state = {'epoch': 0, 'best': None,
              'curves': {'loss': [], 'valid': [], 'test': [], 'seconds': []}}
     best_model = None  # the weights of the best validation epoch
     if args.resume:
         state, best_model = resume(args, net, optimizer, generator, ctx,
-                                   checked_args)
+                                   checked_args, extra or {})
 
     for epoch in range(state['epoch'] + 1, args.epochs + 1):
         start = time.perf_counter()
@@ -270,10 +272,11 @@ def write_result(result: Dict, filename: str, ctx: Distributed):
 
 
 def resume(args, net, optimizer, generator, ctx: Distributed,
-           checked_args: Sequence[str]):
-    """Restores model, optimiser and random state from the checkpoint and
-    returns the training state and the best weights so far; training
-    continues at the epoch after the saved one. (Exact for one process;
+           checked_args: Sequence[str], extra: Dict):
+    """Restores model, optimiser, random state and the dictionaries of
+    :obj:`extra` from the checkpoint and returns the training state and
+    the best weights so far; training continues at the epoch after the
+    saved one. (Exact for one process;
     under DDP every rank restarts from rank 0's random state.)"""
     if not osp.exists(args.checkpoint):
         raise FileNotFoundError(f"--resume: no checkpoint at "
@@ -297,6 +300,9 @@ def resume(args, net, optimizer, generator, ctx: Distributed,
     optimizer.load_state_dict(saved['optimizer'])
     generator.set_state(saved['generator'])
     torch.set_rng_state(saved['torch_rng'])
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            value.update(saved.get(key, {}))
     if ctx.main:
         print(f"Resuming after epoch {saved['state']['epoch']}", flush=True)
     return saved['state'], saved['best_model']
