@@ -2,8 +2,6 @@
 its models are causal, cached decoding equals the parallel forward, and
 smoke runs leave the checkout untouched."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +23,11 @@ from causal_lm_data import (  # noqa: E402
 )
 from causal_lm_models import CausalLM, sliding_softmax  # noqa: E402
 
+from checkout import (  # noqa: E402
+    git_status,
+    require_git_checkout,
+    run_script,
+)
 from pyg_hsa import Tree  # noqa: E402
 
 SOURCE = b'''import os
@@ -273,22 +276,12 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 @pytest.mark.parametrize('script', ['examples/causal_lm.py',
                                     'benchmarks/causal_lm_results.py'])
 def test_smoke_run_writes_nothing_into_the_checkout(tmp_path, script):
-    if not (ROOT / '.git').exists():
-        pytest.skip('not a git checkout')
-
-    def status():
-        done = subprocess.run(['git', 'status', '--porcelain', '--ignored'],
-                              cwd=ROOT, capture_output=True, text=True)
-        return sorted(line for line in done.stdout.splitlines()
-                      if '__pycache__' not in line and 'cache' not in line)
-    before = status()
-    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE='1')
-    done = subprocess.run([sys.executable, script, '--smoke'], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=600)
+    require_git_checkout()
+    before = git_status('--ignored', skip=('cache',))
+    done = run_script([script, '--smoke'], tmp_path)
     assert done.returncode == 0, done.stderr
     assert 'bits per byte' in done.stdout or 'bits/byte' in done.stdout
-    assert status() == before
+    assert git_status('--ignored', skip=('cache',)) == before
 
 
 def test_arguments_and_bad_input():

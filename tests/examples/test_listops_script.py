@@ -2,8 +2,6 @@
 continues exactly, smoke runs leave the checkout untouched, and the
 models see what they claim to see."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,11 @@ sys.path.insert(0, str(ROOT / 'examples'))
 
 import listops  # noqa: E402
 
+from checkout import (  # noqa: E402
+    git_status,
+    require_git_checkout,
+    run_script,
+)
 from pyg_hsa import Tree  # noqa: E402
 from pyg_hsa.datasets import ListOps  # noqa: E402
 
@@ -60,22 +63,12 @@ def test_resume_continues_at_the_next_epoch(root, tmp_path):
 @pytest.mark.parametrize('script', ['examples/listops.py',
                                     'benchmarks/listops_results.py'])
 def test_smoke_run_writes_nothing_into_the_checkout(tmp_path, script):
-    if not (ROOT / '.git').exists():
-        pytest.skip('not a git checkout')
-
-    def status():
-        done = subprocess.run(['git', 'status', '--porcelain', '--ignored'],
-                              cwd=ROOT, capture_output=True, text=True)
-        return sorted(line for line in done.stdout.splitlines()
-                      if '__pycache__' not in line and 'cache' not in line)
-    before = status()
-    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE='1')
-    done = subprocess.run([sys.executable, script, '--smoke'], cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=600)
+    require_git_checkout()
+    before = git_status('--ignored', skip=('cache',))
+    done = run_script([script, '--smoke'], tmp_path)
     assert done.returncode == 0, done.stderr
     assert 'accuracy' in done.stdout
-    assert status() == before
+    assert git_status('--ignored', skip=('cache',)) == before
 
 
 def test_arguments():

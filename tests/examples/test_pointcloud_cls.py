@@ -4,14 +4,12 @@ tree, batches of one cloud, and the clear errors (offline ModelNet, clouds
 of one point)."""
 import importlib.util
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from checkout import git_status, require_git_checkout, run_script
 
 pytest.importorskip('trimesh')
 
@@ -243,30 +241,17 @@ def test_batch_size_one_runs(example, tmp_path):
         assert torch.isfinite(torch.tensor(result['final_loss']))
 
 
-def git_status(*options):
-    done = subprocess.run(['git', 'status', '--porcelain', *options],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    caches = ('__pycache__', '.pytest_cache', '.hypothesis')
-    return sorted(line for line in done.stdout.splitlines()
-                  if not any(cache in line for cache in caches))
-
-
 @pytest.mark.slow
 def test_smoke_run_writes_nothing_into_the_checkout(tmp_path):
     """The documented CI command, run from the repository root without
     --root: it generates its data in a temporary folder (here under
     pytest's tmp_path, through TMPDIR) and deletes it; the checkout,
     ignored folders such as data/ included, stays as it was."""
-    if shutil.which('git') is None or not (ROOT / '.git').exists():
-        pytest.skip('not a git checkout')
+    require_git_checkout()
     before = git_status(), git_status('--ignored')
-    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE='1')
     filename = tmp_path / 'results.json'
-    done = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--quiet',
-                           '--device', 'cpu', '--filename', str(filename)],
-                          cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_script([str(SCRIPT), '--smoke', '--quiet', '--device', 'cpu',
+                       '--filename', str(filename)], tmp_path)
     assert done.returncode == 0, done.stderr
     assert '| hsa |' in done.stdout
     assert (git_status(), git_status('--ignored')) == before
