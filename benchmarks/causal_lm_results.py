@@ -14,23 +14,26 @@ row whose file exists with the same arguments is not repeated. Writes
 ``<out>/results.md`` and ``<out>/causal_lm.png``.
 """
 import argparse
-import os
 import os.path as osp
 import platform
-import shlex
 import sys
 import tempfile
 from typing import Dict, List
 
 import numpy as np
-import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
 import causal_lm  # noqa: E402
-from sweep import result_path, run_rows  # noqa: E402
+from sweep import (  # noqa: E402
+    invocation,
+    machine,
+    result_path,
+    run_rows,
+    write_table,
+)
 
 # Row: (model, extra arguments). Slowest first within a round, so that
 # the rows of one round take about the same time.
@@ -150,9 +153,7 @@ def main(argv=None):
 
     results = run_rows({row: command(row, args) for row in ROWS}, args.out,
                        causal_lm.parse_args, args.threads, args.parallel)
-    given = 'python benchmarks/causal_lm_results.py' + ''.join(
-        f' {shlex.quote(a)}'
-        for a in (argv if argv is not None else sys.argv[1:]))
+    given = invocation('causal_lm_results.py', argv)
     first = results['softmax']['args']
     text = '\n'.join([
         '# Byte-level language model: causal softmax, sliding window, '
@@ -167,12 +168,9 @@ def main(argv=None):
         f'validation and test files, test at the best validation epoch; '
         f'sliding window {first["window"]} bytes; one process per row with '
         f'{args.threads} torch thread(s), {args.parallel} at a time, on '
-        f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
-        f'cores, torch {torch.__version__}.', '', table(results), ''])
-    with open(osp.join(args.out, 'results.md'), 'w') as f:
-        f.write(text)
+        f'{machine()}.', '', table(results), ''])
+    write_table(args.out, text)
     plot(results, osp.join(args.out, 'causal_lm.png'))
-    print(text)
     return results
 
 

@@ -13,23 +13,25 @@ file exists with the same arguments is not repeated, so an interrupted
 sweep resumes. Writes ``<out>/results.md`` and ``<out>/accuracy_vs_time.png``.
 """
 import argparse
-import os
 import os.path as osp
-import platform
-import shlex
 import sys
 import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
 import listops  # noqa: E402
-from sweep import result_path, run_rows  # noqa: E402
+from sweep import (  # noqa: E402
+    invocation,
+    machine,
+    result_path,
+    run_rows,
+    write_table,
+)
 from training import closest_width, count_parameters  # noqa: E402
 
 # Long Range Arena's published ListOps test accuracies (%), none of which
@@ -155,9 +157,7 @@ def main(argv=None):
     results = run_rows({row: command(row, width, args)
                         for row, width in widths.items()}, args.out,
                        listops.parse_args, args.threads, args.parallel)
-    given = 'python benchmarks/listops_results.py' + ''.join(
-        f' {shlex.quote(a)}'
-        for a in (argv if argv is not None else sys.argv[1:]))
+    given = invocation('listops_results.py', argv)
     text = '\n'.join([
         '# ListOps: HSA on the parse tree and on windows, a flat '
         'transformer, GIN', '',
@@ -169,13 +169,9 @@ def main(argv=None):
         f'{args.num_layers} layers of width {args.emb_dim}, {args.heads} '
         f'heads; GIN {args.gin_layers} layers; every row one process with '
         f'{args.threads} torch thread(s), {args.parallel} at a time, on '
-        f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
-        f'cores, torch {torch.__version__}.', '', table(results, widths),
-        ''])
-    with open(osp.join(args.out, 'results.md'), 'w') as f:
-        f.write(text)
+        f'{machine()}.', '', table(results, widths), ''])
+    write_table(args.out, text)
     plot(results, osp.join(args.out, 'accuracy_vs_time.png'))
-    print(text)
     return results
 
 

@@ -17,20 +17,18 @@ import argparse
 import json
 import os
 import os.path as osp
-import platform
-import shlex
 import subprocess
 import sys
 from typing import Dict, List
 
 import numpy as np
-import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
 sys.path.insert(0, EXAMPLES)
 
 from ogbg_mol_models import MODELS, MolecularNet  # noqa
+from sweep import invocation, machine, write_table  # noqa
 from training import closest_width, count_parameters  # noqa
 
 # MoleculeToHierarchy's pe widths with walk_length=8 (atom, fragment,
@@ -187,9 +185,7 @@ def main(argv=None):
                    for seed in range(args.seeds)] for m in args.models}
 
     seconds = epoch_seconds(args, widths)
-    command = 'python benchmarks/ogbg_mol_results.py' + ''.join(
-        f' {shlex.quote(a)}'
-        for a in (argv if argv is not None else sys.argv[1:]))
+    command = invocation('ogbg_mol_results.py', argv)
     table = summary_table(results, widths, seconds)
     text = '\n'.join([
         '# ogbg-molfreesolv (local rebuild): HSA vs GIN vs GIN-virtual vs '
@@ -201,15 +197,9 @@ def main(argv=None):
         f'validation RMSE, mean ± std over seeds; seconds per training '
         f'epoch: the median epoch of a {args.timing_epochs}-epoch run of '
         f'each model (seed 0), one after the other, with {args.threads} '
-        f'torch thread(s) on '
-        f'{platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} cores, torch {torch.__version__}.', '',
-        table, ''])
-    os.makedirs(args.out, exist_ok=True)
-    with open(osp.join(args.out, 'results.md'), 'w') as f:
-        f.write(text)
+        f'torch thread(s) on {machine()}.', '', table, ''])
+    write_table(args.out, text)
     plot(results, osp.join(args.out, 'curves.png'))
-    print(text)
     return results
 
 

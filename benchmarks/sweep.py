@@ -1,6 +1,7 @@
 """Runs the rows of a results table as example-script processes, a few at
 a time, and keeps each row's JSON result, so an interrupted sweep resumes
-(``listops_results.py``, ``causal_lm_results.py``).
+(``listops_results.py``, ``causal_lm_results.py``); and what every results
+script writes beside its table: the command and the machine.
 
 A row's command writes ``<out>/runs/<row>.json`` (its ``--filename``) and
 logs to ``<out>/runs/<row>.log``. A row whose result file exists, made
@@ -9,10 +10,14 @@ with the arguments the command would use, is not run again.
 import json
 import os
 import os.path as osp
+import platform
 import shlex
 import subprocess
+import sys
 import time
 from typing import Callable, Dict, List, Optional
+
+import torch
 
 
 def result_path(out: str, row: str) -> str:
@@ -76,3 +81,25 @@ def run_rows(commands: Dict[str, List[str]], out: str, parse_args: Callable,
     if failed:
         raise RuntimeError(f"rows failed: {', '.join(failed)}")
     return {row: results[row] for row in commands}
+
+
+def invocation(script: str, argv: Optional[List[str]]) -> str:
+    """The command line that made a table: ``python benchmarks/<script>``
+    with :obj:`argv` (default: this process's arguments)."""
+    return f'python benchmarks/{script}' + ''.join(
+        f' {shlex.quote(a)}'
+        for a in (argv if argv is not None else sys.argv[1:]))
+
+
+def machine() -> str:
+    """The processor, its number of cores and torch's version."""
+    return (f'{platform.processor() or platform.machine()}, '
+            f'{os.cpu_count()} cores, torch {torch.__version__}')
+
+
+def write_table(out: str, text: str) -> None:
+    """``<out>/results.md``, and the same text on the terminal."""
+    os.makedirs(out, exist_ok=True)
+    with open(osp.join(out, 'results.md'), 'w') as f:
+        f.write(text)
+    print(text)
