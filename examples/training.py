@@ -211,7 +211,7 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
     best_model = None  # the weights of the best validation epoch
     if args.resume:
         state, best_model = resume(args, net, optimizer, generator, ctx,
-                                   checked_args, extra or {})
+                                   checked_args, extra)
 
     for epoch in range(state['epoch'] + 1, args.epochs + 1):
         start = time.perf_counter()
@@ -272,7 +272,7 @@ def write_result(result: Dict, filename: str, ctx: Distributed):
 
 
 def resume(args, net, optimizer, generator, ctx: Distributed,
-           checked_args: Sequence[str], extra: Dict):
+           checked_args: Sequence[str], extra: Optional[Dict] = None):
     """Restores model, optimiser, random state and the dictionaries of
     :obj:`extra` from the checkpoint and returns the training state and
     the best weights so far; training continues at the epoch after the
@@ -300,7 +300,7 @@ def resume(args, net, optimizer, generator, ctx: Distributed,
     optimizer.load_state_dict(saved['optimizer'])
     generator.set_state(saved['generator'])
     torch.set_rng_state(saved['torch_rng'])
-    for key, value in extra.items():
+    for key, value in (extra or {}).items():
         if isinstance(value, dict):
             value.update(saved.get(key, {}))
     if ctx.main:
