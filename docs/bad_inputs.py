@@ -427,6 +427,54 @@ def _():
     HierarchicalKVCache().attend(torch.randn(2, 4))
 
 
+@case('KV cache: a float64 token after float32 tokens', "'k'",
+      'torch.float32', error=TypeError)
+def _():
+    from pyg_hsa import HierarchicalKVCache
+    cache, x = HierarchicalKVCache(), torch.randn(2, 4)
+    cache.append(x, x, [0])
+    cache.append(x.double(), x, [0])
+
+
+@case('KV cache: a token on another device than the earlier ones', "'k'",
+      'meta', 'cpu')
+def _():
+    from pyg_hsa import HierarchicalKVCache
+    cache, x = HierarchicalKVCache(), torch.randn(2, 4)
+    cache.append(x, x, [0])
+    cache.append(x.to('meta'), x.to('meta'), [0])
+
+
+@case('KV cache: position width changing between tokens', "'pos'",
+      'earlier tokens')
+def _():
+    from pyg_hsa import HierarchicalKVCache
+    cache, x = HierarchicalKVCache(), torch.randn(2, 4)
+    cache.append(x, x, [0], pos=torch.randn(2, 3))
+    cache.append(x, x, [0], pos=torch.randn(2, 5))
+
+
+@case('KV cache: integer positions', "'pos'", 'floating-point',
+      error=TypeError)
+def _():
+    from pyg_hsa import HierarchicalKVCache
+    x = torch.randn(2, 4)
+    HierarchicalKVCache().append(x, x, [0],
+                                 pos=torch.zeros(2, 3, dtype=torch.long))
+
+
+@case('window_path with a window of width 0', "'branching'", '>= 1')
+def _():
+    from pyg_hsa import window_path
+    window_path(3, (0, ))
+
+
+@case('window_path with a negative token index', "'t'", '>= 0')
+def _():
+    from pyg_hsa import window_path
+    window_path(-1, (4, ))
+
+
 @case('infinite scale', "'scale'", 'finite')
 def _():
     from pyg_hsa import hsa_attention

@@ -13,13 +13,14 @@ at most :math:`b` entries per level, and a token costs
 :math:`O(b \cdot \mathrm{depth})` time and memory instead of :math:`O(N)`.
 """
 import math
+import numbers
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pyg_hsa.utils.checks import check_real, describe
+from pyg_hsa.utils.checks import check_int, check_real, describe
 
 
 class HierarchicalKVCache:
@@ -56,6 +57,17 @@ class HierarchicalKVCache:
     new root starts an independent sequence. Paths may have any length
     (brackets, lines in blocks).
 
+    **Dtypes.** Counts, key and value sums and position vectors are kept
+    in float32 (float64 for float64 inputs) whatever the input dtype: a
+    float16 count would stop at 2048 tokens per block, a bfloat16 one at
+    256; float32 counts exactly to :math:`2^{24}`. :meth:`attend` computes
+    in float32 as well (float64 if any input is float64) and returns the
+    promoted dtype of :obj:`q`, :obj:`k` and :obj:`v`, as
+    :func:`~pyg_hsa.hsa_attention` does with half-precision inputs. Every
+    token must keep the first token's shapes, dtypes, device and position
+    width (or give no :obj:`pos`, as the first); a change raises a
+    :class:`TypeError` (dtype) or :class:`ValueError` naming the argument.
+
     Args:
         scale (float, optional): the logit scale. (default:
             :math:`1/\sqrt{C}`)
@@ -78,7 +90,10 @@ class HierarchicalKVCache:
         # counts; and the position vectors of the path and the last token.
         self._acc_key = self._acc_value = self._acc_count = None
         self._own_pos = None
-        self._last = None  # the last token's (k, v)
+        self._last = None  # the last token's (k, v), in the buffers' dtype
+        # The first token's (shape, dtype, device) of 'k', 'v' and 'pos'
+        # (None without positions), which every later token must keep.
+        self._inputs = None
 
     def __len__(self) -> int:
         return self.num_tokens
@@ -97,9 +112,7 @@ class HierarchicalKVCache:
         itself, ``[len(path) + 1, P]`` or ``[len(path) + 1, H, P]``, if the
         model uses them (for every token or for none)."""
         path = self._check(k, v, path, pos)
-        if pos is not None and pos.dim() == 2:  # shared by the heads
-            pos = pos.unsqueeze(1)
-        if self._last is None:
+        if self._inputs is None:
             self._allocate(k, v, pos)
         else:  # the previous token is now a completed child of its parent
             self._push(len(self._path) - 1, *self._last, 1.0, None if
@@ -119,6 +132,11 @@ class HierarchicalKVCache:
                            self._acc_value[depth], self._acc_count[depth],
                            None if self._pos is None else
                            self._own_pos[depth])
+        dtype = self._key.dtype  # (float32 for half inputs)
+        if k.dtype != dtype or v.dtype != dtype:
+            k, v = k.to(dtype), v.to(dtype)
+        if pos is not None:  # [len(path) + 1, 1 or H, P]
+            pos = (pos.unsqueeze(1) if pos.dim() == 2 else pos).to(dtype)
         self._grow_levels(len(path) + 1)
         self._acc_key[common:len(path)] = 0
         self._acc_value[common:len(path)] = 0
@@ -134,48 +152,84 @@ class HierarchicalKVCache:
 
     def attend(self, q: Tensor) -> Tensor:
         """The output ``[..., H, Cv]`` of the last appended token for its
-        query :obj:`q` ``[..., H, C]``."""
+        query :obj:`q` ``[..., H, C]`` (of the keys' shape and device),
+        in the promoted dtype of :obj:`q`, :obj:`k` and :obj:`v`."""
         if self._last is None:
             raise ValueError("attend() needs a token: call append() first")
+        (shape, k_dtype, device), (_, v_dtype, _), _ = self._inputs
+        if not isinstance(q, Tensor) or q.shape != shape or \
+                not q.is_floating_point():
+            raise ValueError(f"'q' must be a floating-point tensor of the "
+                             f"key's shape {tuple(shape)} (got "
+                             f"{describe(q)})")
+        if q.device != device:
+            raise ValueError(f"'q' is on {q.device} but the cache is on "
+                             f"{device}; move one with .to()")
+        out_dtype = torch.promote_types(q.dtype, torch.promote_types(
+            k_dtype, v_dtype))
+        # (As hsa_attention: half precision computes in float32.)
+        dtype = torch.float64 if out_dtype == torch.float64 else \
+            torch.float32
+        size = len(self._depth)
         k, v = self._last
-        if not isinstance(q, Tensor) or q.shape != k.shape:
-            raise ValueError(f"'q' must be a tensor of the key's shape "
-                             f"{tuple(k.shape)} (got {describe(q)})")
+        key, value, count = (self._key[:size], self._value[:size],
+                             self._count[:size])
+        own_pos, pos = self._own_pos, self._pos
+        if q.dtype != dtype:
+            q = q.to(dtype)
+        if key.dtype != dtype:  # float32 buffers, a float64 query
+            k, v, key, value, count = (x.to(dtype) for x in (
+                k, v, key, value, count))
+            if pos is not None:
+                own_pos, pos = own_pos.to(dtype), pos.to(dtype)
         scale = self.scale if self.scale is not None else \
             1.0 / math.sqrt(q.size(-1))
-        size = len(self._depth)
         self_logit = scale * (q * k).sum(-1)  # [..., H]
-        if self._pos is not None:
-            self_logit = self_logit + \
-                self._own_pos[len(self._path)].square().sum(-1)
-        count = self._count[:size].view(-1, *([1] * (q.dim() - 1)))
+        if pos is not None:
+            self_logit = self_logit + own_pos[len(self._path)].square().sum(
+                -1)
+        count = count.view(-1, *([1] * (q.dim() - 1)))
         # Blocks of n tokens: logit of the mean key, plus log n.
-        logit = scale * (q * self._key[:size]).sum(-1) / count + count.log()
-        if self._pos is not None:
+        logit = scale * (q * key).sum(-1) / count + count.log()
+        if pos is not None:
             # An entry's sibling on the path: the open node (or the token)
             # one level below the entry's parent.
-            mine = self._own_pos[self._depth_tensor(size) + 1]
-            logit = logit + (mine * self._pos[:size]).sum(-1)
+            mine = own_pos[self._depth_tensor(size) + 1]
+            pos_logit = (mine * pos[:size]).sum(-1)  # [E, 1 or H]
+            # Shared by the batch dimensions: [E, 1, ..., 1 or H].
+            logit = logit + pos_logit.view(size, *([1] * (q.dim() - 2)),
+                                           pos_logit.size(-1))
         logit = torch.cat([self_logit.unsqueeze(0), logit])  # [E+1, ..., H]
         weight = torch.softmax(logit, dim=0)
-        values = torch.cat([v.unsqueeze(0), self._value[:size] /
-                            count.unsqueeze(-1)])
-        return (weight.unsqueeze(-1) * values).sum(0)
+        values = torch.cat([v.unsqueeze(0), value / count.unsqueeze(-1)])
+        out = (weight.unsqueeze(-1) * values).sum(0)
+        return out if out.dtype == out_dtype else out.to(out_dtype)
 
     # Buffers ##############################################################
 
     def _allocate(self, k: Tensor, v: Tensor, pos: Optional[Tensor]):
+        # Counts and sums in float32 (float64 for float64 inputs): a half
+        # precision count would stop at 256 (bfloat16) or 2048 (float16).
+        dtype = torch.float64 if torch.float64 in (k.dtype, v.dtype) else \
+            torch.float32
+        self._inputs = tuple(None if x is None else (x.shape, x.dtype,
+                                                     x.device)
+                             for x in (k, v, pos))
+
+        def zeros(rows: int, *shape: int) -> Tensor:
+            return torch.zeros(rows, *shape, dtype=dtype, device=k.device)
+
         capacity = 64
-        self._key = k.new_zeros(capacity, *k.shape)
-        self._value = v.new_zeros(capacity, *v.shape)
-        self._count = k.new_zeros(capacity)
-        self._acc_key = k.new_zeros(8, *k.shape)
-        self._acc_value = v.new_zeros(8, *v.shape)
-        self._acc_count = k.new_zeros(8)
+        self._key = zeros(capacity, *k.shape)
+        self._value = zeros(capacity, *v.shape)
+        self._count = zeros(capacity)
+        self._acc_key = zeros(8, *k.shape)
+        self._acc_value = zeros(8, *v.shape)
+        self._acc_count = zeros(8)
         if pos is not None:
-            width = pos.shape[1:]
-            self._pos = pos.new_zeros(capacity, *width)
-            self._own_pos = pos.new_zeros(8, *width)
+            width = pos.shape[1:] if pos.dim() == 3 else (1, pos.size(1))
+            self._pos = zeros(capacity, *width)
+            self._own_pos = zeros(8, *width)
 
     def _push(self, depth: int, key: Tensor, value: Tensor, count,
               pos: Optional[Tensor]) -> None:
@@ -212,13 +266,16 @@ class HierarchicalKVCache:
             raise ValueError(f"'k' {tuple(k.shape)} and 'v' "
                              f"{tuple(v.shape)} must agree up to the last "
                              f"dimension")
-        if self._last is not None and (k.shape, v.shape) != (
-                self._last[0].shape, self._last[1].shape):
-            raise ValueError(f"'k' and 'v' must keep the shapes "
-                             f"{tuple(self._last[0].shape)} and "
-                             f"{tuple(self._last[1].shape)} of the earlier "
-                             f"tokens (got {tuple(k.shape)} and "
-                             f"{tuple(v.shape)})")
+        if v.device != k.device:
+            raise ValueError(f"'v' is on {v.device} but 'k' is on "
+                             f"{k.device}; move one with .to()")
+        if self._inputs is not None:
+            (k_shape, _, _), (v_shape, _, _), _ = self._inputs
+            if (k.shape, v.shape) != (k_shape, v_shape):
+                raise ValueError(f"'k' and 'v' must keep the shapes "
+                                 f"{tuple(k_shape)} and {tuple(v_shape)} "
+                                 f"of the earlier tokens (got "
+                                 f"{tuple(k.shape)} and {tuple(v.shape)})")
         if isinstance(path, Tensor):
             path = path.tolist() if path.dim() == 1 else None
         if not isinstance(path, (list, tuple)) or not path or not all(
@@ -226,17 +283,51 @@ class HierarchicalKVCache:
             raise ValueError(f"'path' must list the token's ancestors as "
                              f"integer ids, root first (at least the root; "
                              f"got {describe(path)})")
-        if self._last is not None and (pos is None) != (self._pos is None):
+        if self._inputs is not None and (pos is None) != (
+                self._inputs[2] is None):
             raise ValueError("'pos' must be given for every token or for "
                              "none")
-        if pos is not None and (not isinstance(pos, Tensor) or pos.dim()
-                                not in (2, 3) or pos.size(0) != len(path) + 1
-                                or pos.dim() == 3 and pos.size(1) not in (
-                                    1, k.size(-2))):
-            raise ValueError(f"'pos' must be [len(path) + 1, P] or "
-                             f"[len(path) + 1, H, P] (got {describe(pos)} "
-                             f"for a path of {len(path)})")
+        if pos is not None:
+            if not isinstance(pos, Tensor) or not pos.is_floating_point():
+                raise TypeError(f"'pos' must be a floating-point tensor "
+                                f"[len(path) + 1, P] or [len(path) + 1, H, "
+                                f"P] (got {describe(pos)})")
+            if pos.dim() not in (2, 3) or pos.size(0) != len(path) + 1 or \
+                    pos.dim() == 3 and pos.size(1) not in (1, k.size(-2)):
+                raise ValueError(f"'pos' must be [len(path) + 1, P] or "
+                                 f"[len(path) + 1, H, P] (got "
+                                 f"{describe(pos)} for a path of "
+                                 f"{len(path)})")
+            if pos.device != k.device:
+                raise ValueError(f"'pos' is on {pos.device} but 'k' is on "
+                                 f"{k.device}; move one with .to()")
+        if self._inputs is not None:
+            self._check_like_first(k, v, pos)
         return [int(node) for node in path]
+
+    def _check_like_first(self, k: Tensor, v: Tensor,
+                          pos: Optional[Tensor]) -> None:
+        """Dtypes, devices and position widths of the first token (whose
+        buffers they fill)."""
+        for name, x, first in zip(('k', 'v', 'pos'), (k, v, pos),
+                                  self._inputs):
+            if x is None:  # (no positions: checked above)
+                continue
+            shape, dtype, device = first
+            if x.dtype != dtype:
+                raise TypeError(f"'{name}' has dtype {x.dtype} but the "
+                                f"earlier tokens' '{name}' had {dtype}; "
+                                f"every token must keep its dtype")
+            if x.device != device:
+                raise ValueError(f"'{name}' is on {x.device} but the "
+                                 f"earlier tokens were on {device}; every "
+                                 f"token must stay on one device")
+            if name == 'pos' and x.shape[1:] != shape[1:]:
+                raise ValueError(f"'pos' has shape {tuple(x.shape)} but "
+                                 f"the earlier tokens' positions were "
+                                 f"[len(path) + 1, "
+                                 f"{', '.join(map(str, shape[1:]))}]; every "
+                                 f"token must keep their width")
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_tokens={self.num_tokens}, '
@@ -244,11 +335,29 @@ class HierarchicalKVCache:
 
 
 def window_path(t: int, branching: Sequence[int]) -> list:
-    """The ancestors of token :obj:`t`, root first, in fixed windows of
-    ``branching[0]`` tokens, ``branching[1]`` windows, ...: one root above
-    the last level."""
+    """The ancestors of token :obj:`t` (an integer >= 0), root first, in
+    fixed windows of ``branching[0]`` tokens, ``branching[1]`` windows,
+    ...: one root above the last level. Every width must be an integer
+    >= 1.
+
+    Examples:
+        >>> window_path(17, (4, 4))
+        [0, 1, 4]
+    """
+    t = check_int(t, 't', minimum=0)
+    wanted = "'branching' must be a sequence of integers >= 1 (the window " \
+        "widths, finest first"
+    if isinstance(branching, str) or not isinstance(
+            branching, (Sequence, np.ndarray)):
+        raise TypeError(f"{wanted}; got {describe(branching)})")
+    widths = list(branching)
+    if not all(isinstance(width, numbers.Integral) and not isinstance(
+            width, (bool, np.bool_)) for width in widths):
+        raise TypeError(f"{wanted}; got {widths})")
+    if not all(width >= 1 for width in widths):
+        raise ValueError(f"{wanted}; got {widths})")
     path, size = [], 1
-    for width in branching:
-        size *= width
+    for width in widths:
+        size *= int(width)
         path.append(t // size)
     return [0] + path[::-1]

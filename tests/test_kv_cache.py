@@ -1,7 +1,9 @@
 """HierarchicalKVCache: decoding token by token equals the full causal
 query-resolved forward, on random hierarchies that grow left to right
 (segments opening and closing, new roots), with and without positions, in
-float64 and float32, for batched heads; its size stays O(b * depth)."""
+float64 and float32, for batched heads and a batch dimension; half
+precision counts and sums in float32; its size stays O(b * depth); every
+token keeps the first token's dtypes, device and widths."""
 import random
 
 import pytest
@@ -124,7 +126,126 @@ def test_bad_arguments():
         cache.append(torch.randn(3, 4), torch.randn(3, 4), [0, 1])
     with pytest.raises(ValueError, match="'pos' must be given for every"):
         cache.append(x, x, [0, 1], pos=torch.randn(3, 3))
-    with pytest.raises(ValueError, match="'q' must be a tensor"):
+    with pytest.raises(ValueError, match="'q' must be a floating-point "
+                       "tensor of the key's shape"):
         cache.attend(torch.randn(2, 5))
     with pytest.raises(ValueError, match="'scale'"):
         HierarchicalKVCache(scale=-1.0)
+
+
+@pytest.mark.parametrize('dtype,atol', [(torch.float16, 2e-3),
+                                        (torch.bfloat16, 2e-2)])
+def test_half_precision_counts_and_sums_in_float32(dtype, atol):
+    # A window of 3000 tokens closes into one entry: its count passes 2048
+    # (the last integer float16 counts to) and 256 (bfloat16).
+    window, extra = 3000, 6
+    paths = [window_path(t, (window, )) for t in range(window + extra)]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, window + extra, 2, 4, generator=gen,
+                          dtype=torch.float64).to(dtype).unbind(0)
+    v = v + 2  # values whose mean is far from 0: a wrong count shows
+    half, exact = HierarchicalKVCache(), HierarchicalKVCache()
+    for t, path in enumerate(paths):
+        half.append(k[t], v[t], path)
+        exact.append(k[t].double(), v[t].double(), path)
+        if t >= window:
+            assert half.num_entries == t - window + 1
+            out, ref = half.attend(q[t]), exact.attend(q[t].double())
+            assert out.dtype == dtype
+            # One rounding of the output to the input dtype.
+            torch.testing.assert_close(out.double(), ref, rtol=0,
+                                       atol=atol * (1 + ref.abs().max()))
+
+
+@pytest.mark.parametrize('seed', range(3))
+@pytest.mark.parametrize('pos_kind', ['shared', 'per_head'])
+def test_a_batch_dimension_with_positions(seed, pos_kind):
+    """[B, H, C] tokens sharing one hierarchy and its positions: every
+    sample as if decoded alone, and as the causal forward. The batch size
+    equals the number of entries at some tokens, where a wrong broadcast
+    of the position logits would still run."""
+    batch = 3
+    rng = random.Random(seed)
+    paths = growing_paths(40, rng)
+    tree, nodes = tree_of(paths)
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(3, len(paths), batch, 2, 4, generator=gen,
+                          dtype=torch.float64).unbind(0)
+    pos = torch.randn((tree.num_nodes, 3) if pos_kind == 'shared' else
+                      (tree.num_nodes, 2, 3), generator=gen,
+                      dtype=torch.float64)
+    cache, outs, entries = HierarchicalKVCache(scale=0.4), [], set()
+    for t, path in enumerate(paths):
+        cache.append(k[t], v[t], path, pos=pos[nodes[t]])
+        entries.add(cache.num_entries)
+        outs.append(cache.attend(q[t]))
+    out = torch.stack(outs)  # [N, B, H, C]
+    assert batch in entries
+    for b in range(batch):
+        alone, _ = decode(q[:, b], k[:, b], v[:, b], paths, pos, nodes,
+                          scale=0.4)
+        full = hsa_attention(q[:, b], k[:, b], v[:, b], tree, pos=pos,
+                             self_loops=True, resolution='query',
+                             causal=True, scale=0.4)
+        torch.testing.assert_close(out[:, b], alone, rtol=0, atol=1e-12)
+        torch.testing.assert_close(out[:, b], full, rtol=0, atol=1e-12)
+
+
+def test_every_token_keeps_the_first_tokens_dtypes_device_and_widths():
+    x = torch.randn(2, 4)
+    cache = HierarchicalKVCache()
+    cache.append(x, x, [0], pos=torch.randn(2, 3))
+    with pytest.raises(TypeError, match="'k' has dtype torch.float64 but "
+                       "the earlier tokens' 'k' had torch.float32"):
+        cache.append(x.double(), x, [0], pos=torch.randn(2, 3))
+    with pytest.raises(TypeError, match="'v' has dtype torch.float16"):
+        cache.append(x, x.half(), [0], pos=torch.randn(2, 3))
+    with pytest.raises(ValueError, match="'k' is on meta but the earlier "
+                       "tokens were on cpu"):
+        cache.append(x.to('meta'), x.to('meta'), [0],
+                     pos=torch.randn(2, 3, device='meta'))
+    with pytest.raises(ValueError, match="'v' is on meta but 'k' is on "
+                       "cpu"):
+        cache.append(x, x.to('meta'), [0], pos=torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"'pos' has shape \(2, 5\) but "
+                       r"the earlier tokens' positions were \[len\(path\) "
+                       r"\+ 1, 3\]"):
+        cache.append(x, x, [0], pos=torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"'pos' has shape \(2, 2, 3\)"):
+        cache.append(x, x, [0], pos=torch.randn(2, 2, 3))
+    with pytest.raises(TypeError, match="'pos' has dtype torch.float64"):
+        cache.append(x, x, [0], pos=torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="'pos' must be a floating-point"):
+        cache.append(x, x, [0], pos=torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="'pos' is on meta but 'k' is on "
+                       "cpu"):
+        cache.append(x, x, [0], pos=torch.randn(2, 3, device='meta'))
+    with pytest.raises(ValueError, match="'q' is on meta but the cache is "
+                       "on cpu"):
+        cache.attend(x.to('meta'))
+    # Nothing was appended by the refused tokens; a good one still works,
+    # and a float64 query gets a float64 output (the promoted dtype).
+    assert len(cache) == 1
+    cache.append(x, x, [0], pos=torch.randn(2, 3))
+    assert len(cache) == 2 and cache.attend(x.double()).dtype == \
+        torch.float64
+
+
+@pytest.mark.parametrize('t,branching,error,match', [
+    (3, (0, ), ValueError, r"'branching' must be a sequence of integers >= "
+     r"1 \(the window widths, finest first; got \[0\]\)"),
+    (3, (4, -2), ValueError, "'branching'"),
+    (3, 4, TypeError, "'branching'.*got 4 of type int"),
+    (3, (2.0, ), TypeError, "'branching'"),
+    (-1, (4, ), ValueError, r"'t' must be an integer >= 0 \(got -1\)"),
+    (1.5, (4, ), TypeError, "'t' must be an integer >= 0"),
+])
+def test_window_path_bad_arguments(t, branching, error, match):
+    with pytest.raises(error, match=match):
+        window_path(t, branching)
+
+
+def test_window_path():
+    assert window_path(17, (4, 4)) == [0, 1, 4]
+    assert window_path(17, ()) == [0]  # one flat sequence
+    assert window_path(17, [1, 2]) == [0, 8, 17]
