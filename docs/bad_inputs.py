@@ -616,6 +616,21 @@ def _():
     conv()(x, tree_of(data))
 
 
+@case('layer and features on another device than the tree', "'x'",
+      'meta', 'the tree is on cpu')
+def _():
+    from pyg_hsa.nn import HSAConv
+    HSAConv(4, 2).to('meta')(torch.randn(3, 4, device='meta'), PARENT)
+
+
+@case('layer and features on another device than the tree (dictionary '
+      'input)', "'x['atom']'", 'meta', 'the tree is on cpu')
+def _():
+    data = molecule()
+    x = {nt: features.to('meta') for nt, features in data.x_dict.items()}
+    conv().to('meta')(x, tree_of(data))
+
+
 @case('features as a Python list (tree given as nesting edges)',
       "'x['atom']'", 'tensor', error=TypeError)
 def _():

@@ -42,6 +42,7 @@ def resolve_tree(layer, x, tree, hetero: bool) -> Tree:
                         f"LongTensor or an edge_index_dict (got "
                         f"{describe(tree)})")
     check_features(x, "'x'", layer.lin_query)
+    check_on_tree(x, "'x'", tree)
     return tree
 
 
@@ -66,6 +67,7 @@ def check_leaves(layer, x_dict: Mapping[str, Tensor], tree: Tree) -> None:
     for nt in tree.leaf_types:
         check_features(x_dict[nt], f"'x['{nt}']'",
                        type_linear(layer.lin_query, nt, 'in_channels'))
+        check_on_tree(x_dict[nt], f"'x['{nt}']'", tree)
         lo, hi = tree.node_slices[nt]
         if x_dict[nt].size(0) != hi - lo:
             raise ValueError(f"'x['{nt}']' has {x_dict[nt].size(0)} rows "
@@ -179,6 +181,16 @@ def check_features(x: Tensor, name: str, lin: Linear,
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's "
                         f"parameters have dtype {weight.dtype}; convert one "
                         f"with .to()")
+
+
+def check_on_tree(x: Tensor, name: str, tree: Tree) -> None:
+    """Input :obj:`x` (called :obj:`name` in messages) is on the tree's
+    device; the functional core would name its projection ``'q'``. (The
+    positions :obj:`pe` must be on the device of the layer, so of :obj:`x`,
+    which is checked first.)"""
+    if x.device != tree.device:
+        raise ValueError(f"{name} is on {x.device} but the tree is on "
+                         f"{tree.device}; move one with .to()")
 
 
 def check_finite_projections(tree: Tree, hetero: bool,

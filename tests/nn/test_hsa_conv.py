@@ -205,6 +205,26 @@ def test_hsa_conv_errors():
         with_pos(data.x_dict, data, pe={})
 
 
+def test_hsa_conv_names_the_users_tensors_on_another_device_than_the_tree():
+    """The layer and its features on one device, the tree on another: the
+    error names 'x' (or 'x['type']'), not the core's projected 'q'. (The
+    'meta' device stands in for a GPU.)"""
+    parent = torch.tensor([3, 3, 3, -1])
+    conv = HSAConv(4, 2, heads=2).to('meta')
+    with pytest.raises(ValueError, match=r"^'x' is on meta but the tree is "
+                       r"on cpu; move one with \.to\(\)$"):
+        conv(torch.randn(3, 4, device='meta'), parent)
+    with pytest.raises(ValueError, match="^'x' is on meta but the tree"):
+        conv(torch.randn(3, 4, device='meta'), Tree.from_parent(parent))
+    data = hierarchy(3, [0, 0, 1], 2, seed=0)
+    hetero = HSAConv({'atom': 6, 'token': 4}, 2).double().to('meta')
+    x_dict = {nt: x.to('meta') for nt, x in data.x_dict.items()}
+    for tree in (Tree.from_hetero(data), data, data.edge_index_dict):
+        with pytest.raises(ValueError, match=r"^'x\['atom'\]' is on meta "
+                           r"but the tree is on cpu"):
+            hetero(x_dict, tree)
+
+
 def test_hsa_conv_takes_numpy_scalars_and_flags():
     parent = torch.tensor([3, 3, 3, -1])
     x = torch.randn(3, 4)
