@@ -27,14 +27,14 @@ it reports
     python examples/zero_shot_minilm.py --smoke    # seconds; what CI runs
 
 Writes ``results.md`` (the tables) and ``fidelity_vs_flops.png`` to
-``--out`` (default ``benchmarks/zero_shot``; with ``--smoke``, a new
-temporary folder, so that a smoke run never replaces the committed
-results) and prints the tables. Every timed variant runs in interleaved
-rounds (one call of each per round, after a warm-up) and keeps its best
-time: interference from other work only ever adds time, and this way it
-hits all variants alike. Still, on a shared CPU the times are noisy:
-compare ratios measured in one run, not absolute numbers across runs or
-machines.
+``--out`` (default ``benchmarks/zero_shot``; with ``--smoke``, a
+temporary folder deleted at the end, so that a smoke run never replaces
+the committed results nor leaves files behind) and prints the tables.
+Every timed variant runs in interleaved rounds (one call of each per
+round, after a warm-up) and keeps its best time: interference from other
+work only ever adds time, and this way it hits all variants alike.
+Still, on a shared CPU the times are noisy: compare ratios measured in
+one run, not absolute numbers across runs or machines.
 """
 import argparse
 import os
@@ -575,8 +575,8 @@ def main(argv=None) -> None:
                         help='a tiny run for CI (seconds)')
     parser.add_argument('--out', type=Path, default=None,
                         help='folder for results.md and the plot (default: '
-                        'benchmarks/zero_shot; a temporary folder with '
-                        '--smoke)')
+                        'benchmarks/zero_shot; with --smoke, a temporary '
+                        'folder deleted at the end)')
     parser.add_argument('--passages', type=int, default=400)
     parser.add_argument('--max-words', type=int, default=160)
     parser.add_argument('--max-length', type=int, default=256)
@@ -588,9 +588,16 @@ def main(argv=None) -> None:
     parser.add_argument('--operator-lengths', type=int, nargs='+',
                         default=[512, 1024, 2048, 4096, 8192, 16384])
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix='zero_shot_smoke_')) \
-            if args.smoke else ROOT / 'benchmarks' / 'zero_shot'
+    if args.out is not None or not args.smoke:
+        args.out = args.out or ROOT / 'benchmarks' / 'zero_shot'
+        return run(args)
+    # A smoke run without --out writes to a temporary folder, deleted after.
+    with tempfile.TemporaryDirectory(prefix='zero_shot_smoke_') as scratch:
+        args.out = Path(scratch)
+        return run(args, temporary=True)
+
+
+def run(args: argparse.Namespace, temporary: bool = False) -> None:
     configs, timed = CONFIGS, TIMED
     args.operator_branchings = [(2, 4, 8, 16), (32, )]
     if args.smoke:
@@ -635,7 +642,9 @@ def main(argv=None) -> None:
     (args.out / 'results.md').write_text(report)
     plot(rows, args.out / 'fidelity_vs_flops.png')
     print(report)
-    print(f'wrote {args.out}')
+    note = ' (a temporary folder, now deleted: pass --out to keep the ' \
+        'files)' if temporary else ''
+    print(f'wrote {args.out}{note}')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,8 @@ counts have their own test files."""
 import copy
 import importlib.util
 import pickle
+import re
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -254,15 +256,19 @@ def test_gradients_flow_through_the_patch():
     assert grad.abs().sum() > 0
 
 
-@pytest.mark.slow
-def test_example_script_smoke(tmp_path, capsys):
-    # In this process (the libraries are imported already): the script's
-    # main() with its command-line arguments.
+def zero_shot_example():
+    """The example script as a module, run in this process (the libraries
+    are imported already): its main() takes the command-line arguments."""
     path = ROOT / 'examples' / 'zero_shot_minilm.py'
     spec = importlib.util.spec_from_file_location('zero_shot_minilm', path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    example.main(['--smoke', '--out', str(tmp_path)])
+    return example
+
+
+@pytest.mark.slow
+def test_example_script_smoke(tmp_path, capsys):
+    zero_shot_example().main(['--smoke', '--out', str(tmp_path)])
     printed = capsys.readouterr().out
     table = (tmp_path / 'results.md').read_text()
     assert table in printed
@@ -278,6 +284,24 @@ def test_example_script_smoke(tmp_path, capsys):
     assert table.count('faster') + table.count('slower') == 2
     assert 'Best fidelity with at least 50%' in table
     assert (tmp_path / 'fidelity_vs_flops.png').stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_example_script_smoke_deletes_its_temporary_folder(
+        tmp_path, monkeypatch, capsys):
+    # Without --out, the smoke run writes to a temporary folder (here under
+    # tmp_path) and deletes it at the end.
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    zero_shot_example().main(['--smoke'])
+    assert not list(tmp_path.glob('zero_shot_smoke_*'))
+    printed = capsys.readouterr().out
+    assert '| 1 | flat | all 6 |' in printed  # the tables were printed
+    wrote = re.search(r'^wrote (\S+) \(a temporary folder, now deleted: '
+                      r'pass --out to keep the files\)$', printed, re.M)
+    assert wrote is not None, printed[-300:]
+    folder = Path(wrote.group(1))
+    assert folder.parent == tmp_path
+    assert folder.name.startswith('zero_shot_smoke_')
 
 
 def _self_attention(model):
