@@ -13,6 +13,7 @@ from torch_geometric.data import Data, HeteroData, InMemoryDataset
 
 from pyg_hsa.datasets import ListOps
 from pyg_hsa.datasets import listops as listops_module
+from pyg_hsa.datasets import listops_generator
 from pyg_hsa.utils import io
 
 SYMBOLS = [str(d) for d in range(10)] + ['[MIN', '[MAX', '[MED', '[SM', ']']
@@ -83,20 +84,23 @@ def sample_tree(rng, depth, out, operator_prob=0.25, max_args=10,
         out.append(str(rng.randrange(10)))
 
 
-def reference_sample(num, seed, **kwargs):
+def reference_sample(num, seed, lengths=(500, 2000), distinct=False,
+                     **kwargs):
     rng, accepted = random.Random(seed), []
     while len(accepted) < num:
         out = []
         sample_tree(rng, 1, out, **kwargs)
-        if 500 < len(out) < 2000:
+        if lengths[0] < len(out) < lengths[1]:
             accepted.append(' '.join(out))
+            if distinct:  # Nangia and Bowman keep a set
+                accepted = list(dict.fromkeys(accepted))
     return accepted
 
 
-def summary(expressions):
+def summary(expressions, max_depth=11):
     """Argument counts of all operators, (digits, operators) per depth,
     values and lengths."""
-    num_args, kinds = [], np.zeros((12, 2), dtype=np.int64)
+    num_args, kinds = [], np.zeros((max_depth + 1, 2), dtype=np.int64)
     labels, lengths = [], []
     for text in expressions:
         symbols = text.split()
@@ -380,7 +384,7 @@ def test_corrupted_files_name_the_folder(tmp_path, name):
 def test_default_sizes(tmp_path, monkeypatch):
     # Only the sizes are checked here: a stand-in generator (every
     # expression [MAX 1 2 ]) avoids generating 100,000 expressions.
-    def fake(num, seed):
+    def fake(num, seed, distribution):
         tokens = np.tile(np.array([11, 1, 2, 14], dtype=np.uint8), num)
         return (tokens, np.arange(num + 1, dtype=np.int64) * 4,
                 np.full(num, 2, dtype=np.int64))
@@ -440,3 +444,252 @@ def test_bad_root(tmp_path):
 def test_repr(splits):
     assert repr(splits['train']) == "ListOps(300, split='train', seed=0)"
     assert repr(splits['val']) == "ListOps(30, split='val', seed=0)"
+
+
+# The original ListOps (Nangia and Bowman) ###################################
+
+NB_SIZES = {'train': 300, 'val': 30, 'test': 30, 'test_200_300': 12,
+            'test_500_600': 6, 'test_900_1000': 3}
+NB_LENGTHS = {'train': (1, 101), 'val': (1, 101), 'test': (1, 101),
+              'test_200_300': (200, 300), 'test_500_600': (500, 600),
+              'test_900_1000': (900, 1000)}
+
+
+def build_nb(root, split='train', **kwargs):
+    kwargs.setdefault('num_examples', NB_SIZES)
+    return ListOps(str(root), split=split, distribution='nangia-bowman',
+                   **kwargs)
+
+
+@pytest.fixture(scope='module')
+def nb_splits(root):
+    return {split: build_nb(root, split) for split in NB_SIZES}
+
+
+def nb_failures(ours, reference):
+    """What tells Nangia and Bowman's distribution from others at a few
+    hundred expressions of at most 100 tokens."""
+    args_a, kinds_a, labels_a, lengths_a = summary(ours, 21)
+    args_b, kinds_b, labels_b, lengths_b = summary(reference, 21)
+    failures = []
+    for name, counts in (('ours', args_a), ('reference', args_b)):
+        if counts[:2].any() or counts[6:].any() or not counts[5]:
+            failures.append(f'{name} argument counts {counts.tolist()}')
+    if chi2_contingency(np.stack([args_a[2:6], args_b[2:6]]))[1] < 1e-3:
+        failures.append(f'argument counts {args_a[2:6]} vs {args_b[2:6]}')
+    frac_a = kinds_a[2:, 0].sum() / kinds_a[2:].sum()
+    frac_b = kinds_b[2:, 0].sum() / kinds_b[2:].sum()
+    if abs(frac_a - frac_b) > 0.03:
+        failures.append(f'digit fractions {frac_a:.4f} vs {frac_b:.4f}')
+    if chi2_contingency(np.stack([labels_a, labels_b]))[1] < 1e-3:
+        failures.append(f'labels {labels_a.tolist()} vs {labels_b.tolist()}')
+    if ks_2samp(lengths_a, lengths_b).pvalue < 1e-3:
+        failures.append('length distributions differ')
+    return failures
+
+
+def test_nangia_bowman_well_formed_and_labelled(nb_splits):
+    for split, dataset in nb_splits.items():
+        assert len(dataset) == NB_SIZES[split]
+        lo, hi = NB_LENGTHS[split]
+        args, kinds, _, lengths = summary(texts(dataset), 21)
+        assert lengths.min() > lo and lengths.max() < hi
+        # 2-5 arguments; operators at depths 1 .. 19 at most (the root is
+        # always one), digits at depth 20 at most.
+        assert not args[:2].any() and not args[6:].any()
+        assert kinds[1, 1] == len(dataset) and not kinds[20:, 1].any()
+        for data, text in zip(dataset, texts(dataset)):
+            assert int(data.y) == value_of(text) == ListOps.evaluate(data.x)
+            assert int(data.x[0]) in ListOps.OPERATOR_IDS
+            assert int(data.x[-1]) == ListOps.CLOSING_ID
+
+
+def test_nangia_bowman_depth_reaches_its_bound():
+    # Long expressions nest deeply: the deepest operator at depth 19 (a
+    # node at depth 20 is a digit), never deeper.
+    tokens, offsets, _ = listops_module.generate(
+        60, seed=0, distribution=listops_module.Distribution(5, 20, 900,
+                                                             1000))
+    nesting = np.cumsum(np.where(tokens == 14, -1, (tokens >= 10) & (
+        tokens < 14)).astype(np.int64))
+    assert nesting.max() <= 19
+    assert nesting.max() >= 12
+    assert np.all(np.diff(offsets) > 900) and np.all(np.diff(offsets) < 1000)
+
+
+def test_nangia_bowman_matches_reference_sampler(nb_splits):
+    reference = reference_sample(300, 0, lengths=(1, 101), distinct=True,
+                                 max_args=5, max_depth=20)
+    assert nb_failures(texts(nb_splits['train']), reference) == []
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(max_args=6),  # an argument too many
+    dict(operator_prob=0.35),  # too many operators
+])
+def test_nangia_bowman_check_catches_wrong_samplers(nb_splits, kwargs):
+    kwargs = {'max_args': 5, 'max_depth': 20, **kwargs}
+    wrong = reference_sample(300, 1, lengths=(1, 101), distinct=True,
+                             **kwargs)
+    assert nb_failures(texts(nb_splits['train']), wrong) != []
+
+
+def test_nangia_bowman_splits_disjoint_and_alike(tmp_path, nb_splits):
+    everything = [t for dataset in nb_splits.values() for t in texts(dataset)]
+    assert len(set(everything)) == len(everything) == sum(NB_SIZES.values())
+    # Short expressions run out (400 of the form [OP d d ]); shuffled, the
+    # test split holds as many of them as the training split.
+    sizes = {'train': 4000, 'val': 100, 'test': 1000}
+    short = {split: np.mean([len(t.split()) == 4 for t in texts(
+        build_nb(tmp_path, split, num_examples=sizes))])
+        for split in ('train', 'test')}
+    assert 0.03 < short['train'] < 0.12
+    assert abs(short['train'] - short['test']) < 0.03
+
+
+def test_nangia_bowman_deterministic(tmp_path, nb_splits):
+    for split in ('test', 'test_200_300'):
+        again = build_nb(tmp_path / 'again', split)
+        assert texts(again) == texts(nb_splits[split])
+        other = build_nb(tmp_path / 'other', split, seed=1)
+        assert set(texts(other)).isdisjoint(texts(nb_splits[split]))
+    assert sorted(os.listdir(tmp_path / 'again' / 'processed')) == [
+        'nangia-bowman_200-300_n12_s0', 'nangia-bowman_n300-30-30_s0']
+
+
+def test_lra_and_nangia_bowman_live_side_by_side(tmp_path):
+    lra = build(tmp_path, 'test', num_examples=3)
+    nb = build_nb(tmp_path, 'test', num_examples=3)
+    assert all(len(t.split()) > 500 for t in texts(lra))
+    assert all(len(t.split()) < 101 for t in texts(nb))
+    assert sorted(os.listdir(tmp_path / 'processed')) == [
+        'n3-3-3_s0', 'nangia-bowman_n3-3-3_s0']
+    assert repr(nb) == "ListOps(3, split='test', distribution=" \
+        "'nangia-bowman', seed=0)"
+    # The default sizes of the windows are 2,000; given, only theirs.
+    assert build_nb(tmp_path, 'test_200_300',
+                    num_examples={'train': 3, 'val': 3, 'test': 3,
+                                  'test_200_300': 2}).num_examples == {
+        'train': 3, 'val': 3, 'test': 3, 'test_200_300': 2,
+        'test_500_600': 2000, 'test_900_1000': 2000}
+
+
+def test_pre_transform_change_reprocesses_the_split(tmp_path, monkeypatch):
+    from pyg_hsa.transforms import BracketsToHierarchy
+
+    def brackets(width):
+        return BracketsToHierarchy(ListOps.OPERATOR_IDS, ListOps.CLOSING_ID,
+                                   pe_channels=width)
+
+    plain = build_nb(tmp_path, 'val', num_examples=4)
+    four = build_nb(tmp_path, 'val', num_examples=4,
+                    pre_transform=brackets(4))
+
+    def fail(*args, **kwargs):
+        raise AssertionError('regenerated')
+
+    # Every change is noticed and processed again from the cached
+    # expressions (PyG itself would only warn and load the old file).
+    monkeypatch.setattr(listops_module, 'generate', fail)
+    eight = build_nb(tmp_path, 'val', num_examples=4,
+                     pre_transform=brackets(8))
+    assert four[0]['expr'].pe.size(1) == 4
+    assert eight[0]['expr'].pe.size(1) == 8
+    odd = build_nb(tmp_path, 'val', num_examples=4,
+                   pre_filter=lambda d: int(d.y) % 2 == 1)
+    assert [int(d.y) for d in odd] == \
+        [int(d.y) for d in plain if int(d.y) % 2 == 1]
+    again = build_nb(tmp_path, 'val', num_examples=4)
+    assert isinstance(again[0], Data) and again._data.x.dtype == torch.uint8
+    assert texts(again) == texts(plain)
+    # An unchanged pre_transform reuses the file.
+    build_nb(tmp_path, 'val', num_examples=4, pre_transform=brackets(8))
+    path = eight.processed_paths[0]
+    stamp = os.stat(path).st_mtime_ns
+    same = build_nb(tmp_path, 'val', num_examples=4,
+                    pre_transform=brackets(8))
+    assert os.stat(path).st_mtime_ns == stamp
+    assert same[0]['expr'].pe.size(1) == 8
+
+
+def test_tsv_round_trip_and_lra_parentheses(tmp_path, nb_splits):
+    dataset = nb_splits['test']
+    path = tmp_path / 'test.tsv'
+    dataset.to_tsv(str(path))
+    lines = path.read_text().splitlines()
+    assert lines[0] == 'Source\tTarget' and len(lines) == len(dataset) + 1
+    assert lines[1] == f'{texts(dataset)[0]}\t{int(dataset[0].y)}'
+    expressions, labels = ListOps.read_tsv(str(path))
+    assert len(expressions) == len(dataset)
+    for x, data in zip(expressions, dataset):
+        assert torch.equal(x, data.x)
+    assert torch.equal(labels, dataset._data.y)
+    # LRA's files carry a binary bracketing with ( ), which is ignored.
+    lra = tmp_path / 'lra.tsv'
+    lra.write_text('Source\tTarget\n( ( ( [MAX 2 ) 9 ) ] )\t9\n\n'
+                   '( ( [SM 7 ) 8 ] )\t5\n')
+    expressions, labels = ListOps.read_tsv(str(lra))
+    assert [ListOps.to_text(x) for x in expressions] == ['[MAX 2 9 ]',
+                                                         '[SM 7 8 ]']
+    assert labels.tolist() == [9, 5]
+
+
+@pytest.mark.parametrize('text, match', [
+    ('', 'header'),
+    ('Input\tLabel\n[MAX 1 ]\t1\n', 'header'),
+    ('Source\tTarget\n', 'no expression'),
+    ('Source\tTarget\n[MAX 1 2 ]\n', 'line 2: expected two'),
+    ('Source\tTarget\n[MAX 1 2 ]\t2\n[MAX 1 X ]\t1\n',
+     "line 3: unknown symbol 'X'"),
+    ('Source\tTarget\n[MAX 1 2 ]\t12\n', 'line 2: the target'),
+    ('Source\tTarget\n( )\t1\n', 'line 2: empty'),
+])
+def test_bad_tsv_files_name_the_line(tmp_path, text, match):
+    path = tmp_path / 'bad.tsv'
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        ListOps.read_tsv(str(path))
+
+
+def test_to_tsv_refuses_a_filtered_split(tmp_path):
+    dataset = build_nb(tmp_path, 'val', num_examples=3,
+                       pre_filter=lambda d: True)
+    with pytest.raises(ValueError, match='pre_filter'):
+        dataset.to_tsv(str(tmp_path / 'out.tsv'))
+    assert not (tmp_path / 'out.tsv').exists()
+
+
+@pytest.mark.parametrize('distribution, error, match', [
+    ((1, 20, 1, 101), ValueError, 'max_args >= 2'),
+    ((5, 2, 100, 200), ValueError, 'admits no expression'),
+    ((5, 20, 100, 101), ValueError, 'admits no expression'),
+    ((5, 20, 1), TypeError, 'Distribution'),
+    ('lra', TypeError, 'Distribution'),
+    ((5, 20.0, 1, 101), TypeError, 'distribution.max_depth'),
+])
+def test_bad_distributions(distribution, error, match):
+    with pytest.raises(error, match=match):
+        listops_module.generate(1, distribution=distribution)
+
+
+def test_too_few_distinct_expressions_raise(monkeypatch):
+    # Depth 2 and two arguments: only [OP d d ], 400 distinct expressions.
+    monkeypatch.setattr(listops_generator, 'MAX_BARREN_CHUNKS', 4)
+    small = listops_module.Distribution(2, 2, 1, 5)
+    tokens, offsets, _ = listops_module.generate(400, distribution=small)
+    assert len(set(map(bytes, np.split(tokens, offsets[1:-1])))) == 400
+    with pytest.raises(RuntimeError, match='too few distinct'):
+        listops_module.generate(401, distribution=small)
+
+
+@pytest.mark.parametrize('kwargs, error, name', [
+    (dict(distribution='listops-o'), ValueError, 'distribution'),
+    (dict(distribution=None), TypeError, 'distribution'),
+    (dict(split='test_200_300'), ValueError, 'split'),
+    (dict(num_examples={'train': 2, 'val': 2, 'test': 2,
+                        'test_100_200': 2}), ValueError, 'num_examples'),
+])
+def test_bad_distribution_arguments(tmp_path, kwargs, error, name):
+    with pytest.raises(error, match=f"'{name}'"):
+        build(tmp_path, **kwargs)
+    assert not (tmp_path / 'processed').exists()
