@@ -1,4 +1,5 @@
 """Point clouds as hierarchies of nested voxels (octrees in 3D)."""
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -18,6 +19,10 @@ ROOT_TYPE = 'cloud'
 NODE_KEYS = ('x', 'normal', 'feat', 'batch', 'node_type', 'n_id')
 # Above 2**62 cells per axis, coordinates would overflow int64.
 MAX_CELL_COORD = 1 << 62
+# Coordinates from this magnitude on are scaled down by a power of two
+# first: extents, centroid sums and kNN's squared distances would overflow
+# float64 near its largest finite values (about 1.8e308).
+LARGE_COORD = 2.0**500
 
 
 def voxel_type(level: int) -> str:
@@ -95,7 +100,9 @@ class PointCloudToHierarchy(BaseTransform):
     scalings of the cloud (exactly when these are exact in floating point,
     e.g. power-of-two scalings; otherwise up to rounding for points on
     cell faces). A cloud with :math:`E = 0` (one point, or duplicates)
-    gets one cell per level.
+    gets one cell per level. Any finite coordinates work: from
+    :math:`2^{500}` in magnitude on, the cloud is handled in units of a
+    power of two (exact), so that nothing overflows float64.
 
     If :obj:`size` is given (absolute units), :math:`s` = :obj:`size`, and
     without :obj:`num_levels` the levels go on until a single cell would
@@ -165,9 +172,15 @@ class PointCloudToHierarchy(BaseTransform):
                              "rename it")
         out = leaf_hetero(data, LEAF_TYPE, 'edge')
         pos64 = pos.double()
-        origin = pos64.min(dim=0).values
-        extent = float((pos64.max(dim=0).values - origin).max())
-        cell, size, num_levels = self._grid(pos64 - origin, extent)
+        origin, corner = pos64.min(dim=0).values, pos64.max(dim=0).values
+        # Huge coordinates in units of a power of two (exact: the hierarchy
+        # and pe do not change).
+        unit = _coordinate_unit(origin, corner)
+        if unit != 1.0:
+            pos64, origin, corner = pos64 / unit, origin / unit, \
+                corner / unit
+        extent = float((corner - origin).max())
+        cell, size, num_levels = self._grid(pos64 - origin, extent, unit)
 
         # Bottom-up: the parent of every level-l cell (and of every point).
         parents: List[Tensor] = []
@@ -176,19 +189,20 @@ class PointCloudToHierarchy(BaseTransform):
             parents.append(parent)
             cell = cell >> 1
 
-        centroids = self._add_levels(out, pos64, parents, pos.dtype)
+        centroids = self._add_levels(out, pos64, parents, pos.dtype, unit,
+                                     (origin, corner))
         self._add_positions(out, parents, centroids, size, extent,
                             pos.dtype)
         if self.knn:
             out[LEAF_TYPE, 'knn', LEAF_TYPE].edge_index = knn_graph(
-                pos, self.knn)
+                pos if unit == 1.0 else pos64, self.knn)
         return out
 
-    def _grid(self, offset: Tensor,
-              extent: float) -> Tuple[Tensor, float, int]:
+    def _grid(self, offset: Tensor, extent: float,
+              unit: float) -> Tuple[Tensor, float, int]:
         """Level-0 integer cell coordinates ``[N, D]`` of the points (from
         their offsets to the origin), the finest side and the number of
-        levels."""
+        levels, in coordinates divided by :obj:`unit`."""
         if self.size is None:
             depth = self.default_depth(offset.size(0), offset.size(1))
             num_levels = depth if self.num_levels is None \
@@ -200,16 +214,18 @@ class PointCloudToHierarchy(BaseTransform):
             cell = torch.floor(offset / size).long()
             # Points on the cube's upper faces go to the last cells.
             return cell.clamp_(max=2**depth - 1), size, num_levels
-        scaled = offset / self.size
-        if float(scaled.max()) >= MAX_CELL_COORD:
+        size = self.size / unit
+        # (A size that vanishes in the cloud's unit is too small as well.)
+        scaled = offset / size if size > 0 else None
+        if scaled is None or float(scaled.max()) >= MAX_CELL_COORD:
             raise ValueError(f"'size' ({self.size}) is too small for a "
-                             f"cloud of extent {extent}: more than 2**62 "
-                             f"cells per axis")
+                             f"cloud of extent {extent * unit}: more than "
+                             f"2**62 cells per axis")
         cell = torch.floor(scaled).long()
         num_levels = self.num_levels
         if num_levels is None:
             num_levels = int(cell.max()).bit_length()
-        return cell, self.size, num_levels
+        return cell, size, num_levels
 
     def default_depth(self, num_points: int, dim: int) -> int:
         """:math:`J`: the largest :math:`J \\ge 0` with :math:`2^{mJ}
@@ -222,9 +238,19 @@ class PointCloudToHierarchy(BaseTransform):
 
     @staticmethod
     def _add_levels(out: HeteroData, pos64: Tensor, parents: List[Tensor],
-                    dtype: torch.dtype) -> List[Tensor]:
+                    dtype: torch.dtype, unit: float,
+                    box: Tuple[Tensor, Tensor]) -> List[Tensor]:
         """Adds the voxel and root types and their nesting edges; returns
-        the centroids of every level (points first, root last)."""
+        the centroids of every level (points first, root last) in the units
+        of :obj:`pos64`, and sets them as ``pos`` in the cloud's units and
+        :obj:`dtype`."""
+        def unscaled(centroid: Tensor) -> Tensor:
+            # (Within the bounding box: a rounded mean of points at the
+            # largest float64 would otherwise become infinite.)
+            if unit != 1.0:
+                centroid = centroid.clamp(*box) * unit
+            return centroid.to(dtype)
+
         total = pos64
         count = torch.ones_like(pos64[:, 0])
         centroids = [pos64]
@@ -236,11 +262,11 @@ class PointCloudToHierarchy(BaseTransform):
             count = count.new_zeros(num_cells).index_add_(0, parent, count)
             centroids.append(total / count.unsqueeze(1))
             add_level(out, child_type, voxel_type(level), parent, num_cells)
-            out[voxel_type(level)].pos = centroids[-1].to(dtype)
+            out[voxel_type(level)].pos = unscaled(centroids[-1])
             child_type = voxel_type(level)
         add_root(out, child_type, ROOT_TYPE, pos64.size(0), pos64.device)
         centroids.append(pos64.mean(dim=0, keepdim=True))
-        out[ROOT_TYPE].pos = centroids[-1].to(dtype)
+        out[ROOT_TYPE].pos = unscaled(centroids[-1])
         return centroids
 
     @staticmethod
@@ -297,6 +323,16 @@ def _check_pos(data: Data) -> Tensor:
     if not bool(torch.isfinite(pos).all()):
         raise ValueError("'data.pos' contains NaN or infinite values")
     return pos
+
+
+def _coordinate_unit(low: Tensor, high: Tensor) -> float:
+    """The power of two that the coordinates (between :obj:`low` and
+    :obj:`high`) are divided by: 1, unless they reach :obj:`LARGE_COORD`;
+    then the largest in magnitude becomes at most 2."""
+    top = max(-float(low.min()), float(high.max()))
+    if top < LARGE_COORD:
+        return 1.0
+    return 2.0**(math.frexp(top)[1] - 1)  # (at most 2**1023)
 
 
 def _check_node_count(data: Data, num_points: int) -> None:

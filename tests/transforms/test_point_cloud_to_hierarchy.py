@@ -332,6 +332,33 @@ def test_translation_and_scale_invariance():
     assert_same_structure(out, moved, atol=1e-9)
 
 
+@pytest.mark.parametrize('kwargs', [{}, {'knn': 4}, {'num_levels': 3},
+                                    {'size': 2e6}])
+def test_coordinates_near_the_largest_float64(pure_torch_knn, kwargs):
+    """Finite coordinates up to +-1.8e308 (the extent, centroid sums and
+    squared distances would overflow): the same hierarchy as the cloud
+    scaled down by an exact power of two, pos scaled back exactly."""
+    gen = torch.Generator().manual_seed(5)
+    biggest = torch.finfo(torch.float64).max
+    small = (torch.rand(400, 3, generator=gen, dtype=torch.float64) * 2 -
+             1) * (biggest * 2.0**-1000)
+    small[:2] = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]],
+                             dtype=torch.float64) * (biggest * 2.0**-1000)
+    large = small * 2.0**1000  # near +-1e308, exactly the largest at two
+    assert float(large.abs().max()) == biggest
+    size = kwargs.pop('size', None)
+    out_small = PointCloudToHierarchy(size=size, **kwargs)(Data(pos=small))
+    out_large = PointCloudToHierarchy(
+        size=None if size is None else size * 2.0**1000, **kwargs)(
+            Data(pos=large))
+    assert out_large.node_types == out_small.node_types
+    assert len(out_small.node_types) > 3  # levels of voxels
+    assert_same_structure(out_large, out_small)  # edges and pe, exactly
+    for nt in out_small.node_types:
+        assert bool(torch.isfinite(out_large[nt].pos).all()), nt
+        assert torch.equal(out_large[nt].pos, out_small[nt].pos * 2.0**1000)
+
+
 def test_point_order_only_relabels_points():
     data = sphere(400, dtype=torch.float64)
     perm = torch.randperm(400)
