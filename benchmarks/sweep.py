@@ -27,16 +27,17 @@ def result_path(out: str, row: str) -> str:
 def cached(out: str, row: str, cmd: List[str],
            parse_args: Callable) -> Optional[Dict]:
     """The row's earlier result if it was made with the same arguments as
-    :obj:`cmd` (``[python, script, *arguments]``), the checkpoint and
-    data folder aside."""
+    :obj:`cmd` (``[python, script, *arguments]``), the checkpoint, data
+    folder and ``--resume`` aside."""
     path = result_path(out, row)
     if not osp.exists(path):
         return None
     with open(path) as f:
         result = json.load(f)
     expected = vars(parse_args(cmd[2:]))
-    expected['checkpoint'] = result['args'].get('checkpoint')
-    expected['root'] = result['args'].get('root')
+    for key in ('checkpoint', 'root', 'resume'):
+        if key in expected:
+            expected[key] = result['args'].get(key)
     return result if result['args'] == expected else None
 
 

@@ -119,16 +119,18 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_size_arguments(parser: argparse.ArgumentParser,
                        sizes: Dict[str, Tuple[int, int]],
-                       note: str = '') -> None:
+                       notes: Optional[Dict[str, str]] = None) -> None:
     """``--smoke`` and an integer option per entry ``name: (default, smoke
-    default)`` of :obj:`sizes`; :func:`fill_sizes` fills in the ones not
-    given, so ``--smoke`` changes only those."""
+    default)`` of :obj:`sizes`, with ``notes[name]`` (if any) added to its
+    help; :func:`fill_sizes` fills in the ones not given, so ``--smoke``
+    changes only those."""
     parser.add_argument('--smoke', action='store_true',
                         help='tiny sizes and data (seconds)')
     for name, (default, smoke) in sizes.items():
+        note = (notes or {}).get(name, '')
         parser.add_argument(f'--{name}', type=int, default=None,
-                            help=f'(default: {default}; --smoke: {smoke}'
-                                 f'{note})')
+                            help=f'{note + " " if note else ""}(default: '
+                                 f'{default}; --smoke: {smoke})')
 
 
 def fill_sizes(args: argparse.Namespace,
@@ -193,7 +195,7 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
         ctx: Distributed, train_epoch: Callable[[int], float],
         evaluate: Callable[[str], float], metric: str, higher_better: bool,
         checked_args: Sequence[str], extra: Optional[Dict] = None,
-        test_every_epoch: bool = True) -> Dict:
+        test_every_epoch: bool = True, restore_best: bool = False) -> Dict:
     """Epochs ``1 .. args.epochs`` (continuing after the checkpoint's with
     ``args.resume``): ``train_epoch(epoch)`` returns the mean training
     loss, ``evaluate('valid' | 'test')`` the metric. The weights of the
@@ -204,8 +206,10 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
     counts, say) are updated in place from the checkpoint. A checkpoint
     made with other values of :obj:`checked_args` is refused. Without
     :obj:`test_every_epoch` the test metric is computed only when the
-    validation metric improves (NaN in the curve otherwise). Returns the
-    result (written to ``args.filename`` by :func:`write_result`)."""
+    validation metric improves (NaN in the curve otherwise). With
+    :obj:`restore_best`, :obj:`net` ends with the best epoch's weights.
+    Returns the result (written to ``args.filename`` by
+    :func:`write_result`)."""
     state = {'epoch': 0, 'best': None,
              'curves': {'loss': [], 'valid': [], 'test': [], 'seconds': []}}
     best_model = None  # the weights of the best validation epoch
@@ -249,6 +253,8 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
                             args.checkpoint)
 
     best = state['best']
+    if restore_best and best_model is not None:
+        net.load_state_dict(best_model)
     result = {
         'args': vars(args), 'metric': metric,
         'num_params': count_parameters(net), 'world_size': ctx.world_size,
@@ -258,8 +264,10 @@ def fit(args, net: torch.nn.Module, optimizer, generator: torch.Generator,
         'curves': state['curves'],
     }
     if ctx.main:
+        test = '' if np.isnan(best['test']) else \
+            f"; test {best['test']:.4f}"
         print(f"Best validation {metric} {best['valid']:.4f} at epoch "
-              f"{best['epoch']}; test {best['test']:.4f}")
+              f"{best['epoch']}{test}")
     return result
 
 
