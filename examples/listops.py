@@ -148,6 +148,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no_schedule', action='store_true',
                         help='hsa-tree without the bottom-up schedule: '
                              'every token updates at every iteration')
+    parser.add_argument('--no_size_key', action='store_true',
+                        help='hsa-tree as HSAEncoderLayer, without the '
+                             'log-size key channel (which needs the '
+                             'schedule)')
     parser.add_argument('--minutes', type=float, default=0.0,
                         help='training-time budget, split evenly into the '
                              'epochs (0: epochs are passes over the data)')
@@ -253,11 +257,13 @@ def make_model(args) -> torch.nn.Module:
     if args.model == 'tree-gru':
         return TreeGRU(args.emb_dim, args.dropout)
     tree = args.model == 'hsa-tree'
+    schedule = tree and not args.no_schedule
     return IteratedHSA(
         args.emb_dim, args.heads, args.iterations, args.per_level,
         args.resolution, gru=not args.no_gru,
         tree_features=tree and not args.no_tree_features,
-        schedule=tree and not args.no_schedule, dropout=args.dropout)
+        schedule=schedule, size_key=schedule and not args.no_size_key,
+        dropout=args.dropout)
 
 
 def load_split(args, name: str, transform=None) -> ListOps:
@@ -467,8 +473,9 @@ class TSVExamples(torch.utils.data.Dataset):
 # A checkpoint made with other values of these is refused by --resume.
 CHECKED_ARGS = ('model', 'distribution', 'emb_dim', 'heads', 'iterations',
                 'per_level', 'resolution', 'no_gru', 'no_tree_features',
-                'no_schedule', 'minutes', 'lr', 'dropout', 'batch_size',
-                'seed', 'train_examples', 'eval_examples', 'smoke')
+                'no_schedule', 'no_size_key', 'minutes', 'lr', 'dropout',
+                'batch_size', 'seed', 'train_examples', 'eval_examples',
+                'smoke')
 
 
 def run(args) -> Dict:

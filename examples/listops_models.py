@@ -209,6 +209,16 @@ class SizedHSALayer(torch.nn.Module):
 
     def forward(self, x: Tensor, tree: Tree, pe: Tensor,
                 log_size: Tensor) -> Tensor:
+        num = x.size(0)
+        out = self.attend(x, tree, pe, log_size)
+        h = self.lin_out(out.reshape(num, -1))
+        h = self.norm_attn(x + F.dropout(h, self.dropout, self.training))
+        out = F.dropout(self.ffn(h), self.dropout, self.training)
+        return self.norm_ffn(h + out)
+
+    def attend(self, x: Tensor, tree: Tree, pe: Tensor,
+               log_size: Tensor) -> Tensor:
+        """The attention's output ``[N, heads, channels / heads]``."""
         num, heads, width = x.size(0), self.heads, self.head_channels
         q, k, v = self.lin_qkv(x).view(num, 3, heads, width).unbind(1)
         q, k = self.norm_q(q), self.norm_k(k)
@@ -220,13 +230,9 @@ class SizedHSALayer(torch.nn.Module):
         pos = self.lin_pos(pe).view(-1, heads, width)
         dropout = self.dropout if self.training and \
             self.resolution == 'block' else 0.0
-        out = hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
-                            scale=scale, dropout=dropout,
-                            resolution=self.resolution)
-        h = self.lin_out(out.reshape(num, heads * width))
-        h = self.norm_attn(x + F.dropout(h, self.dropout, self.training))
-        out = F.dropout(self.ffn(h), self.dropout, self.training)
-        return self.norm_ffn(h + out)
+        return hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+                             scale=scale, dropout=dropout,
+                             resolution=self.resolution)
 
 
 def iterations(model, levels: Tensor) -> Tensor:

@@ -307,6 +307,34 @@ def test_tree_gru_composes_families_in_order():
     torch.testing.assert_close(out, expected)
 
 
+def test_size_key_weighs_blocks_alike():
+    """With content-free queries and keys, HSA weighs a block by its size;
+    the log-size key channel (gain 1) weighs every block alike."""
+    from listops_models import SizedHSALayer
+    from pyg_hsa import Tree
+    # Root {leaf 0, leaf 1, node 7 = {leaves 2 .. 5}, leaf 6}.
+    tree = Tree.from_parent(torch.tensor([8, 8, 7, 7, 7, 7, 8, 8, -1]))
+    layer = SizedHSALayer(4, 1, pos_channels=1, resolution='query')
+    with torch.no_grad():  # q = k = 0 (after LayerNorm), v = x
+        layer.lin_qkv.weight.zero_()
+        layer.lin_qkv.bias.zero_()
+        layer.lin_qkv.weight[8:].copy_(torch.eye(4))
+    x = torch.tensor([[1., 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
+                      [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0],
+                      [0, 0, 0, 1]])
+    # The leaves of node 7 carry it (4 leaves), the others themselves.
+    log_size = torch.tensor([1., 1, 4, 4, 4, 4, 1]).log()
+    pe = torch.zeros(9, 1)
+    for gain, weights in ((0.0, [1 / 7, 1 / 7, 4 / 7, 1 / 7]),
+                          (1.0, [1 / 4] * 4)):
+        with torch.no_grad():
+            layer.size_gain.fill_(gain)
+        # Leaf 0 sees itself, leaves 1 and 6, and node 7 as one block.
+        out = layer.attend(x, tree, pe, log_size)[0, 0]
+        torch.testing.assert_close(out, torch.tensor(weights))
+    assert layer(x, tree, pe, log_size).shape == (7, 4)
+
+
 def test_depth_buckets_cover_every_example_once():
     depths = torch.tensor([0, 5, 1, 5, 2, 2, 9, 1, 0, 3, 3])
     sampler = listops.DepthBuckets(depths, 2, torch.Generator().manual_seed(
