@@ -1,24 +1,29 @@
-r"""The ListOps table of docs/training.md: HSA on the parse tree, HSA on
-fixed windows, a flat transformer (exact softmax attention) and GIN on the
-parse tree, trained by ``examples/listops.py`` on the same data, for the
-same number of epochs, at (about) one parameter budget.
+r"""The ListOps table of docs/training.md: every model of
+``examples/listops.py`` trained on Nangia and Bowman's expressions of at
+most 100 tokens, at (about) one parameter budget and one training-time
+budget, and tested on the same distribution, on the length-generalisation
+windows (200-300, 500-600, 900-1,000 tokens) and on LRA's test split.
 
-    python benchmarks/listops_results.py            # ~1 hour on 2 cores
+    python benchmarks/listops_results.py                # ~5 h on 2 cores
+    python benchmarks/listops_results.py --rows hsa-tree tree-gru
+    python benchmarks/listops_results.py --smoke        # seconds (CI)
 
-Every row is an ``examples/listops.py`` process with one torch thread;
-``--parallel`` of them run at once (one per core, so their seconds per
-epoch compare). GIN's width is the one whose parameter count is closest to
-the HSA models'. Results are kept in ``<out>/runs/*.json``; a row whose
-file exists with the same arguments is not repeated, so an interrupted
-sweep resumes. Writes ``<out>/results.md`` and ``<out>/accuracy_vs_time.png``.
+Every row is an ``examples/listops.py`` process with one torch thread and
+``--minutes`` of training (split into ``--epochs`` slices, each followed
+by validation); ``--parallel`` of them run at once (one per core, so their
+times compare). The widths are those whose parameter count is closest to
+that of ``hsa-tree`` at ``--emb_dim``. Results are kept in
+``<out>/runs/*.json``, and a row's checkpoint next to it: a row whose
+result exists with the same arguments is not run again, and an
+interrupted row resumes from its last epoch, so the table can be made
+across sittings. Writes ``<out>/results.md`` and
+``<out>/accuracy_vs_length.png``.
 """
 import argparse
 import os.path as osp
 import sys
 import tempfile
 from typing import Dict, List, Optional
-
-import numpy as np
 
 HERE = osp.dirname(osp.abspath(__file__))
 EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
@@ -34,86 +39,156 @@ from sweep import (  # noqa: E402
 )
 from training import closest_width, count_parameters  # noqa: E402
 
-# Long Range Arena's published ListOps test accuracies (%), none of which
-# uses the parse tree (Tay et al., 2021; S4: Gu et al., 2022; Mega: Ma et
-# al., 2023; H-Transformer-1D: Zhu and Soricut, 2021).
-LRA = [('Transformer', 36.37), ('Reformer', 37.27), ('BigBird', 36.05),
-       ('Performer', 18.01), ('H-Transformer-1D', 49.53), ('S4', 59.60),
-       ('Mega', 63.14)]
-# Longest first, so that the slow flat transformer overlaps the others.
-ROWS = ('transformer', 'hsa-tree', 'hsa-windows', 'gin')
+# Row: (model, extra arguments, what the row shows). The first rows take
+# longest to evaluate (flat attention over 2,000 tokens), so they start
+# first.
+ROWS = {
+    'transformer': ('transformer', [], 'flat transformer'),
+    'hsa-windows': ('hsa-windows', [], 'HSA on windows 2-4-8-16'),
+    'hsa-tree': ('hsa-tree', [], 'HSA on the parse tree'),
+    'gin': ('gin', [], 'GIN on the parse tree'),
+    'tree-gru': ('tree-gru', [], 'Tree-GRU on the parse tree'),
+    'hsa-tree-block': ('hsa-tree', ['--resolution', 'block'],
+                       'HSA on the parse tree, block resolution'),
+    'hsa-tree-unscheduled': ('hsa-tree', ['--no_schedule'],
+                             'HSA on the parse tree, no schedule'),
+}
+TEST_COLUMNS = (('test', 'same distribution (≤ 100)'),
+                ('test_200_300', '200-300'), ('test_500_600', '500-600'),
+                ('test_900_1000', '900-1,000'),
+                ('lra_test', 'LRA test (500-2,000, ≤ 10 args)'))
+# Published results (test accuracy, %) for the same settings.
+PUBLISHED = [
+    ('Tree-LSTM, gold tree (Nangia and Bowman, 2018)', '98.7', '', '', '',
+     ''),
+    ('LSTM (Nangia and Bowman, 2018)', '71.5', '', '', '', ''),
+    ('Ordered Memory (Shen et al., 2019)', '99.9', '', '', '', '80.1'),
+    ('Beam Tree Cell (Ray Chowdhury and Caragea, 2023)', '99.9', '99.5',
+     '99.0', '98.0', ''),
+]
 
 
-def gin_width(budget: int, args) -> int:
-    """GIN's width whose parameter count is closest to the budget."""
-    def count(width):
-        return count_parameters(listops.GINNet(width, args.gin_layers, 0.0))
-    return closest_width(count, budget, 8 * args.emb_dim)
+def model_arguments(row: str, width: int, args) -> List[str]:
+    model, extra, _ = ROWS[row]
+    return ['--model', model, '--emb_dim', str(width), '--heads',
+            str(args.heads), '--per_level', str(args.per_level), *extra]
+
+
+def parameters(row: str, width: int, args) -> int:
+    return count_parameters(listops.make_model(listops.parse_args(
+        model_arguments(row, width, args))))
+
+
+def widths(args) -> Dict[str, int]:
+    """Every row's width: the one whose parameter count is closest to
+    ``hsa-tree``'s at ``--emb_dim`` (a multiple of ``--heads`` for the
+    attention models)."""
+    budget = parameters('hsa-tree', args.emb_dim, args)
+    out = {}
+    for row in args.rows:
+        step = 1 if ROWS[row][0] in ('gin', 'tree-gru') else args.heads
+        out[row] = closest_width(lambda w: parameters(row, w, args), budget,
+                                 4 * args.emb_dim, step)
+    return out
 
 
 def command(row: str, width: int, args) -> List[str]:
+    filename = result_path(args.out, row)
     out = [sys.executable, osp.join(EXAMPLES, 'listops.py'),
-           '--model', row, '--emb_dim', str(width),
-           '--num_layers', str(args.num_layers),
-           '--gin_layers', str(args.gin_layers), '--heads', str(args.heads),
+           *model_arguments(row, width, args),
            '--epochs', str(args.epochs), '--batch_size', str(args.batch_size),
+           '--lr', str(args.lr), '--seed', str(args.seed),
            '--train_examples', str(args.train_examples),
-           '--eval_examples', str(args.eval_examples),
-           '--seed', str(args.seed), '--filename',
-           result_path(args.out, row)]
+           '--filename', filename]
     if args.smoke:
         out.append('--smoke')
+    if args.minutes:
+        out += ['--minutes', str(args.minutes)]
     if args.root:
         out += ['--root', args.root]
     return out
 
 
-def table(results: Dict[str, Dict], widths: Dict[str, int]) -> str:
-    lines = ['| model | given the parse tree | width | parameters | test '
-             'accuracy (%) | valid accuracy (%) | best epoch | s / epoch | '
-             'peak memory (MB) | row wall-clock (min) |',
-             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: '
-             '| ---: |']
+def resumable(commands: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """``--resume`` for the rows whose checkpoint was made with the same
+    arguments (an interrupted row goes on from its last epoch; a row whose
+    arguments changed starts over, overwriting its checkpoint)."""
+    import torch
+    out = {}
+    for row, cmd in commands.items():
+        checkpoint = cmd[cmd.index('--filename') + 1] + '.ckpt'
+        same = False
+        if osp.exists(checkpoint):
+            saved = torch.load(checkpoint, map_location='cpu',
+                               weights_only=False)['args']
+            wanted = vars(listops.parse_args(cmd[2:]))
+            same = all(saved.get(key) == wanted[key]
+                       for key in listops.CHECKED_ARGS)
+        out[row] = cmd + (['--resume'] if same else [])
+    return out
+
+
+def percent(value: Optional[float]) -> str:
+    return 'n/a' if value is None else f'{100 * value:.1f}'
+
+
+def table(results: Dict[str, Dict], row_widths: Dict[str, int]) -> str:
+    header = ' | '.join(name for _, name in TEST_COLUMNS)
+    lines = [f'| model | given the parse tree | width | parameters | s / '
+             f'epoch | training (min) | row wall-clock (min) | {header} |',
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: |' +
+             ' ---: |' * len(TEST_COLUMNS)]
     for row, r in results.items():
+        tests = ' | '.join(percent(r['tests'].get(key))
+                           for key, _ in TEST_COLUMNS)
+        wall = r.get('wall_seconds')
+        given = '**yes**' if r['given_parse_tree'] else 'no'
         lines.append(
-            f"| {row} | {'**yes**' if r['given_parse_tree'] else 'no'} | "
-            f"{widths[row]} | {r['num_params']:,} | {100 * r['test']:.2f} | "
-            f"{100 * r['valid']:.2f} | {r['best_epoch']} | "
-            f"{r['seconds_per_epoch']:.0f} | {r['peak_memory_mb']:.0f} | "
-            f"{_minutes(r.get('wall_seconds'))} |")
-    lines += ['', '| published (LRA, full data, no parse tree) | test '
-              'accuracy (%) |', '| --- | ---: |']
-    lines += [f'| {name} | {acc:.2f} |' for name, acc in LRA]
+            f"| {ROWS[row][2]} | {given} | {row_widths[row]} | "
+            f"{r['num_params']:,} | "
+            f"{r['seconds_per_epoch']:.0f} | {r['train_seconds'] / 60:.1f} | "
+            f"{'n/a' if wall is None else f'{wall / 60:.1f}'} | {tests} |")
+    lines += ['', f'| published | {header} |',
+              '| --- |' + ' ---: |' * len(TEST_COLUMNS)]
+    lines += [f"| {' | '.join(entry)} |" for entry in PUBLISHED]
     return '\n'.join(lines)
 
 
-def _minutes(seconds: Optional[float]) -> str:
-    # (A row run outside this script has no wall-clock of its own.)
-    return 'n/a' if seconds is None else f'{seconds / 60:.1f}'
-
-
 def plot(results: Dict[str, Dict], path: str):
+    """Accuracy against expression length: the bins of every test set of
+    Nangia and Bowman's distribution joined by a line, LRA's test split
+    (up to 10 arguments) as separate markers."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     for row, r in results.items():
-        seconds = np.cumsum(r['curves']['seconds']) / 60
-        valid = 100 * np.array(r['curves']['valid'])
+        points = {}
+        for name, bins in r['accuracy_by_length'].items():
+            for key, (correct, count) in bins.items():
+                lo, hi = map(int, key.split('-'))
+                mark = 'lra' if name == 'lra_test' else 'nb'
+                c, n = points.get((mark, lo, hi), (0, 0))
+                points[(mark, lo, hi)] = (c + correct, n + count)
         style = '-' if r['given_parse_tree'] else '--'
-        label = row + (' (parse tree)' if r['given_parse_tree'] else '')
-        line, = ax.plot(seconds, valid, style, marker='o', label=label)
-        best = r['best_epoch'] - 1
-        ax.plot(seconds[best], 100 * r['test'], '*', ms=12,
-                color=line.get_color())
-    for name, acc in LRA:
-        if name in ('Transformer', 'S4', 'Mega'):
-            ax.axhline(acc, color='grey', lw=0.8, ls=':')
-            ax.text(0, acc + 0.5, f'LRA {name}', fontsize='x-small',
-                    color='grey')
-    ax.set_xlabel('training time (min, one core)')
-    ax.set_ylabel('validation accuracy (%)  ★ test at best epoch')
-    ax.set_title('ListOps: accuracy against training time')
+        line = None
+        for mark in ('nb', 'lra'):
+            keys = sorted(k for k in points if k[0] == mark)
+            x = [(lo + hi) / 2 for _, lo, hi in keys]
+            y = [100 * points[k][0] / points[k][1] for k in keys]
+            if not x:
+                continue
+            if mark == 'nb':
+                line, = ax.plot(x, y, style, marker='o', label=ROWS[row][2])
+            else:
+                ax.plot(x, y, 's', mfc='none', ms=8,
+                        color=line.get_color() if line else None)
+    ax.set_xscale('log')
+    ax.set_xlabel('expression length (tokens; trained on ≤ 100)')
+    ax.set_ylabel('test accuracy (%)')
+    ax.set_title('ListOps: accuracy against length (□: LRA test, ≤ 10 '
+                 'arguments)')
+    ax.axvline(100, color='grey', lw=0.8, ls=':')
     ax.legend(fontsize='small')
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -123,15 +198,20 @@ def plot(results: Dict[str, Dict], path: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--train_examples', type=int, default=4000)
-    parser.add_argument('--eval_examples', type=int, default=500)
-    parser.add_argument('--epochs', type=int, default=3)
-    parser.add_argument('--batch_size', type=int, default=16)
+    parser.add_argument('--rows', nargs='+', choices=tuple(ROWS),
+                        default=list(ROWS))
+    parser.add_argument('--minutes', type=float, default=60.0,
+                        help='training time of every row')
+    parser.add_argument('--epochs', type=int, default=10,
+                        help='slices of the training time, each followed '
+                             'by validation')
+    parser.add_argument('--train_examples', type=int, default=0)
+    parser.add_argument('--batch_size', type=int, default=64)
+    parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--emb_dim', type=int, default=64,
-                        help="the HSA models' width; sets the budget")
-    parser.add_argument('--num_layers', type=int, default=4)
-    parser.add_argument('--gin_layers', type=int, default=12)
+                        help="hsa-tree's width; sets the parameter budget")
     parser.add_argument('--heads', type=int, default=4)
+    parser.add_argument('--per_level', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--parallel', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1)
@@ -140,38 +220,53 @@ def main(argv=None):
                         help=f"(default: {osp.join(HERE, 'listops')}; with "
                              f"--smoke, a temporary folder)")
     parser.add_argument('--smoke', action='store_true',
-                        help="the example's --smoke data, 1 epoch (CI)")
+                        help="the example's --smoke data, a few seconds per "
+                             "row (CI)")
     args = parser.parse_args(argv)
+    if not args.minutes > 0:
+        parser.error('--minutes must be positive')
     if args.smoke:
-        args.train_examples, args.eval_examples, args.epochs = 16, 8, 1
-        args.emb_dim, args.num_layers, args.gin_layers = 8, 1, 2
-        args.heads = 2
+        args.minutes, args.epochs, args.emb_dim, args.heads = 0.01, 1, 8, 2
+    scratch = None
     if not args.out:
-        args.out = tempfile.mkdtemp(prefix='listops_smoke_') if args.smoke \
-            else osp.join(HERE, 'listops')
+        if args.smoke:
+            scratch = tempfile.TemporaryDirectory(prefix='listops_smoke_')
+            args.out = scratch.name
+        else:
+            args.out = osp.join(HERE, 'listops')
+    try:
+        return sweep(args, argv)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
 
-    budget = count_parameters(listops.HSANet(args.emb_dim, args.num_layers,
-                                             args.heads, 0.0))
-    widths = {row: gin_width(budget, args) if row == 'gin' else args.emb_dim
-              for row in ROWS}
-    results = run_rows({row: command(row, width, args)
-                        for row, width in widths.items()}, args.out,
-                       listops.parse_args, args.threads, args.parallel)
+
+def sweep(args, argv) -> Dict[str, Dict]:
+    row_widths = widths(args)
+    commands = {row: command(row, row_widths[row], args)
+                for row in args.rows}
+    results = run_rows(resumable(commands), args.out, listops.parse_args,
+                       args.threads, args.parallel)
     given = invocation('listops_results.py', argv)
     text = '\n'.join([
-        '# ListOps: HSA on the parse tree and on windows, a flat '
-        'transformer, GIN', '',
-        f'`{given}`: the first {args.train_examples:,} training '
-        f'expressions, {args.epochs} epochs, validation on the first '
-        f'{args.eval_examples:,} validation expressions, test accuracy on '
-        f'the whole test split at the epoch of best validation accuracy; '
-        f'batch {args.batch_size}, Adam 1e-3, seed {args.seed}; HSA models '
-        f'{args.num_layers} layers of width {args.emb_dim}, {args.heads} '
-        f'heads; GIN {args.gin_layers} layers; every row one process with '
-        f'{args.threads} torch thread(s), {args.parallel} at a time, on '
-        f'{machine()}.', '', table(results, widths), ''])
+        '# ListOps: HSA on the parse tree against a flat transformer, HSA '
+        'on windows, GIN and a Tree-GRU', '',
+        f'`{given}`: trained on Nangia and Bowman\'s ListOps (2-5 '
+        f'arguments, at most 100 tokens; '
+        f"{'all 90,000' if not args.train_examples else args.train_examples}"
+        f' training expressions) for {args.minutes:g} minutes each, in '
+        f'{args.epochs} slices with validation on 1,000 expressions after '
+        f'each; every test set scored once with the weights of the best '
+        f'validation slice. Batch {args.batch_size}, Adam {args.lr:g}, '
+        f'seed {args.seed}; widths matched to the parameter count of '
+        f'hsa-tree at width {args.emb_dim} ({args.heads} heads); the '
+        f'iterated models run {args.per_level} iterations per level of '
+        f'nesting; every row one process with {args.threads} torch '
+        f'thread(s), {args.parallel} at a time, on {machine()}. Test '
+        f'accuracy (%):', '', table(results, row_widths), '',
+        '![accuracy against length](accuracy_vs_length.png)', ''])
     write_table(args.out, text)
-    plot(results, osp.join(args.out, 'accuracy_vs_time.png'))
+    plot(results, osp.join(args.out, 'accuracy_vs_length.png'))
     return results
 
 

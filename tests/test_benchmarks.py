@@ -64,6 +64,53 @@ def test_ogbg_mol_results_smoke(tmp_path, freesolv_root):
 
 
 @pytest.mark.slow
+def test_listops_results_smoke_and_resume(tmp_path):
+    """Every row trains and is scored on every test set; widths match the
+    budget; a finished row is not run again, an interrupted one resumes
+    from its checkpoint, and one with other arguments starts over."""
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import listops_results
+    argv = ['--smoke', '--out', str(tmp_path), '--root',
+            str(tmp_path / 'data')]
+    results = listops_results.main(argv)
+    assert set(results) == set(listops_results.ROWS)
+    table = (tmp_path / 'results.md').read_text()
+    for row, result in results.items():
+        assert f"| {listops_results.ROWS[row][2]} |" in table
+        assert f"{result['num_params']:,}" in table
+        assert set(result['tests']) == {key for key, _ in
+                                        listops_results.TEST_COLUMNS}
+    assert '| **yes** |' in table and table.count('| no |') == 2
+    assert (tmp_path / 'accuracy_vs_length.png').stat().st_size > 5_000
+    # Finished rows come back from their files.
+    stamps = {p: p.stat().st_mtime_ns
+              for p in (tmp_path / 'runs').glob('*.json')}
+    again = listops_results.main(argv + ['--rows', 'gin', 'tree-gru'])
+    assert set(again) == {'gin', 'tree-gru'}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # A checkpoint made with the same arguments resumes; with others, not.
+    smoke = argparse.Namespace(
+        out=str(tmp_path), heads=2, per_level=2, epochs=1, batch_size=64,
+        lr=1e-3, seed=0, train_examples=0, smoke=True, minutes=0.01,
+        root=str(tmp_path / 'data'))
+    width = results['gin']['args']['emb_dim']
+    resumed = listops_results.resumable({
+        'gin': listops_results.command('gin', width, smoke),
+        'other': listops_results.command('gin', width + 1, smoke)})
+    assert resumed['gin'][-1] == '--resume'
+    assert resumed['other'][-1] != '--resume'
+    # Every row's width gives the parameter count closest to the budget.
+    args = argparse.Namespace(heads=4, emb_dim=64, per_level=2,
+                              rows=['tree-gru', 'gin'])
+    budget = listops_results.parameters('hsa-tree', 64, args)
+    widths = listops_results.widths(args)
+    for row, width in widths.items():
+        gaps = [abs(listops_results.parameters(row, w, args) - budget)
+                for w in (width - 1, width, width + 1)]
+        assert gaps[1] == min(gaps), row
+
+
+@pytest.mark.slow
 def test_bench_causal_smoke(tmp_path):
     out, plot = tmp_path / 'results.md', tmp_path / 'decoding.png'
     done = subprocess.run([
