@@ -4,17 +4,20 @@ file, or write a split as one.
 Every model embeds the 15 tokens and predicts the value of the expression
 (10 classes); the models are in ``listops_models.py``:
 
-* ``hsa-tree``: one HSA encoder block applied with shared weights for
-  many iterations over the expression's parse tree
-  (:class:`~pyg_hsa.transforms.BracketsToHierarchy`), with the depth of
-  every token and the height of its expression as features; **given the
-  parse tree**;
-* ``hsa-windows``: the same block over fixed windows
+* ``hsa-tree``: one HSA encoder block applied with shared weights over
+  the expression's parse tree
+  (:class:`~pyg_hsa.transforms.BracketsToHierarchy`), two iterations per
+  level in the tree's bottom-up order (an expression's operator token
+  computes its value from its family, then every token below it takes
+  that value), with depth, height and arity features and a log-size key
+  channel that weighs every argument alike; **given the parse tree**;
+* ``hsa-windows``: an HSA encoder block iterated with shared weights
+  through a GRU gate over fixed windows
   (``SequenceToHierarchy((2, 4, 8, 16))``, the content-independent
   hierarchy of H-Transformer-1D); not given the parse tree;
-* ``transformer``: the same block over a flat tree, which is exactly
-  softmax attention over all tokens (PyTorch's fused kernel); not given
-  the parse tree;
+* ``transformer``: the same over a flat tree, which is exactly softmax
+  attention over all tokens (PyTorch's fused kernel); not given the parse
+  tree;
 * ``gin``: GIN message passing on the parse tree's nodes, messages up and
   down with their own weights, a GRU update shared by the iterations;
   **given the parse tree**;
@@ -22,9 +25,10 @@ Every model embeds the 15 tokens and predicts the value of the expression
   children bottom-up (a GRU over the family in order), one level at a
   time; **given the parse tree** (the ceiling).
 
-The iterated models run ``--iterations`` steps, or with ``0`` (the
-default) ``--per_level`` steps per level of the batch's deepest bracket
-nesting (counted from the tokens, so all of them run equally many).
+The iterated models without the schedule run ``--iterations`` steps, or
+with ``0`` (the default) ``--per_level`` steps per level of the
+expression's bracket nesting (counted from the tokens, so all models run
+equally many, and every expression its own number whatever its batch).
 
 The data is :class:`~pyg_hsa.datasets.ListOps`, generated under ``--root``
 on first use. ``--distribution nangia-bowman`` (the default) trains on
@@ -137,11 +141,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='iterations per level of nesting, with '
                              '--iterations 0')
     parser.add_argument('--resolution', choices=('block', 'query'),
-                        default='query',
+                        default='block',
                         help="HSA's resolution (the attention models)")
-    parser.add_argument('--no_gru', action='store_true',
-                        help='iterate the encoder block itself, without a '
-                             'GRU gate (the attention models)')
+    parser.add_argument('--update', choices=('auto', 'gru', 'replace'),
+                        default='auto',
+                        help='how an iteration updates a token: through a '
+                             'GRU gate, or with the block\'s output (auto: '
+                             'replace under the schedule, whose roles gate '
+                             'the update, GRU otherwise)')
     parser.add_argument('--no_tree_features', action='store_true',
                         help='hsa-tree without its depth, height and '
                              'arity features')
@@ -258,9 +265,10 @@ def make_model(args) -> torch.nn.Module:
         return TreeGRU(args.emb_dim, args.dropout)
     tree = args.model == 'hsa-tree'
     schedule = tree and not args.no_schedule
+    gru = args.update == 'gru' or (args.update == 'auto' and not schedule)
     return IteratedHSA(
         args.emb_dim, args.heads, args.iterations, args.per_level,
-        args.resolution, gru=not args.no_gru,
+        args.resolution, gru=gru,
         tree_features=tree and not args.no_tree_features,
         schedule=schedule, size_key=schedule and not args.no_size_key,
         dropout=args.dropout)
@@ -472,7 +480,7 @@ class TSVExamples(torch.utils.data.Dataset):
 
 # A checkpoint made with other values of these is refused by --resume.
 CHECKED_ARGS = ('model', 'distribution', 'emb_dim', 'heads', 'iterations',
-                'per_level', 'resolution', 'no_gru', 'no_tree_features',
+                'per_level', 'resolution', 'update', 'no_tree_features',
                 'no_schedule', 'no_size_key', 'minutes', 'lr', 'dropout',
                 'batch_size', 'seed', 'train_examples', 'eval_examples',
                 'smoke')
