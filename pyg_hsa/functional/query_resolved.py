@@ -354,8 +354,13 @@ def _weighted_values(s: Optional[Tensor], log_norm: Tensor, values: Tensor,
     if s is None:
         s = _logits(*inputs)
     heads, num_fam, num_rows, width = s.shape
-    p = torch.exp(s - log_norm.view(heads, num_fam, num_rows, 1))
-    p = torch.where(row_ok.unsqueeze(-1), p, 0.0)  # pad rows weigh nothing
+    # Rows that do not count (pads; causal rows in a first child) weigh
+    # nothing. They are masked before the exp: their logits are not bounded
+    # by their leaf's normaliser, and an exp that overflows would make the
+    # backward pass compute 0 * inf.
+    s = torch.where(row_ok.unsqueeze(-1), s - log_norm.view(
+        heads, num_fam, num_rows, 1), -math.inf)
+    p = torch.exp(s)
     out = torch.bmm(p.view(heads * num_fam, num_rows, width),
                     values.reshape(heads * num_fam, width, -1))
     return _DenseGrad.apply(out).view(heads, num_fam, num_rows, -1)

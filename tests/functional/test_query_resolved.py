@@ -229,3 +229,37 @@ def test_second_derivatives():
                              resolution='query', causal=True)
 
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('causal', [False, True])
+def test_masked_rows_keep_gradients_finite_at_large_logits(causal, dtype):
+    # Pad rows of a padded family (widths 2 and 3 in one shape) and, under
+    # causal, rows in a family's first child have no weight but got a
+    # logit; past ~88 (float32) or ~709 (float64) its exp overflowed and
+    # the backward pass computed 0 * inf: NaN gradients of q and k (issue
+    # 22). Logits reach +-1e4 here; the reference is float64 from the
+    # definition (hsa_dense), where no row overflows after its max.
+    tree = Tree.from_parent(torch.tensor([5, 5, 6, 6, 6, 7, 7, -1]), 5)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 4, generator=gen, dtype=torch.float64)
+               for _ in range(3))
+    q, k = q * 100, k * 100  # scale 1/2: |logits| up to ~1e4
+    inputs = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+    out = hsa_attention(*inputs, tree, self_loops=causal, causal=causal,
+                        resolution='query')
+    weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)
+    grads = torch.autograd.grad((out * weight).sum(), inputs)
+    assert all(bool(g.isfinite().all()) for g in grads)
+    ref_inputs = [x.detach().double().requires_grad_() for x in inputs]
+    theta = hsa_dense(*ref_inputs[:2], tree, self_loops=causal,
+                      causal=causal, resolution='query')
+    ref = torch.einsum('hij,jhc->ihc', theta, ref_inputs[2])
+    ref_grads = torch.autograd.grad((ref * weight.double()).sum(),
+                                    ref_inputs)
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=tol,
+                                   atol=tol * (1 + ref_grad.abs().max()))
+
