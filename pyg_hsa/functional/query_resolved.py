@@ -315,10 +315,13 @@ def _row_chunks(group: FamilyGroup, heads: int):
     for lo in range(0, num_rows, step):
         first = group.first + lo if group.first >= 0 and num_fam == 1 \
             else -1
-        yield FamilyGroup(group.leaf[:, lo:lo + step],
-                          group.own[:, lo:lo + step],
-                          group.allowed[:, lo:lo + step], group.members,
-                          group.row_ok[:, lo:lo + step], first), True
+        # (Contiguous: with several families, a slice of rows is not.)
+        yield FamilyGroup(group.leaf[:, lo:lo + step].contiguous(),
+                          group.own[:, lo:lo + step].contiguous(),
+                          group.allowed[:, lo:lo + step].contiguous(),
+                          group.members,
+                          group.row_ok[:, lo:lo + step].contiguous(),
+                          first), True
 
 
 def _logits(q: Tensor, k: Tensor, pos_own: Optional[Tensor],

@@ -263,3 +263,27 @@ def test_masked_rows_keep_gradients_finite_at_large_logits(causal, dtype):
         torch.testing.assert_close(grad.double(), ref_grad, rtol=tol,
                                    atol=tol * (1 + ref_grad.abs().max()))
 
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_several_chunked_families_of_one_shape(causal, monkeypatch):
+    # Two flat sequences (one padded shape, two families) whose logits
+    # need row chunks: the chunks were non-contiguous slices of the
+    # group's [F, R] rows and a .view raised (issue 22: two 1,100-token
+    # sequences with 4 heads; a small chunk here keeps it fast).
+    # 2 families x 4 heads x 8 members: 64 per row, 2 rows per chunk.
+    monkeypatch.setattr(query_resolved, 'CHUNK_ELEMENTS', 128)
+    n = 7
+    tree = Tree.from_parent(torch.tensor([2 * n] * n + [2 * n + 1] * n +
+                                         [-1, -1]), 2 * n)
+    q, k, v = random_qkv(2 * n, heads=4, seed=3)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = hsa_attention(*inputs, tree, self_loops=causal, causal=causal,
+                        resolution='query')
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    ref_inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    theta = hsa_dense(*ref_inputs[:2], tree, self_loops=causal,
+                      causal=causal, resolution='query')
+    ref = torch.einsum('hij,jhc->ihc', theta, ref_inputs[2])
+    ref_grads = torch.autograd.grad(ref.square().sum(), ref_inputs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
