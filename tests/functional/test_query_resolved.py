@@ -287,3 +287,18 @@ def test_several_chunked_families_of_one_shape(causal, monkeypatch):
     ref_grads = torch.autograd.grad(ref.square().sum(), ref_inputs)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
+
+
+def test_single_leaves_without_self_loops_have_zero_gradients():
+    # Nothing to attend to: the output is zero, and (as with block
+    # resolution) a backward pass through it gives zero gradients instead
+    # of 'element 0 of tensors does not require grad' (issue 22's edge
+    # matrix, the single-leaf tree).
+    for parent in ([-1], [-1, -1]):
+        tree = Tree.from_parent(torch.tensor(parent))
+        q, k, v = random_qkv(tree.num_leaves)
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = hsa_attention(*inputs, tree, resolution='query')
+        assert bool((out == 0).all())
+        for grad in torch.autograd.grad(out.sum(), inputs):
+            assert bool((grad == 0).all())
