@@ -30,6 +30,7 @@ import torch._dynamo
 
 from helpers import nested_to_forest, random_forest
 from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa.functional import compiled as compiled_module
 from pyg_hsa.functional import family_softmax, layout, query_resolved
 
 L = 'leaf'
@@ -53,7 +54,21 @@ def compiled(tree, q, k, v, pos, **options):
         def fn(q, k, v, pos, tree):
             return hsa_attention(q, k, v, tree, pos=pos, **options)
         _COMPILED[key] = torch.compile(fn, fullgraph=True)
-    return _COMPILED[key](q, k, v, pos, tree)
+    # The call must go through the pyg_hsa::hsa operator (not fall back to
+    # eager, e.g. past the recompile limit).
+    calls, eager_call = [], compiled_module._eager
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return eager_call(*args, **kwargs)
+
+    compiled_module._eager = counted
+    try:
+        out = _COMPILED[key](q, k, v, pos, tree)
+    finally:
+        compiled_module._eager = eager_call
+    assert calls, 'not through the compiled operator'
+    return out
 
 
 class Path(NamedTuple):
