@@ -24,17 +24,14 @@ import argparse
 import os
 import os.path as osp
 import platform
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from bench_hsa import balanced_parent
 
-from bench_hsa import balanced_parent  # noqa: E402
-
-from pyg_hsa import (  # noqa: E402
+from pyg_hsa import (
     HierarchicalKVCache,
     Tree,
     hsa_attention,

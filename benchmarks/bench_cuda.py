@@ -12,28 +12,15 @@ trees as in ``bench_hsa.py``, and batches of 32 and 512 NCI molecules
 with a key mask.
 """
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
+from bench_hsa import CHANNELS, HEADS, balanced_parent, hierarchy
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'tests'))
-
-from bench_hsa import (  # noqa: E402
-    CHANNELS,
-    HEADS,
-    balanced_parent,
-    hierarchy,
-)
-from helpers import random_forest  # noqa: E402
-
-from pyg_hsa import Tree, hsa_attention, hsa_dense  # noqa: E402
-from pyg_hsa.nn import HSAConv  # noqa: E402
+from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa.nn import HSAConv
+from pyg_hsa.testing import random_forest
 
 
 def correctness(device: str, num_forests: int) -> None:

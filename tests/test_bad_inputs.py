@@ -1,21 +1,14 @@
-"""Every bad input of docs/bad_inputs.py raises exactly the exception type
+"""Every bad input of bad_input_cases.py raises exactly the exception type
 its case names (ValueError unless said otherwise; never no error) with a
-message that names what is wrong."""
-import importlib.util
+message that names what is wrong, and docs/bad_inputs.md lists them all."""
 import re
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    'bad_inputs', ROOT / 'docs' / 'bad_inputs.py')
-bad_inputs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bad_inputs)
+from bad_input_cases import CASES
+from bad_inputs_page import PAGE, main, markdown_table, page
 
 
-@pytest.mark.parametrize('entry', bad_inputs.CASES,
-                         ids=lambda entry: entry[0])
+@pytest.mark.parametrize('entry', CASES, ids=lambda entry: entry[0])
 def test_bad_input_raises_a_clear_error(entry):
     description, trigger = entry[0], entry[1]
     names = entry[2] if len(entry) > 2 else ()
@@ -33,12 +26,12 @@ def test_bad_input_raises_a_clear_error(entry):
         assert re.search(r"'[^']+'", message), message
 
 
-def test_the_table_lists_every_case(capsys, tmp_path):
-    cases = bad_inputs.CASES[:2] + [
+def test_the_table_lists_every_case():
+    cases = CASES[:2] + [
         ('a case that raises nothing', lambda: None),
         ('a | pipe', lambda: int('x|y')),
     ]
-    table = bad_inputs.markdown_table(cases)
+    table = markdown_table(cases)
     lines = table.splitlines()
     assert lines[0] == '| input | exception | message |'
     assert len(lines) == 2 + len(cases)
@@ -47,16 +40,28 @@ def test_the_table_lists_every_case(capsys, tmp_path):
     assert lines[4] == '| a case that raises nothing | `no error` |  |'
     assert lines[5] == ("| a \\| pipe | `ValueError` | invalid literal for "
                         "int() with base 10: 'x\\|y' |")
-    # The script's entry point prints the same table for all cases.
-    out = tmp_path / 'table.md'
-    bad_inputs.main(['--out', str(out)])
-    printed = capsys.readouterr().out
-    assert printed == out.read_text()
-    assert len(printed.splitlines()) == 2 + len(bad_inputs.CASES)
+
+
+def test_the_generator_rewrites_only_the_table(tmp_path, capsys):
+    intro = '# Bad input\n\nHand-written text.\n\n'
+    stale = intro + '| input | exception | message |\n| --- | --- | --- |\n'
+    path = tmp_path / 'bad_inputs.md'
+    path.write_text(stale)
+    assert main(['--page', str(path), '--check']) == 1
+    assert capsys.readouterr().out == f'{path} is out of date\n'
+    assert main(['--page', str(path)]) == 0
+    written = path.read_text()
+    assert written.startswith(intro)
+    assert len(written.splitlines()) == len(intro.splitlines()) + 2 + \
+        len(CASES)
+    assert main(['--page', str(path), '--check']) == 0
+    assert capsys.readouterr().out == 'up to date\n'
+    with pytest.raises(ValueError, match='no line'):
+        page('# no table here\n', '')
 
 
 def test_docs_table_is_the_generated_one():
-    """docs/bad_inputs.md's "input -> what happens" table is this script's
-    output (regenerate it with ``python docs/bad_inputs.py``)."""
-    page = (ROOT / 'docs' / 'bad_inputs.md').read_text()
-    assert bad_inputs.markdown_table() in page
+    """docs/bad_inputs.md ends with the table the cases produce now
+    (regenerate it with ``python tests/bad_inputs_page.py``)."""
+    text = PAGE.read_text()
+    assert page(text, markdown_table()) == text

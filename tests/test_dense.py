@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import brute_force_theta, nested_to_forest, random_qkv
 from pyg_hsa import hsa_dense
+from pyg_hsa.testing import brute_force_theta, nested_to_forest, random_qkv
 
 TINY_TREES = [
     [['leaf', 'leaf'], ['leaf', ['leaf', 'leaf']]],

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch_geometric.data import Data, HeteroData
 
-from helpers import random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention
 from pyg_hsa.functional import family_softmax
 from pyg_hsa.nn import HSAConv, HSAGPS
+from pyg_hsa.testing import random_forest, random_qkv
 from pyg_hsa.transforms import (
     GraphToHierarchy,
     MeshToHierarchy,

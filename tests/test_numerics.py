@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import dense_output, nested_to_forest, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.nn import HSAConv
+from pyg_hsa.testing import (
+    dense_output,
+    nested_to_forest,
+    random_forest,
+    random_qkv,
+)
 
 AUTOCAST_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 

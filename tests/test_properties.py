@@ -4,8 +4,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import dense_output, nested_to_forest, random_qkv, renumber
 from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa.testing import (
+    dense_output,
+    nested_to_forest,
+    random_qkv,
+    renumber,
+)
 
 trees = st.recursive(st.just('leaf'),
                      lambda children: st.lists(children, min_size=1,

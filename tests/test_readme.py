@@ -46,8 +46,13 @@ def test_docs_links_resolve():
 
 
 def test_ci_runs_the_readme_commands():
-    bash = blocks('README.md', 'bash')
-    setup, tests = bash[0].strip(), bash[1].strip()
+    # The README's first two commands are the set-up and the quick start
+    # (tests/examples/test_quickstart.py runs it); the tests come third.
+    bash = [block.strip() for block in blocks('README.md', 'bash')]
+    setup, quickstart, tests = bash[:3]
+    assert setup.startswith('python -m pip install torch==')
+    assert quickstart == 'python examples/quickstart.py'
+    assert tests == 'python -m pytest'
     ci = (ROOT / '.ci' / 'run').read_text().splitlines()
     assert setup in ci and tests in ci
 

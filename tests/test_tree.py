@@ -5,8 +5,8 @@ import torch
 from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
-from helpers import random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention
+from pyg_hsa.testing import random_forest, random_qkv
 
 
 def molecule_like(num_atoms, groups, num_tokens=0):

@@ -9,9 +9,9 @@ import torch
 
 from torch_geometric.data import HeteroData
 
-from helpers import random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.nn import HSAConv
+from pyg_hsa.testing import random_qkv
 
 PARENT = torch.tensor([5, 5, 5, 6, 6, 7, 7, -1])  # 5 leaves
 

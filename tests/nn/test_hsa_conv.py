@@ -7,9 +7,9 @@ import torch
 from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
-from helpers import dense_output, random_forest, renumber
 from pyg_hsa import Tree, hsa_dense
 from pyg_hsa.nn import HSAConv
+from pyg_hsa.testing import dense_output, random_forest, renumber
 
 
 def hierarchy(num_atoms, groups, num_tokens, seed):

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
-from helpers import dense_output
 from pyg_hsa import Tree, hsa_dense
 from pyg_hsa.nn import HSAConv
+from pyg_hsa.testing import dense_output
 
 LEAF_WIDTHS = {'atom': 3, 'point': 5, 'token': 2}
 INTERNAL = {1: ['root'], 2: ['level1', 'root'],

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch_geometric.data import Data, HeteroData
 
-from helpers import random_forest
+from pyg_hsa.testing import random_forest
 from pyg_hsa.transforms.sequence_to_hierarchy import SequenceToHierarchy
 from pyg_hsa.utils.draw import _tree_layout, draw_hierarchy
 

@@ -1,35 +1,28 @@
-"""Bad inputs and what pyg_hsa says about them.
+"""Bad inputs and what pyg_hsa says about them: the cases that
+``tests/test_bad_inputs.py`` runs and ``tests/bad_inputs_page.py`` lists
+in the table of ``docs/bad_inputs.md``.
 
 Every entry of :obj:`CASES` is a :class:`Case`: a short description of a bad
-input, a callable without arguments that feeds it to the library, and the
+input, a callable without arguments that feeds it to the library, the
 words its error message must contain (the argument, node type and index it
-should name). ``tests/test_bad_inputs.py`` runs every case and requires a
-:class:`ValueError` or :class:`TypeError` whose message contains those
-words (or, for a case that lists none, names something in quotes).
+should name), and the exception it must raise (:class:`ValueError` unless
+said otherwise). A case that lists no words must name something in quotes.
 
-Running the script prints the table of docs/bad_inputs.md, "input -> what
-happens" from
-the errors actually raised::
-
-    python docs/bad_inputs.py [--out FILE]
-
-To cover more entry points (dataset builders, example scripts), append to
-:obj:`CASES`, either with the :func:`case` decorator::
+To add a case, append it here with the :func:`case` decorator::
 
     @case('dataset root that is a file', "'root'")
     def _():
         MyDataset(root=__file__)
 
 or directly: ``CASES.append(Case('description', trigger, ("'root'", )))``;
-a plain ``(description, trigger)`` pair also works.
+then regenerate the page with ``python tests/bad_inputs_page.py``.
 """
-import argparse
 import contextlib
 import math
 import os
 import sys
 import tempfile
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Tuple
 
 import torch
 from torch_geometric.data import Data, HeteroData
@@ -58,30 +51,6 @@ def case(description: str, *names: str, error: type = ValueError):
         return trigger
 
     return register
-
-
-def outcome(entry) -> Tuple[str, str]:
-    """``(exception class name, message)`` raised by a case's trigger, or
-    ``('no error', '')``."""
-    trigger = entry[1]
-    try:
-        trigger()
-    except Exception as error:  # (reported, whatever it is)
-        return type(error).__name__, str(error)
-    return 'no error', ''
-
-
-def markdown_table(cases=None) -> str:
-    rows = ['| input | exception | message |', '| --- | --- | --- |']
-    for entry in CASES if cases is None else cases:
-        name, message = outcome(entry)
-        cells = [entry[0], f'`{name}`', message]
-        rows.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
-    return '\n'.join(rows) + '\n'
-
-
-def _cell(text: str) -> str:
-    return ' '.join(text.split()).replace('|', '\\|')
 
 
 # Inputs ####################################################################
@@ -833,18 +802,3 @@ def _():
         args = ogbg_mol.parse_args(['--checkpoint', path, '--resume'])
         training.resume(args, None, None, None, None,
                         ogbg_mol.CHECKED_ARGS)
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', help='also write the table to this file')
-    args = parser.parse_args(argv)
-    table = markdown_table()
-    sys.stdout.write(table)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(table)
-
-
-if __name__ == '__main__':
-    main()
