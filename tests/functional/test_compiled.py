@@ -273,3 +273,23 @@ def test_gradient_accumulation_over_more_than_16_dropped_trees():
     expected, = torch.autograd.grad(loss(trees, hsa_attention), x)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
 
+
+def test_parent_tensor_under_fullgraph_says_to_build_the_tree_outside():
+    # A parent tensor is a valid 'tree' eagerly, but building the Tree
+    # reads its values: under fullgraph=True the error was a compiler
+    # message about data-dependent guards (issue 22). Without fullgraph,
+    # the call still works (the frame falls back to eager).
+    parent = torch.tensor([3, 3, 3, -1])
+    q, k, v = torch.randn(3, 3, 2, 4).unbind(0)
+
+    def fn(q, k, v, parent):
+        return hsa_attention(q, k, v, parent)
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"'tree' is a parent tensor inside a "
+                       r"torch.compile region.*Build it outside the compiled "
+                       r"function, tree = pyg_hsa.Tree.from_parent\(parent\)"):
+        torch.compile(fn, fullgraph=True)(q, k, v, parent)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(fn)(q, k, v, parent),
+                               fn(q, k, v, parent))
