@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from pyg_hsa.forest import depth_by_pointer_jumping
+from pyg_hsa.functional.query_tiles import tile_plan, tiled_attention
 
 # Logits ([families, heads, rows, members]) one chunk may hold; larger
 # groups go in row chunks whose backward pass recomputes them.
@@ -168,6 +169,9 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
                    causal: bool) -> Tensor:
     """Query-resolved HSA ``[N, H, Cv]`` on checked arguments (``pos`` in
     the tree's numbering, ``[M, P]`` or ``[M, H, P]``)."""
+    tiles = tile_plan(tree, causal, self_loops)
+    if tiles is not None:
+        return tiled_attention(tiles, q, k, v, pos, scale)
     plan = query_plan(tree, causal)
     num_leaves, heads = q.size(0), q.size(1)
     parts = [part for group in plan.groups
