@@ -280,13 +280,16 @@ class _SumsUp(torch.autograd.Function):
     one pass up the depths. Its adjoint (the backward pass) sends every
     node's row down to the leaves below it: :class:`_SumsDown`."""
     @staticmethod
-    def forward(ctx, plan: QueryPlan, x: Tensor) -> Tensor:
-        ctx.plan = plan
+    def forward(plan: QueryPlan, x: Tensor) -> Tensor:
         sums = x.new_zeros(x.size(1), plan.size.numel(), x.size(2))
         sums[:, :x.size(0)] = x.transpose(0, 1)
         for children, parents in plan.levels:
             sums.index_add_(1, parents, sums[:, children])
         return sums
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.plan = inputs[0]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -297,12 +300,15 @@ class _SumsDown(torch.autograd.Function):
     """Node rows ``[H, M, C]`` to, for every leaf, the sum over the nodes
     on its path ``[N, H, C]``: one pass down the depths."""
     @staticmethod
-    def forward(ctx, plan: QueryPlan, x: Tensor) -> Tensor:
-        ctx.plan = plan
+    def forward(plan: QueryPlan, x: Tensor) -> Tensor:
         total = x.clone()
         for children, parents in reversed(plan.levels):
             total.index_add_(1, children, total[:, parents])
         return total[:, :plan.num_leaves].transpose(0, 1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.plan = inputs[0]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -380,8 +386,12 @@ class _DenseGrad(torch.autograd.Function):
     on CPU loops over the batch for a broadcast gradient (``out.sum()``
     gives one), 20x slower than on a dense one."""
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(x: Tensor) -> Tensor:
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ autograd would write. Its second derivatives, and the attention weights,
 come from :func:`sibling_reference`, the same computation by plain
 differentiable operations.
 """
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -103,12 +104,15 @@ def _generator(x: Tensor, seed: int, i: int) -> Optional[torch.Generator]:
     return torch.Generator(device=x.device).manual_seed(seed + i)
 
 
+_FORWARD_STATE = threading.local()
+
+
 class SiblingAttention(torch.autograd.Function):
     r""":func:`sibling_attention` without weights; ``seed`` seeds the
     dropout masks of bucket ``i`` with ``seed + i``, so the backward pass
     draws them again."""
     @staticmethod
-    def forward(ctx, layout: Layout, self_loops: bool, dropout: float,
+    def forward(layout: Layout, self_loops: bool, dropout: float,
                 seed: int, pos: Optional[Tensor], scale: Scale,
                 *stacks: Tensor):
         q, k, v = planes(stacks)
@@ -148,20 +152,34 @@ class SiblingAttention(torch.autograd.Function):
             theta.index_copy_(1, layout.lone_leaves, lone_theta)
             eta.index_copy_(1, layout.lone_leaves, lone_eta)
 
+        # What the backward pass reuses goes to setup_context, which runs
+        # right after (forward has no ctx, so that torch.func transforms
+        # work).
+        _FORWARD_STATE.saved = (states, inputs)
+        return theta, eta
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        layout, self_loops, dropout, seed, pos, scale, *stacks = inputs
+        # (None where a transform calls setup_context again, e.g. nested
+        # torch.func levels: the backward pass then differentiates
+        # sibling_reference.)
+        ctx.states, ctx.inputs = getattr(_FORWARD_STATE, 'saved', None) \
+            or (None, None)
+        _FORWARD_STATE.saved = None
         ctx.layout, ctx.self_loops = layout, self_loops
-        ctx.dropout, ctx.seed, ctx.states = dropout, seed, states
-        ctx.inputs = inputs
+        ctx.dropout, ctx.seed = dropout, seed
         learned = isinstance(scale, Tensor)
         ctx.scale = None if learned else scale
         ctx.save_for_backward(pos, scale if learned else None, *stacks)
-        return theta, eta
 
     @staticmethod
     def backward(ctx, grad_theta: Tensor, grad_eta: Tensor):
         pos, learned, *stacks = ctx.saved_tensors
         scale = ctx.scale if learned is None else learned
         layout = ctx.layout
-        if torch.is_grad_enabled():  # second derivatives
+        if torch.is_grad_enabled() or ctx.states is None:
+            # second derivatives (or no saved state)
             return _double_backward(ctx, pos, scale, stacks, grad_theta,
                                     grad_eta)
         want_scale = learned is not None and ctx.needs_input_grad[5]
@@ -373,13 +391,19 @@ def _reference_keep(x: NarrowInputs, dropout: float,
 
 def _double_backward(ctx, pos, scale, stacks, grad_theta, grad_eta):
     """Gradients as differentiable functions of the inputs, from
-    :func:`sibling_reference`."""
+    :func:`sibling_reference` (also where no forward state was saved)."""
+    learned = scale if isinstance(scale, Tensor) else None
+    inputs = [pos, learned] + list(stacks)
+    # (Inputs wanted but not requiring grad, e.g. unwrapped by a torch.func
+    # transform, become leaves of the recomputation.)
+    inputs = [x if x is None or not need or x.requires_grad
+              else x.detach().requires_grad_()
+              for x, need in zip(inputs, ctx.needs_input_grad[4:])]
+    pos, learned, stacks = inputs[0], inputs[1], inputs[2:]
     with torch.enable_grad():
-        theta, eta, _ = sibling_reference(ctx.layout, ctx.self_loops,
-                                          ctx.dropout, ctx.seed, pos, scale,
-                                          *stacks)
-    inputs = [pos, scale if isinstance(scale, Tensor) else None] + \
-        list(stacks)
+        theta, eta, _ = sibling_reference(
+            ctx.layout, ctx.self_loops, ctx.dropout, ctx.seed, pos,
+            scale if learned is None else learned, *stacks)
     wanted = [x for x in inputs if x is not None and x.requires_grad]
     found = iter(torch.autograd.grad((theta, eta), wanted,
                                      (grad_theta, grad_eta),

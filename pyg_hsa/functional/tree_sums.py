@@ -36,9 +36,12 @@ class SubtreeSums(torch.autograd.Function):
     sums (means with :obj:`divide`) over the leaves below every node,
     stacked: ``[len(xs), H, M, C]``."""
     @staticmethod
-    def forward(ctx, layout: Layout, divide: bool, *xs: Tensor):
-        ctx.layout, ctx.divide = layout, divide
+    def forward(layout: Layout, divide: bool, *xs: Tensor):
         return _subtree_sums(layout, divide, xs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.layout, ctx.divide = inputs[:2]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -53,9 +56,12 @@ class PathSums(torch.autograd.Function):
     root path (of the rows divided by the leaf counts with
     :obj:`divide`): ``S`` tensors ``[N, H, C]``."""
     @staticmethod
-    def forward(ctx, layout: Layout, divide: bool, x: Tensor):
-        ctx.layout, ctx.divide = layout, divide
+    def forward(layout: Layout, divide: bool, x: Tensor):
         return tuple(_path_sums(layout, divide, x))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.layout, ctx.divide = inputs[:2]
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
@@ -67,11 +73,15 @@ class GatedPathSums(torch.autograd.Function):
     ``[H, M, C]`` and ``gain`` ``[H, M]``, with the product formed only on
     the internal rows: ``[N, H, C]``."""
     @staticmethod
-    def forward(ctx, layout: Layout, theta: Tensor, gain: Tensor):
-        ctx.layout = layout
-        ctx.save_for_backward(theta, gain)
+    def forward(layout: Layout, theta: Tensor, gain: Tensor):
         out, = _path_sums(layout, False, theta.unsqueeze(0), gain)
         return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        layout, theta, gain = inputs
+        ctx.layout = layout
+        ctx.save_for_backward(theta, gain)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
