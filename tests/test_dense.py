@@ -69,3 +69,28 @@ def test_dense_of_separate_roots_is_block_diagonal():
     assert bool((theta[:, different] == 0).all())
     torch.testing.assert_close(theta.sum(-1), torch.ones(2, num_leaves,
                                                          dtype=theta.dtype))
+
+
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_dense_gradients_are_finite_at_logits_of_1e4(self_loops):
+    # Pairs outside Theta's support (a leaf and itself, leaves of other
+    # roots) got exp(log Theta) of a stand-in logit that overflowed, and the
+    # backward pass of the mask computed 0 * inf (issue 22's edge matrix).
+    # Compared with hsa_attention's dynamic program in float64.
+    from pyg_hsa import hsa_attention
+    parent, num_leaves = nested_to_forest(
+        [[['leaf', 'leaf'], ['leaf', 'leaf', 'leaf'], 'leaf'], 'leaf',
+         ['leaf', 'leaf']])
+    q, k, v = random_qkv(num_leaves, seed=3, magnitude=60.0)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    theta = hsa_dense(*inputs[:2], parent, self_loops=self_loops)
+    out = torch.einsum('hij,jhc->ihc', theta, inputs[2])
+    assert float(torch.einsum('ihc,jhc->hij', q, k).abs().max()) > 1e3
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    ref_inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref = hsa_attention(*ref_inputs, parent, self_loops=self_loops)
+    ref_grads = torch.autograd.grad(ref.square().sum(), ref_inputs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-9)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert bool(grad.isfinite().all())
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-9)

@@ -25,6 +25,13 @@ def as_tree(tree: TreeLike, q: Tensor) -> Tree:
     if isinstance(tree, Tree):
         return tree
     if isinstance(tree, Tensor):
+        if torch.compiler.is_compiling():
+            raise TypeError(
+                "'tree' is a parent tensor inside a torch.compile region: "
+                "building a Tree reads its values, which a compiled graph "
+                "cannot. Build it outside the compiled function, "
+                "tree = pyg_hsa.Tree.from_parent(parent), and pass the Tree "
+                "(a new Tree of the same kind reuses the compiled graph)")
         if not isinstance(q, Tensor) or q.dim() < 1:
             raise TypeError("'q' must be a tensor of shape [N, H, C]")
         return Tree.for_rows(tree, q.size(0), 'q')

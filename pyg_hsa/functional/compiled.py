@@ -13,7 +13,9 @@ tensor with its number in a registry of live trees (weakly referenced, so a
 tree is freed as usual). The compiled graph keeps only the handle, while a
 training loop typically drops its batch (and tree) between the forward
 and the backward pass, so the operator also holds the trees of its last
-:data:`KEEP_RECENT_TREES` calls. The backward operator recomputes the
+:data:`KEEP_RECENT_TREES` calls that a backward pass can follow (grad mode
+on and an input requiring grad, decided when the graph is traced; none
+under ``no_grad`` or ``inference_mode``). The backward operator recomputes the
 forward pass with autograd and differentiates it; dropout draws its masks
 from a seed the compiled graph passes to both, so they agree.
 """
@@ -49,7 +51,11 @@ def _tree(handle: Tensor, keep: bool = False):
         raise RuntimeError(
             f'pyg_hsa: the Tree of this compiled call was freed before its '
             f'backward pass (more than {KEEP_RECENT_TREES} newer trees went '
-            f'through compiled HSA in between); keep a reference to it')
+            f'through compiled HSA in between, e.g. gradient accumulation '
+            f'over more than {KEEP_RECENT_TREES} micro-batches). Either keep '
+            f'a reference to every micro-batch\'s Tree (or batch) until the '
+            f'backward pass, call backward() per micro-batch, or raise '
+            f'pyg_hsa.functional.compiled.KEEP_RECENT_TREES')
     if keep:
         _RECENT[number] = tree
         _RECENT.move_to_end(number)
@@ -68,8 +74,13 @@ def compiled_attention(tree, q: Tensor, k: Tensor, v: Tensor,
     value = 0.0 if tensor_scale is not None else float(scale)
     seed = torch.randint(1, 2**62, (), dtype=torch.long) if dropout > 0 \
         else None
+    # Keep the tree only when a backward pass can follow (the compiler
+    # guards on grad mode and on which inputs require grad).
+    keep = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, pos,
+                                                    tensor_scale))
     return hsa(tree._handle, q, k, v, pos, tensor_scale, value, self_loops,
-               dropout, seed, query, causal)
+               dropout, seed, query, causal, keep)
 
 
 def _eager(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout,
@@ -85,14 +96,14 @@ def _eager(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout,
 def hsa(handle: Tensor, q: Tensor, k: Tensor, v: Tensor,
         pos: Optional[Tensor], tensor_scale: Optional[Tensor], value: float,
         self_loops: bool, dropout: float, seed: Optional[Tensor],
-        query: bool, causal: bool) -> Tensor:
+        query: bool, causal: bool, keep: bool) -> Tensor:
     return _own(_eager(handle, q, k, v, pos, tensor_scale, value,
-                       self_loops, dropout, seed, query, causal, keep=True))
+                       self_loops, dropout, seed, query, causal, keep=keep))
 
 
 @hsa.register_fake
 def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
-      query, causal):
+      query, causal, keep):
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                 v.dtype)
     return v.new_empty(v.shape, dtype=dtype)
@@ -155,7 +166,7 @@ def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
 
 def _setup_context(ctx, inputs, output):
     (handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
-     query, causal) = inputs
+     query, causal, keep) = inputs
     ctx.save_for_backward(handle, q, k, v, pos, tensor_scale, seed)
     ctx.options = (value, self_loops, dropout, query, causal)
 
@@ -169,7 +180,7 @@ def _backward(ctx, grad):
                                             grad)
     return (None, dq, dk, dv, None if pos is None else dpos,
             None if tensor_scale is None else dscale, None, None, None, None,
-            None, None)
+            None, None, None)
 
 
 hsa.register_autograd(_backward, setup_context=_setup_context)

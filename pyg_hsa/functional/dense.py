@@ -147,12 +147,13 @@ def hsa_dense(
     heads = torch.arange(q.size(1), device=device).view(-1, 1, 1)
     a, b = branch_a, branch_b
     log_theta = (log_w[heads, a] + logit[heads, a, b] - log_norm[heads, a])
-    theta = torch.where(pair_ok, log_theta.exp(), 0.0)
+    # (Masked before the exp: pairs outside the support have stand-in
+    # logits whose exp may overflow, and 0 * inf in the backward pass.)
+    log_theta = torch.where(pair_ok, log_theta, -inf)
     if self_loops:
         i = torch.arange(num_leaves, device=device)
-        diag = (log_w[:, i] + logit[:, i, i] + eta[:, i]).exp()
-        theta[:, i, i] = diag
-    return theta
+        log_theta[:, i, i] = log_w[:, i] + logit[:, i, i] + eta[:, i]
+    return log_theta.exp()
 
 
 def _branches(ancestors: Tensor, depth: Tensor, num_leaves: int):

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from pyg_hsa.forest import depth_by_pointer_jumping
+from pyg_hsa.functional.query_tiles import tile_plan, tiled_attention
 
 # Logits ([families, heads, rows, members]) one chunk may hold; larger
 # groups go in row chunks whose backward pass recomputes them.
@@ -168,6 +169,9 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
                    causal: bool) -> Tensor:
     """Query-resolved HSA ``[N, H, Cv]`` on checked arguments (``pos`` in
     the tree's numbering, ``[M, P]`` or ``[M, H, P]``)."""
+    tiles = tile_plan(tree, causal, self_loops)
+    if tiles is not None:
+        return tiled_attention(tiles, q, k, v, pos, scale)
     plan = query_plan(tree, causal)
     num_leaves, heads = q.size(0), q.size(1)
     parts = [part for group in plan.groups
@@ -220,7 +224,9 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
         lse.append(own)
         leaves.append(torch.arange(num_leaves, device=q.device))
     if not lse:  # single leaves without self loops: nothing to attend to
-        return torch.zeros_like(v)
+        # (Zeros made from the inputs: a backward pass gives them zero
+        # gradients, as block resolution does.)
+        return v * 0 + (q * 0 + k * 0).sum(-1, keepdim=True)
     log_norm = _merge_lse([x.reshape(heads, -1) for x in lse], leaves,
                           num_leaves)
 
@@ -315,10 +321,13 @@ def _row_chunks(group: FamilyGroup, heads: int):
     for lo in range(0, num_rows, step):
         first = group.first + lo if group.first >= 0 and num_fam == 1 \
             else -1
-        yield FamilyGroup(group.leaf[:, lo:lo + step],
-                          group.own[:, lo:lo + step],
-                          group.allowed[:, lo:lo + step], group.members,
-                          group.row_ok[:, lo:lo + step], first), True
+        # (Contiguous: with several families, a slice of rows is not.)
+        yield FamilyGroup(group.leaf[:, lo:lo + step].contiguous(),
+                          group.own[:, lo:lo + step].contiguous(),
+                          group.allowed[:, lo:lo + step].contiguous(),
+                          group.members,
+                          group.row_ok[:, lo:lo + step].contiguous(),
+                          first), True
 
 
 def _logits(q: Tensor, k: Tensor, pos_own: Optional[Tensor],
@@ -354,8 +363,13 @@ def _weighted_values(s: Optional[Tensor], log_norm: Tensor, values: Tensor,
     if s is None:
         s = _logits(*inputs)
     heads, num_fam, num_rows, width = s.shape
-    p = torch.exp(s - log_norm.view(heads, num_fam, num_rows, 1))
-    p = torch.where(row_ok.unsqueeze(-1), p, 0.0)  # pad rows weigh nothing
+    # Rows that do not count (pads; causal rows in a first child) weigh
+    # nothing. They are masked before the exp: their logits are not bounded
+    # by their leaf's normaliser, and an exp that overflows would make the
+    # backward pass compute 0 * inf.
+    s = torch.where(row_ok.unsqueeze(-1), s - log_norm.view(
+        heads, num_fam, num_rows, 1), -math.inf)
+    p = torch.exp(s)
     out = torch.bmm(p.view(heads * num_fam, num_rows, width),
                     values.reshape(heads * num_fam, width, -1))
     return _DenseGrad.apply(out).view(heads, num_fam, num_rows, -1)

@@ -214,3 +214,82 @@ def test_backward_after_the_batch_and_its_tree_are_dropped():
     (3 * loss_of(conv)).backward()
     for grad, p in zip(grads, conv.parameters()):
         torch.testing.assert_close(grad, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def _dropped_trees(count, start=3):
+    """:obj:`count` distinct flat trees (3, 4, ... leaves)."""
+    return [Tree.from_parent(torch.tensor([n] * n + [-1]))
+            for n in range(start, start + count)]
+
+
+@pytest.mark.parametrize('mode', ['no_grad', 'inference_mode',
+                                  'no input requires grad'])
+def test_compiled_inference_keeps_no_trees(mode):
+    # Without a backward pass to follow, the operator keeps no tree alive
+    # (it kept its last 16 even under no_grad: 1.2 and 2.4 GB for the
+    # first two 300k-leaf trees; issue 22).
+    import weakref
+
+    from pyg_hsa.functional import compiled as compiled_module
+    torch._dynamo.reset()
+    compiled_module._RECENT.clear()
+    compiled = torch.compile(lambda q, k, v, tree: hsa_attention(
+        q, k, v, tree), fullgraph=True)
+    context = {'no_grad': torch.no_grad, 'inference_mode':
+               torch.inference_mode}.get(mode, torch.enable_grad)
+    refs = []
+    with context():
+        for tree in _dropped_trees(20):
+            q, k, v = torch.randn(3, tree.num_leaves, 2, 4).unbind(0)
+            compiled(q, k, v, tree)
+            refs.append(weakref.ref(tree))
+            del tree
+    gc.collect()
+    assert not compiled_module._RECENT
+    assert all(ref() is None for ref in refs)
+
+
+def test_gradient_accumulation_over_more_than_16_dropped_trees():
+    # 20 compiled micro-batches whose trees are dropped before the
+    # backward pass of their sum: the operator keeps the last 16 trees, so
+    # the backward pass fails, saying what to do; keeping the trees makes
+    # it work (and equal eager autograd).
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, tree: hsa_attention(
+        q, k, v, tree), fullgraph=True)
+    x = torch.randn(30, 2, 4, requires_grad=True)
+
+    def loss(trees, fn):
+        return sum(fn(x[:t.num_leaves], x[:t.num_leaves],
+                      x[:t.num_leaves], t).square().sum() for t in trees)
+
+    total = loss(_dropped_trees(20), compiled)
+    gc.collect()
+    with pytest.raises(RuntimeError, match='keep a reference to every '
+                       'micro-batch.s Tree'):
+        total.backward()
+    trees = _dropped_trees(20)
+    grad, = torch.autograd.grad(loss(trees, compiled), x)
+    expected, = torch.autograd.grad(loss(trees, hsa_attention), x)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_parent_tensor_under_fullgraph_says_to_build_the_tree_outside():
+    # A parent tensor is a valid 'tree' eagerly, but building the Tree
+    # reads its values: under fullgraph=True the error was a compiler
+    # message about data-dependent guards (issue 22). Without fullgraph,
+    # the call still works (the frame falls back to eager).
+    parent = torch.tensor([3, 3, 3, -1])
+    q, k, v = torch.randn(3, 3, 2, 4).unbind(0)
+
+    def fn(q, k, v, parent):
+        return hsa_attention(q, k, v, parent)
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"'tree' is a parent tensor inside a "
+                       r"torch.compile region.*Build it outside the compiled "
+                       r"function, tree = pyg_hsa.Tree.from_parent\(parent\)"):
+        torch.compile(fn, fullgraph=True)(q, k, v, parent)
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(fn)(q, k, v, parent),
+                               fn(q, k, v, parent))

@@ -229,3 +229,76 @@ def test_second_derivatives():
                              resolution='query', causal=True)
 
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('causal', [False, True])
+def test_masked_rows_keep_gradients_finite_at_large_logits(causal, dtype):
+    # Pad rows of a padded family (widths 2 and 3 in one shape) and, under
+    # causal, rows in a family's first child have no weight but got a
+    # logit; past ~88 (float32) or ~709 (float64) its exp overflowed and
+    # the backward pass computed 0 * inf: NaN gradients of q and k (issue
+    # 22). Logits reach +-1e4 here; the reference is float64 from the
+    # definition (hsa_dense), where no row overflows after its max.
+    tree = Tree.from_parent(torch.tensor([5, 5, 6, 6, 6, 7, 7, -1]), 5)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 4, generator=gen, dtype=torch.float64)
+               for _ in range(3))
+    q, k = q * 100, k * 100  # scale 1/2: |logits| up to ~1e4
+    inputs = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+    out = hsa_attention(*inputs, tree, self_loops=causal, causal=causal,
+                        resolution='query')
+    weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)
+    grads = torch.autograd.grad((out * weight).sum(), inputs)
+    assert all(bool(g.isfinite().all()) for g in grads)
+    ref_inputs = [x.detach().double().requires_grad_() for x in inputs]
+    theta = hsa_dense(*ref_inputs[:2], tree, self_loops=causal,
+                      causal=causal, resolution='query')
+    ref = torch.einsum('hij,jhc->ihc', theta, ref_inputs[2])
+    ref_grads = torch.autograd.grad((ref * weight.double()).sum(),
+                                    ref_inputs)
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=tol,
+                                   atol=tol * (1 + ref_grad.abs().max()))
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_several_chunked_families_of_one_shape(causal, monkeypatch):
+    # Two flat sequences (one padded shape, two families) whose logits
+    # need row chunks: the chunks were non-contiguous slices of the
+    # group's [F, R] rows and a .view raised (issue 22: two 1,100-token
+    # sequences with 4 heads; a small chunk here keeps it fast).
+    # 2 families x 4 heads x 8 members: 64 per row, 2 rows per chunk.
+    monkeypatch.setattr(query_resolved, 'CHUNK_ELEMENTS', 128)
+    n = 7
+    tree = Tree.from_parent(torch.tensor([2 * n] * n + [2 * n + 1] * n +
+                                         [-1, -1]), 2 * n)
+    q, k, v = random_qkv(2 * n, heads=4, seed=3)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = hsa_attention(*inputs, tree, self_loops=causal, causal=causal,
+                        resolution='query')
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    ref_inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    theta = hsa_dense(*ref_inputs[:2], tree, self_loops=causal,
+                      causal=causal, resolution='query')
+    ref = torch.einsum('hij,jhc->ihc', theta, ref_inputs[2])
+    ref_grads = torch.autograd.grad(ref.square().sum(), ref_inputs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads, ref_grads, rtol=0, atol=1e-12)
+
+
+def test_single_leaves_without_self_loops_have_zero_gradients():
+    # Nothing to attend to: the output is zero, and (as with block
+    # resolution) a backward pass through it gives zero gradients instead
+    # of 'element 0 of tensors does not require grad' (issue 22's edge
+    # matrix, the single-leaf tree).
+    for parent in ([-1], [-1, -1]):
+        tree = Tree.from_parent(torch.tensor(parent))
+        q, k, v = random_qkv(tree.num_leaves)
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = hsa_attention(*inputs, tree, resolution='query')
+        assert bool((out == 0).all())
+        for grad in torch.autograd.grad(out.sum(), inputs):
+            assert bool((grad == 0).all())
