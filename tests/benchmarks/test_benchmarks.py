@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from checkout import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
