@@ -1,11 +1,12 @@
 """The benchmark script runs end to end in its smoke mode (no timing is
 asserted: unit tests never time things)."""
-import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from checkout import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,73 +42,83 @@ def test_bench_hsa_smoke(tmp_path):
     assert plot.stat().st_size > 10_000
 
 
+def results_script(name: str, argv, tmp_path) -> str:
+    """Runs ``benchmarks/<name>`` from the repository root, as a process
+    (the tests import nothing from ``benchmarks/``); its output."""
+    done = run_script([f'benchmarks/{name}', *argv], tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def runs(folder: Path):
+    return {p.name: json.loads(p.read_text())
+            for p in (folder / 'runs').glob('*.json')
+            if not p.name.endswith('.command.json')}
+
+
 @pytest.mark.slow
 def test_ogbg_mol_results_smoke(tmp_path, freesolv_root):
-    sys.path.insert(0, str(ROOT / 'benchmarks'))
-    import ogbg_mol_results
-    results = ogbg_mol_results.main([
+    out = tmp_path / 'out'
+    results_script('ogbg_mol_results.py', [
         '--smoke', '--models', 'hsa', 'gin', '--root', freesolv_root,
-        '--out', str(tmp_path)])
-    table = (tmp_path / 'results.md').read_text()
+        '--out', str(out)], tmp_path)
+    table = (out / 'results.md').read_text()
     assert '| hsa | 16 |' in table and '| gin |' in table
-    for model, runs in results.items():
-        assert len(runs) == 1 and runs[0]['args']['model'] == model
-        assert f"{runs[0]['num_params']:,}" in table
-    assert (tmp_path / 'curves.png').stat().st_size > 5_000
-    # Each model's width gives the parameter count closest to the budget.
-    args = argparse.Namespace(num_layers=3, heads=4, emb_dim=64)
-    budget = ogbg_mol_results.parameters('hsa', 64, args)
-    width = ogbg_mol_results.matched_width('gin', budget, args)
-    gaps = [abs(ogbg_mol_results.parameters('gin', w, args) - budget)
-            for w in (width - 4, width, width + 4)]
-    assert gaps[1] == min(gaps)
+    made = runs(out)
+    assert set(made) == {'hsa_seed0.json', 'gin_seed0.json',
+                         'timing_hsa_seed0.json', 'timing_gin_seed0.json'}
+    # Widths come from the example (its --match_parameters, tested in
+    # tests/examples/test_ogbg_mol.py): gin's is the one it chose.
+    budget = made['hsa_seed0.json']['num_params']
+    assert f'parameter budget {budget:,} (HSA at width 16)' in table
+    gin = made['gin_seed0.json']
+    assert f"| gin | {gin['args']['emb_dim']} | {gin['num_params']:,} |" \
+        in table
+    assert (out / 'curves.png').stat().st_size > 5_000
 
 
 @pytest.mark.slow
 def test_listops_results_smoke_and_resume(tmp_path):
-    """Every row trains and is scored on every test set; widths match the
-    budget; a finished row is not run again, an interrupted one resumes
-    from its checkpoint, and one with other arguments starts over."""
-    sys.path.insert(0, str(ROOT / 'benchmarks'))
-    import listops_results
-    argv = ['--smoke', '--out', str(tmp_path), '--root',
-            str(tmp_path / 'data')]
-    results = listops_results.main(argv)
-    assert set(results) == set(listops_results.ROWS)
-    table = (tmp_path / 'results.md').read_text()
-    for row, result in results.items():
-        assert f"| {listops_results.ROWS[row][2]} |" in table
-        assert f"{result['num_params']:,}" in table
-        assert set(result['tests']) == {key for key, _ in
-                                        listops_results.TEST_COLUMNS}
+    """Every row trains and is scored on every test set; a finished row is
+    not run again, an interrupted one resumes from its checkpoint, and one
+    with other arguments starts over."""
+    out = tmp_path / 'out'
+    argv = ['--smoke', '--out', str(out), '--root', str(tmp_path / 'data')]
+    printed = results_script('listops_results.py', argv, tmp_path)
+    table = (out / 'results.md').read_text()
+    made = runs(out)
+    rows = ('transformer', 'hsa-windows', 'hsa-tree', 'gin', 'tree-gru',
+            'hsa-tree-query', 'hsa-tree-unscheduled', 'hsa-tree-no-size-key')
+    assert set(made) == {f'{row}.json' for row in rows}
+    for row in rows:
+        result = made[f'{row}.json']
+        assert f" | {result['args']['emb_dim']} | " \
+            f"{result['num_params']:,} |" in table
+        assert set(result['tests']) == {
+            'test', 'test_200_300', 'test_500_600', 'test_900_1000',
+            'lra_test'}
+    assert printed.count('--resume') == 0
     assert '| **yes** |' in table and table.count('| no |') == 2
-    assert (tmp_path / 'accuracy_vs_length.png').stat().st_size > 5_000
+    assert (out / 'accuracy_vs_length.png').stat().st_size > 5_000
     # Finished rows come back from their files.
-    stamps = {p: p.stat().st_mtime_ns
-              for p in (tmp_path / 'runs').glob('*.json')}
-    again = listops_results.main(argv + ['--rows', 'gin', 'tree-gru'])
-    assert set(again) == {'gin', 'tree-gru'}
+    stamps = {p: p.stat().st_mtime_ns for p in (out / 'runs').glob('*.json')}
+    printed = results_script('listops_results.py',
+                             argv + ['--rows', 'gin', 'tree-gru'], tmp_path)
+    assert 'examples/listops.py' not in printed
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    # A checkpoint made with the same arguments resumes; with others, not.
-    smoke = argparse.Namespace(
-        out=str(tmp_path), heads=2, per_level=2, epochs=1, batch_size=64,
-        lr=1e-3, seed=0, train_examples=0, smoke=True, minutes=0.01,
-        root=str(tmp_path / 'data'))
-    width = results['gin']['args']['emb_dim']
-    resumed = listops_results.resumable({
-        'gin': listops_results.command('gin', width, smoke),
-        'other': listops_results.command('gin', width + 1, smoke)})
-    assert resumed['gin'][-1] == '--resume'
-    assert resumed['other'][-1] != '--resume'
-    # Every row's width gives the parameter count closest to the budget.
-    args = argparse.Namespace(heads=4, emb_dim=64, per_level=2,
-                              rows=['tree-gru', 'gin'])
-    budget = listops_results.parameters('hsa-tree', 64, args)
-    widths = listops_results.widths(args)
-    for row, width in widths.items():
-        gaps = [abs(listops_results.parameters(row, w, args) - budget)
-                for w in (width - 1, width, width + 1)]
-        assert gaps[1] == min(gaps), row
+    # A row whose result is gone but whose checkpoint was made with the
+    # same arguments resumes; with other arguments it starts over.
+    (out / 'runs' / 'gin.json').unlink()
+    printed = results_script('listops_results.py', argv + ['--rows', 'gin'],
+                             tmp_path)
+    assert printed.count('examples/listops.py') == 1
+    assert '--resume' in printed
+    (out / 'runs' / 'gin.json').unlink()
+    printed = results_script('listops_results.py',
+                             argv + ['--rows', 'gin', '--seed', '1'],
+                             tmp_path)
+    assert printed.count('examples/listops.py') == 1
+    assert '--resume' not in printed and '--seed 1' in printed
 
 
 @pytest.mark.slow
