@@ -1,8 +1,8 @@
 """The edge matrix (issue 22): every attention path against the float64
 reference, on the edge cases that broke one path or another.
 
-Rows are PATHS (a resolution/causal mode and how it is run: eagerly or
-under ``torch.compile``), columns are CASES (trees with padded families,
+Rows are PATHS (a resolution/causal mode and how it is run: eagerly, by
+a given kernel, or under ``torch.compile``), columns are CASES (trees with padded families,
 several families of one shape, families large enough to be chunked or to
 take the fused kernel, causal first children, a single leaf, several
 roots; with and without positions), crossed with the logits' magnitude
@@ -31,7 +31,12 @@ import torch._dynamo
 from helpers import nested_to_forest, random_forest
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import compiled as compiled_module
-from pyg_hsa.functional import family_softmax, layout, query_resolved
+from pyg_hsa.functional import (
+    family_softmax,
+    layout,
+    query_resolved,
+    query_tiles,
+)
 
 L = 'leaf'
 
@@ -40,6 +45,19 @@ L = 'leaf'
 
 def eager(tree, q, k, v, pos, **options):
     return hsa_attention(q, k, v, tree, pos=pos, **options)
+
+
+def family_by_family(tree, q, k, v, pos, **options):
+    """Query resolution by the family-by-family kernel
+    (:mod:`~pyg_hsa.functional.query_resolved`), which the tiled kernel
+    (:mod:`~pyg_hsa.functional.query_tiles`) leaves to trees too large for
+    tiles."""
+    before = query_tiles.TILE_ELEMENTS
+    query_tiles.TILE_ELEMENTS = 0
+    try:
+        return hsa_attention(q, k, v, tree, pos=pos, **options)
+    finally:
+        query_tiles.TILE_ELEMENTS = before
 
 
 _COMPILED: Dict[Tuple, Callable] = {}
@@ -89,8 +107,10 @@ CAUSAL = dict(resolution='query', self_loops=True, causal=True)
 PATHS = [
     Path('block', BLOCK, eager),
     Path('block self loops', BLOCK_LOOPS, eager),
-    Path('query', QUERY, eager),
-    Path('causal', CAUSAL, eager),
+    Path('query', QUERY, eager),  # (tiles)
+    Path('causal', CAUSAL, eager),  # (tiles)
+    Path('query by families', QUERY, family_by_family),
+    Path('causal by families', CAUSAL, family_by_family),
     Path('block compiled', BLOCK, compiled, slow=True),
     Path('block self loops compiled', BLOCK_LOOPS, compiled, slow=True),
     Path('query compiled', QUERY, compiled, slow=True),
