@@ -22,18 +22,10 @@ from typing import Dict, List
 
 import numpy as np
 
-HERE = osp.dirname(osp.abspath(__file__))
-EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
-sys.path.insert(0, EXAMPLES)
+from sweep import invocation, machine, result_path, run_rows, write_table
 
-import causal_lm  # noqa: E402
-from sweep import (  # noqa: E402
-    invocation,
-    machine,
-    result_path,
-    run_rows,
-    write_table,
-)
+HERE = osp.dirname(osp.abspath(__file__))
+SCRIPT = osp.join(osp.dirname(HERE), 'examples', 'causal_lm.py')
 
 # Row: (model, extra arguments). Slowest first within a round, so that
 # the rows of one round take about the same time.
@@ -55,7 +47,7 @@ LABELS = {'softmax': 'causal softmax (full context)',
 
 def command(row: str, args) -> List[str]:
     model, extra = ROWS[row]
-    out = [sys.executable, osp.join(EXAMPLES, 'causal_lm.py'),
+    out = [sys.executable, SCRIPT,
            '--model', model, '--seed', str(args.seed), '--threads',
            str(args.threads), '--filename', result_path(args.out, row),
            *extra]
@@ -152,7 +144,7 @@ def main(argv=None):
             if args.smoke else osp.join(HERE, 'causal_lm')
 
     results = run_rows({row: command(row, args) for row in ROWS}, args.out,
-                       causal_lm.parse_args, args.threads, args.parallel)
+                       args.threads, args.parallel)
     given = invocation('causal_lm_results.py', argv)
     first = results['softmax']['args']
     text = '\n'.join([

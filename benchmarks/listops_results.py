@@ -25,19 +25,19 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
-HERE = osp.dirname(osp.abspath(__file__))
-EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
-sys.path.insert(0, EXAMPLES)
-
-import listops  # noqa: E402
-from sweep import (  # noqa: E402
+from sweep import (
+    arguments,
+    example_parameters,
     invocation,
+    launched,
     machine,
     result_path,
     run_rows,
     write_table,
 )
-from training import closest_width, count_parameters  # noqa: E402
+
+HERE = osp.dirname(osp.abspath(__file__))
+SCRIPT = osp.join(osp.dirname(HERE), 'examples', 'listops.py')
 
 # Row: (model, extra arguments, what the row shows). The first rows take
 # longest to evaluate (flat attention over 2,000 tokens), so they start
@@ -76,27 +76,21 @@ def model_arguments(row: str, width: int, args) -> List[str]:
             str(args.heads), '--per_level', str(args.per_level), *extra]
 
 
-def parameters(row: str, width: int, args) -> int:
-    return count_parameters(listops.make_model(listops.parse_args(
-        model_arguments(row, width, args))))
-
-
 def widths(args) -> Dict[str, int]:
     """Every row's width: the one whose parameter count is closest to
     ``hsa-tree``'s at ``--emb_dim`` (a multiple of ``--heads`` for the
-    attention models)."""
-    budget = parameters('hsa-tree', args.emb_dim, args)
-    out = {}
-    for row in args.rows:
-        step = 1 if ROWS[row][0] in ('gin', 'tree-gru') else args.heads
-        out[row] = closest_width(lambda w: parameters(row, w, args), budget,
-                                 4 * args.emb_dim, step)
-    return out
+    attention models), as the example computes it."""
+    budget = example_parameters(SCRIPT, model_arguments(
+        'hsa-tree', args.emb_dim, args))['num_params']
+    return {row: example_parameters(SCRIPT, model_arguments(
+                row, args.emb_dim, args) + ['--match_parameters',
+                                            str(budget)])['emb_dim']
+            for row in args.rows}
 
 
 def command(row: str, width: int, args) -> List[str]:
     filename = result_path(args.out, row)
-    out = [sys.executable, osp.join(EXAMPLES, 'listops.py'),
+    out = [sys.executable, SCRIPT,
            *model_arguments(row, width, args),
            '--epochs', str(args.epochs), '--batch_size', str(args.batch_size),
            '--lr', str(args.lr), '--seed', str(args.seed),
@@ -111,23 +105,19 @@ def command(row: str, width: int, args) -> List[str]:
     return out
 
 
-def resumable(commands: Dict[str, List[str]]) -> Dict[str, List[str]]:
-    """``--resume`` for the rows whose checkpoint was made with the same
-    arguments (an interrupted row goes on from its last epoch; a row whose
-    arguments changed starts over, overwriting its checkpoint)."""
-    import torch
-    out = {}
+def resumable(commands: Dict[str, List[str]],
+              out: str) -> Dict[str, List[str]]:
+    """``--resume`` for the rows whose checkpoint was made by a process
+    launched with the same arguments (an interrupted row goes on from its
+    last epoch; a row whose arguments changed starts over, overwriting its
+    checkpoint)."""
+    resumed = {}
     for row, cmd in commands.items():
         checkpoint = cmd[cmd.index('--filename') + 1] + '.ckpt'
-        same = False
-        if osp.exists(checkpoint):
-            saved = torch.load(checkpoint, map_location='cpu',
-                               weights_only=False)['args']
-            wanted = vars(listops.parse_args(cmd[2:]))
-            same = all(saved.get(key) == wanted[key]
-                       for key in listops.CHECKED_ARGS)
-        out[row] = cmd + (['--resume'] if same else [])
-    return out
+        same = osp.exists(checkpoint) and \
+            launched(out, row) == arguments(cmd)
+        resumed[row] = cmd + (['--resume'] if same else [])
+    return resumed
 
 
 def percent(value: Optional[float]) -> str:
@@ -247,7 +237,7 @@ def sweep(args, argv) -> Dict[str, Dict]:
     row_widths = widths(args)
     commands = {row: command(row, row_widths[row], args)
                 for row in args.rows}
-    results = run_rows(resumable(commands), args.out, listops.parse_args,
+    results = run_rows(resumable(commands, args.out), args.out,
                        args.threads, args.parallel)
     given = invocation('listops_results.py', argv)
     text = '\n'.join([

@@ -19,21 +19,15 @@ import os
 import os.path as osp
 import subprocess
 import sys
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
+from sweep import example_parameters, invocation, machine, write_table
+
 HERE = osp.dirname(osp.abspath(__file__))
-EXAMPLES = osp.join(osp.dirname(HERE), 'examples')
-sys.path.insert(0, EXAMPLES)
-
-from ogbg_mol_models import MODELS, MolecularNet  # noqa
-from sweep import invocation, machine, write_table  # noqa
-from training import closest_width, count_parameters  # noqa
-
-# MoleculeToHierarchy's pe widths with walk_length=8 (atom, fragment,
-# component); only used to count the HSA model's parameters.
-PE_WIDTHS = {'atom': 9, 'fragment': 10, 'component': 2}
+SCRIPT = osp.join(osp.dirname(HERE), 'examples', 'ogbg_mol.py')
+MODELS = ('hsa', 'gin', 'gin-virtual', 'transformer')  # its --model choices
 
 # Table rows: the four models, and HSA ablations (other fragmentations,
 # no positions) run with --models.
@@ -45,19 +39,22 @@ ROWS.update({
 })
 
 
-def parameters(row: str, emb_dim: int, args) -> int:
+def model_arguments(row: str, emb_dim: int, args) -> List[str]:
     model, extra = ROWS[row]
-    uses_pe = model == 'hsa' and '--no_pe' not in extra
-    net = MolecularNet(model, 1, args.num_layers, emb_dim, 0.5, args.heads,
-                       PE_WIDTHS if uses_pe else None)
-    return count_parameters(net)
+    return ['--model', model, *extra, '--emb_dim', str(emb_dim),
+            '--num_layers', str(args.num_layers), '--heads', str(args.heads)]
 
 
-def matched_width(row: str, budget: int, args) -> int:
-    """The multiple of ``heads`` whose parameter count is closest to the
-    budget."""
-    return closest_width(lambda width: parameters(row, width, args), budget,
-                         16 * args.emb_dim, step=args.heads)
+def widths(args) -> Tuple[int, Dict[str, int]]:
+    """The parameter budget (HSA at ``--emb_dim``) and every row's width:
+    the multiple of ``--heads`` whose parameter count is closest to it, as
+    the example computes it."""
+    budget = example_parameters(SCRIPT, model_arguments(
+        'hsa', args.emb_dim, args))['num_params']
+    return budget, {
+        row: example_parameters(SCRIPT, model_arguments(
+            row, args.emb_dim, args) + ['--match_parameters', str(budget)]
+        )['emb_dim'] for row in args.models}
 
 
 def run(row: str, seed: int, emb_dim: int, args, epochs: int = 0,
@@ -66,13 +63,10 @@ def run(row: str, seed: int, emb_dim: int, args, epochs: int = 0,
     os.makedirs(osp.join(args.out, 'runs'), exist_ok=True)
     label = row.replace(', ', '_').replace(' ', '-')
     filename = osp.join(args.out, 'runs', f'{name}{label}_seed{seed}.json')
-    model, extra = ROWS[row]
     epochs = epochs or args.epochs
-    command = [sys.executable, osp.join(EXAMPLES, 'ogbg_mol.py'),
-               '--model', model, *extra, '--seed', str(seed),
-               '--emb_dim', str(emb_dim), '--epochs', str(epochs),
-               '--num_layers', str(args.num_layers),
-               '--heads', str(args.heads), '--root', args.root,
+    command = [sys.executable, SCRIPT, *model_arguments(row, emb_dim, args),
+               '--seed', str(seed), '--epochs', str(epochs),
+               '--root', args.root,
                '--max_graphs', str(args.max_graphs),
                '--filename', filename]
     if osp.exists(filename):
@@ -179,14 +173,13 @@ def main(argv=None):
         args.emb_dim, args.num_layers = 16, 2
         args.timing_epochs = 1
 
-    budget = parameters('hsa', args.emb_dim, args)
-    widths = {m: matched_width(m, budget, args) for m in args.models}
-    results = {m: [run(m, seed, widths[m], args)
+    budget, row_widths = widths(args)
+    results = {m: [run(m, seed, row_widths[m], args)
                    for seed in range(args.seeds)] for m in args.models}
 
-    seconds = epoch_seconds(args, widths)
+    seconds = epoch_seconds(args, row_widths)
     command = invocation('ogbg_mol_results.py', argv)
-    table = summary_table(results, widths, seconds)
+    table = summary_table(results, row_widths, seconds)
     text = '\n'.join([
         '# ogbg-molfreesolv (local rebuild): HSA vs GIN vs GIN-virtual vs '
         'transformer', '',

@@ -4,8 +4,13 @@ a time, and keeps each row's JSON result, so an interrupted sweep resumes
 script writes beside its table: the command and the machine.
 
 A row's command writes ``<out>/runs/<row>.json`` (its ``--filename``) and
-logs to ``<out>/runs/<row>.log``. A row whose result file exists, made
+logs to ``<out>/runs/<row>.log``; the arguments it was launched with go to
+``<out>/runs/<row>.command.json``. A row whose result file exists, made
 with the arguments the command would use, is not run again.
+
+The example scripts run only as processes (the benchmarks import nothing
+from ``examples/``): :func:`example_parameters` asks one for its model's
+parameter count through its ``--count_parameters`` option.
 """
 import json
 import os
@@ -15,7 +20,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -24,25 +29,55 @@ def result_path(out: str, row: str) -> str:
     return osp.join(out, 'runs', f'{row}.json')
 
 
-def cached(out: str, row: str, cmd: List[str],
-           parse_args: Callable) -> Optional[Dict]:
-    """The row's earlier result if it was made with the same arguments as
-    :obj:`cmd` (``[python, script, *arguments]``), the checkpoint, data
-    folder and ``--resume`` aside."""
+def example_parameters(script: str, arguments: List[str]) -> Dict[str, int]:
+    """``{'emb_dim': width, 'num_params': count}`` of the model that
+    ``python <script> *arguments`` would train (with ``--match_parameters
+    N`` among the arguments: the width whose count is closest to ``N``)."""
+    done = subprocess.run([sys.executable, script, *arguments,
+                           '--count_parameters'], capture_output=True,
+                          text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f'{script} --count_parameters failed:\n'
+                           f'{done.stderr}')
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def arguments(cmd: List[str]) -> List[str]:
+    """What makes a row's result: the arguments of :obj:`cmd`
+    (``[python, script, *arguments]``) without ``--resume`` and without
+    the checkpoint and data folders."""
+    out, rest = [], list(cmd[2:])
+    while rest:
+        item = rest.pop(0)
+        if item in ('--checkpoint', '--root'):
+            rest.pop(0)
+        elif item != '--resume':
+            out.append(item)
+    return out
+
+
+def launched(out: str, row: str) -> Optional[List[str]]:
+    """The :func:`arguments` the row's last process was launched with."""
+    path = osp.join(out, 'runs', f'{row}.command.json')
+    if not osp.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def cached(out: str, row: str, cmd: List[str]) -> Optional[Dict]:
+    """The row's earlier result if it was made with the same
+    :func:`arguments` as :obj:`cmd`."""
     path = result_path(out, row)
     if not osp.exists(path):
         return None
     with open(path) as f:
         result = json.load(f)
-    expected = vars(parse_args(cmd[2:]))
-    for key in ('checkpoint', 'root', 'resume'):
-        if key in expected:
-            expected[key] = result['args'].get(key)
-    return result if result['args'] == expected else None
+    return result if result.get('command') == arguments(cmd) else None
 
 
-def run_rows(commands: Dict[str, List[str]], out: str, parse_args: Callable,
-             threads: int, parallel: int) -> Dict[str, Dict]:
+def run_rows(commands: Dict[str, List[str]], out: str, threads: int,
+             parallel: int) -> Dict[str, Dict]:
     """Runs the rows' commands, :obj:`parallel` processes at a time with
     :obj:`threads` OpenMP threads each; returns each row's result with its
     wall-clock seconds (``wall_seconds``)."""
@@ -54,11 +89,13 @@ def run_rows(commands: Dict[str, List[str]], out: str, parse_args: Callable,
         while pending and len(running) < parallel:
             row = pending.pop(0)
             cmd = commands[row]
-            result = cached(out, row, cmd, parse_args)
+            result = cached(out, row, cmd)
             if result is not None:
                 results[row] = result
                 continue
             print(' '.join(shlex.quote(c) for c in cmd[1:]), flush=True)
+            with open(osp.join(out, 'runs', f'{row}.command.json'), 'w') as f:
+                json.dump(arguments(cmd), f)
             log = open(osp.join(out, 'runs', f'{row}.log'), 'w')
             running[row] = (subprocess.Popen(cmd, env=env, stdout=log,
                                              stderr=subprocess.STDOUT),
@@ -74,6 +111,7 @@ def run_rows(commands: Dict[str, List[str]], out: str, parse_args: Callable,
             with open(result_path(out, row)) as f:
                 result = json.load(f)
             result['wall_seconds'] = time.perf_counter() - start
+            result['command'] = arguments(process.args)
             with open(result_path(out, row) + '.tmp', 'w') as f:
                 json.dump(result, f, indent=1)
             os.replace(result_path(out, row) + '.tmp', result_path(out, row))

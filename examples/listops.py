@@ -85,10 +85,12 @@ from tqdm import tqdm
 from training import (
     Distributed,
     add_checkpoint_arguments,
+    add_parameter_arguments,
     add_size_arguments,
     checkpoint_from_filename,
     fill_sizes,
     fit,
+    report_parameters,
     seed_everything,
     write_result,
 )
@@ -183,6 +185,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--data', type=str, default='', metavar='FILE',
                         help='the TSV file of --evaluate or --export')
     add_checkpoint_arguments(parser)
+    add_parameter_arguments(parser)
     add_size_arguments(parser, SIZES, dict.fromkeys(
         EXAMPLE_COUNTS, 'the first N examples (0 means all)'))
     args = parser.parse_args(argv)
@@ -272,6 +275,15 @@ def make_model(args) -> torch.nn.Module:
         tree_features=tree and not args.no_tree_features,
         schedule=schedule, size_key=schedule and not args.no_size_key,
         dropout=args.dropout)
+
+
+def count_parameters_only(args) -> Dict[str, int]:
+    """``--count_parameters``: widths up to ``4 * --emb_dim``, multiples
+    of ``--heads`` for the attention models."""
+    step = 1 if args.model in ('gin', 'tree-gru') else args.heads
+    return report_parameters(
+        args, lambda width: make_model(argparse.Namespace(
+            **dict(vars(args), emb_dim=width))), 4 * args.emb_dim, step)
 
 
 def load_split(args, name: str, transform=None) -> ListOps:
@@ -401,6 +413,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
+    if args.count_parameters:
+        return count_parameters_only(args)
     if args.evaluate:
         return evaluate_file(args.evaluate, args.data, args.batch_size)
     with tempfile.TemporaryDirectory() as scratch:

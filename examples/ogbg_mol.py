@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 from ogb.graphproppred import Evaluator
-from ogbg_mol_models import MODELS, MolecularBatch, MolecularNet
+from ogbg_mol_models import MODELS, PE_WIDTHS, MolecularBatch, MolecularNet
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
@@ -32,8 +32,10 @@ from tqdm import tqdm
 from training import (
     Distributed,
     add_checkpoint_arguments,
+    add_parameter_arguments,
     checkpoint_from_filename,
     fit,
+    report_parameters,
     seed_everything,
     train_epoch,
     write_result,
@@ -74,6 +76,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--root', type=str, default=DEFAULT_ROOT)
     parser.add_argument('--seed', type=int, default=0)
     add_checkpoint_arguments(parser)
+    add_parameter_arguments(parser)
     parser.add_argument('--compile', action='store_true',
                         help='train through torch.compile(dynamic=True) '
                              '(evaluation stays eager)')
@@ -152,8 +155,22 @@ def evaluate(net, dataset, index, args, evaluator, scale, device,
         evaluator.eval_metric])
 
 
+def count_parameters_only(args) -> Dict[str, int]:
+    """``--count_parameters``: the model for a single-task dataset such as
+    FreeSolv, with MoleculeToHierarchy's positions, without loading data;
+    widths are multiples of ``--heads`` up to ``16 * --emb_dim``."""
+    pe_widths = PE_WIDTHS if args.model == 'hsa' and not args.no_pe else None
+    return report_parameters(
+        args, lambda width: MolecularNet(args.model, 1, args.num_layers,
+                                         width, args.drop_ratio, args.heads,
+                                         pe_widths),
+        16 * args.emb_dim, step=args.heads)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
+    if args.count_parameters:
+        return count_parameters_only(args)
     ctx = Distributed(torch.cuda.is_available(), args.device)
     device, show = ctx.device, ctx.show_progress
     seed_everything(args.seed)

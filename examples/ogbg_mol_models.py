@@ -28,6 +28,9 @@ from pyg_hsa.nn import HSAConv
 
 MODELS = ('hsa', 'gin', 'gin-virtual', 'transformer')
 LEAF = 'atom'  # MoleculeToHierarchy's leaf type
+# MoleculeToHierarchy's pe widths with its default walk_length=8 (atom,
+# fragment, component), for counting parameters without loading data.
+PE_WIDTHS = {'atom': 9, 'fragment': 10, 'component': 2}
 
 
 def _mlp(channels: int, hidden: int) -> torch.nn.Sequential:

@@ -64,16 +64,13 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.nn import MLP, global_max_pool, global_mean_pool
 from torch_geometric.transforms import (BaseTransform, NormalizeScale,
                                         SamplePoints)
+from tqdm import tqdm
+from training import Distributed, closest_width, count_parameters, train_epoch
 
 from pyg_hsa import Tree
 from pyg_hsa.datasets.shape_primitives import ShapePrimitives
 from pyg_hsa.nn import HSAEncoderLayer
 from pyg_hsa.transforms import PointCloudToHierarchy
-
-try:
-    from tqdm import tqdm
-except ImportError:  # progress bars are optional
-    tqdm = None
 
 MODELS = ('hsa', 'flat', 'pointnet')
 DATASETS = ('shapes', 'ModelNet10', 'ModelNet40')
@@ -200,26 +197,14 @@ class PointNet(torch.nn.Module):
         return self.readout(h, batch['point'].batch, batch.num_graphs)
 
 
-def num_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def pointnet_like(budget: int, **kwargs) -> PointNet:
-    r"""The :class:`PointNet` whose parameter count is closest to
-    :obj:`budget` (its size grows with the hidden width, so a bisection
-    over the width finds it)."""
-    lo, hi = 1, 1
-    while num_parameters(PointNet(hidden_channels=hi, **kwargs)) < budget:
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if num_parameters(PointNet(hidden_channels=mid, **kwargs)) < budget:
-            lo = mid
-        else:
-            hi = mid
-    best = min((lo, hi), key=lambda w: abs(
-        num_parameters(PointNet(hidden_channels=w, **kwargs)) - budget))
-    return PointNet(hidden_channels=best, **kwargs)
+    r"""The :class:`PointNet` whose hidden width (up to 16 times its
+    :obj:`channels`) gives the parameter count closest to :obj:`budget`."""
+    def count(width: int) -> int:
+        return count_parameters(PointNet(hidden_channels=width, **kwargs))
+
+    width = closest_width(count, budget, 16 * kwargs['channels'])
+    return PointNet(hidden_channels=width, **kwargs)
 
 
 class OfflineModelNet(ModelNet):
@@ -275,24 +260,9 @@ def hierarchies(clouds: Sequence, num_levels: int) -> List:
 
 
 def progress(iterable, desc: str, quiet: bool):
-    if tqdm is None or quiet:
-        return iterable
     # disable=None: bars only on a terminal, never in logs or CI.
-    return tqdm(iterable, desc=desc, leave=False, disable=None)
-
-
-def train_epoch(model, loader, optimizer, device, quiet: bool) -> float:
-    model.train()
-    total_loss, count = 0.0, 0
-    for batch in progress(loader, 'train', quiet):
-        batch = batch.to(device)
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(batch), batch.y)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * batch.num_graphs
-        count += batch.num_graphs
-    return total_loss / count
+    return iterable if quiet else tqdm(iterable, desc=desc, leave=False,
+                                       disable=None)
 
 
 @torch.no_grad()
@@ -339,20 +309,25 @@ def run_model(name: str, data: Dict[str, List], args, num_classes: int,
                                    batch_size=args.batch_size,
                                    num_workers=args.num_workers)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    ctx = Distributed(device.type == 'cuda', device.index or 0)
+
+    def loss_of(batch) -> Tensor:
+        return F.cross_entropy(model(batch), batch.y)
+
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=args.epochs)
     train_time, losses = 0.0, []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        losses.append(train_epoch(model, train_loader, optimizer, device,
-                                  args.quiet))
+        losses.append(train_epoch(model, train_loader, optimizer, ctx,
+                                  loss_of))
         train_time += time.perf_counter() - start
         scheduler.step()
         if not args.quiet:
             print(f'{name} epoch {epoch:3d}: loss {losses[-1]:.4f}',
                   file=sys.stderr)
     return {
-        'params': num_parameters(model),
+        'params': count_parameters(model),
         'test_acc': accuracy(model, test_loader, device, args.quiet),
         'train_acc': accuracy(model, train_eval_loader, device, args.quiet),
         'seconds_per_epoch': train_time / args.epochs,
@@ -402,7 +377,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument('--filename', type=str, default='',
                         help='write the results as JSON to this file')
     parser.add_argument('--quiet', action='store_true',
-                        help='no progress bars or per-epoch lines')
+                        help='no per-epoch lines and no evaluation '
+                             'progress bars (training bars show only on a '
+                             'terminal)')
     parser.add_argument('--smoke', action='store_true',
                         help='a handful of tiny clouds, 1 epoch (for CI): '
                         'changes the defaults of the sizes above, never '
@@ -482,8 +459,7 @@ def run(args) -> Dict:
     results = {}
     budget = None
     if 'pointnet' in names:  # the budget is the attention model's size
-        budget = num_parameters(
-            build_model('hsa', args, num_classes))
+        budget = count_parameters(build_model('hsa', args, num_classes))
     for name in names:
         levels = 0 if name == 'flat' else num_levels
         results[name] = run_model(name, data[levels], args, num_classes,

@@ -1,7 +1,8 @@
 r"""Training machinery shared by the example scripts (``ogbg_mol.py``,
-``listops.py``, ``causal_lm.py``): the process group under ``torchrun``,
-seeding, one training epoch, the width that matches a parameter budget,
-the ``--smoke`` sizes, and the epoch loop with best-validation selection,
+``listops.py``, ``causal_lm.py``, ``pointcloud_cls.py``): the process
+group under ``torchrun``, seeding, one training epoch, the width that
+matches a parameter budget (and ``--count_parameters``, through which the
+benchmarks ask for it), the ``--smoke`` sizes, and the epoch loop with best-validation selection,
 atomic checkpoints, ``--resume`` and the JSON result file.
 
 A script imports it as ``from training import ...``: Python puts the
@@ -173,6 +174,38 @@ def train_epoch(model: torch.nn.Module, loader, optimizer,
         count += batch.num_graphs
     total, count = ctx.sum(total, count)
     return total / max(count, 1)
+
+
+def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--count_parameters`` and ``--match_parameters``; see
+    :func:`report_parameters`."""
+    parser.add_argument('--count_parameters', action='store_true',
+                        help='print the model\'s width and parameter count '
+                             'as JSON and exit (builds the model only)')
+    parser.add_argument('--match_parameters', type=int, default=0,
+                        metavar='N',
+                        help='with --count_parameters: the width whose '
+                             'parameter count is closest to N instead of '
+                             '--emb_dim')
+
+
+def report_parameters(args: argparse.Namespace,
+                      build: Callable[[int], torch.nn.Module], maximum: int,
+                      step: int = 1) -> Dict[str, int]:
+    """Prints ``{"emb_dim": width, "num_params": count}`` as one JSON line
+    (and returns it) for the model ``build(width)``: at ``--emb_dim``, or,
+    with ``--match_parameters N``, at the multiple of :obj:`step` up to
+    :obj:`maximum` whose count is closest to ``N``. The benchmarks match
+    their rows' parameter budgets through it."""
+    def count(width: int) -> int:
+        return count_parameters(build(width))
+
+    width = args.emb_dim
+    if args.match_parameters:
+        width = closest_width(count, args.match_parameters, maximum, step)
+    out = {'emb_dim': width, 'num_params': count(width)}
+    print(json.dumps(out))
+    return out
 
 
 def closest_width(count: Callable[[int], int], budget: int, maximum: int,

@@ -677,7 +677,7 @@ def _():
                                   face=torch.zeros(3, 0, dtype=torch.long)))
 
 
-@case('point cloud with 0 points', "'data.pos'", 'empty')
+@case('point cloud with 0 points', "'data.pos' has 0 points", 'at least 1')
 def _():
     from pyg_hsa.transforms import PointCloudToHierarchy
     PointCloudToHierarchy()(Data(pos=torch.zeros(0, 3)))
@@ -696,7 +696,8 @@ def _():
     PointCloudToHierarchy()(Data(x=torch.zeros(3, 3)))
 
 
-@case('point cloud with integer positions', "'data.pos'", 'floating')
+@case('point cloud with integer positions', "'data.pos'", 'floating',
+      error=TypeError)
 def _():
     from pyg_hsa.transforms import PointCloudToHierarchy
     PointCloudToHierarchy()(Data(pos=torch.zeros(3, 3, dtype=torch.long)))

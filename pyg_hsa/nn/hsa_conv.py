@@ -45,9 +45,11 @@ class HSAConv(MessagePassing):
     computed exactly in time linear in the number of tree nodes and sibling
     pairs: segment reductions up the tree, one batched softmax per family
     width, and a pass down the tree. The layer subclasses
-    :class:`~torch_geometric.nn.conv.MessagePassing` for PyG's conventions,
-    but its messages flow along the hierarchy rather than through
-    :meth:`propagate`, so propagate hooks and explainers do not apply.
+    :class:`~torch_geometric.nn.conv.MessagePassing`, although its messages
+    flow along the hierarchy rather than through :meth:`propagate` (so
+    propagate hooks and explainers do not apply), because it is meant to
+    sit where PyG expects a convolution: code that collects a model's
+    layers with ``isinstance(module, MessagePassing)`` finds it.
 
     Args:
         in_channels (int or Dict[str, int]): Size of each leaf feature, or
@@ -258,7 +260,7 @@ class HSAConv(MessagePassing):
         return torch.cat([out[nt] for nt in tree.leaf_types], dim=0)
 
     def _positions(self, pe, hetero: bool, tree: Tree) -> Optional[Tensor]:
-        # (Checked by _check_positions.)
+        # (Checked by conv_inputs.check_positions in forward.)
         if pe is None:
             return None
         width = self.heads * self.out_channels

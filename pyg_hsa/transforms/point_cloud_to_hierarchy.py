@@ -8,7 +8,7 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 
-from pyg_hsa.utils.checks import check_int, check_real, describe
+from pyg_hsa.utils.checks import check_int, check_points, check_real
 from pyg_hsa.utils.geometry import knn_graph
 from pyg_hsa.utils.hierarchy import add_level, add_root, leaf_hetero
 
@@ -304,25 +304,7 @@ def _check_pos(data: Data) -> Tensor:
     if pos is None:
         raise ValueError("'data.pos' is missing: a point cloud needs "
                          "positions [num_points, dim]")
-    if not isinstance(pos, Tensor):
-        raise TypeError(f"'data.pos' must be a tensor of positions "
-                        f"[num_points, dim] (got {describe(pos)})")
-    if not pos.is_floating_point():
-        raise ValueError(f"'data.pos' must be a floating point tensor (got "
-                         f"{pos.dtype})")
-    if pos.dim() != 2:
-        raise ValueError(f"'data.pos' must have shape [num_points, dim] "
-                         f"with dim >= 1 (got {list(pos.shape)})")
-    if pos.size(1) == 0:
-        raise ValueError(f"'data.pos' must have shape [num_points, dim] "
-                         f"with dim >= 1 (got {list(pos.shape)}: points "
-                         f"without coordinates)")
-    if pos.size(0) == 0:
-        raise ValueError("'data.pos' is empty: a point cloud needs at "
-                         "least one point")
-    if not bool(torch.isfinite(pos).all()):
-        raise ValueError("'data.pos' contains NaN or infinite values")
-    return pos
+    return check_points(pos, 'data.pos', min_points=1)
 
 
 def _coordinate_unit(low: Tensor, high: Tensor) -> float:

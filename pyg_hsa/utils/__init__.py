@@ -1,39 +1,44 @@
 """Utilities: hierarchy building blocks shared by the transforms, exact kNN
 (PyG's compiled kernel when installed, pure torch otherwise), connected
-graph coarsening, and drawing."""
-from pyg_hsa.utils.coarsen import (
-    cluster_edges,
-    coarsen_graph,
-    maximal_independent_set,
-    symmetric_edges,
-    voronoi_clusters,
-)
-from pyg_hsa.utils.draw import draw_hierarchy
-from pyg_hsa.utils.geometry import knn, knn_graph
-from pyg_hsa.utils.hierarchy import (
-    add_level,
-    first_child,
-    fourier_encoding,
-    group_sizes,
-    leaf_hetero,
-    random_walk_encoding,
-    rank_in_group,
-)
+graph coarsening, and drawing.
 
-__all__ = [
-    'draw_hierarchy',
-    'add_level',
-    'leaf_hetero',
-    'rank_in_group',
-    'first_child',
-    'group_sizes',
-    'fourier_encoding',
-    'random_walk_encoding',
-    'knn',
-    'knn_graph',
-    'coarsen_graph',
-    'maximal_independent_set',
-    'voronoi_clusters',
-    'cluster_edges',
-    'symmetric_edges',
-]
+The submodules load on first use (:pep:`562`), so that the core, which
+imports :mod:`pyg_hsa.utils.checks`, does not load kNN, coarsening and
+drawing."""
+import importlib
+from typing import Any
+
+# Public name -> the submodule that defines it.
+_SOURCES = {
+    'draw_hierarchy': 'draw',
+    'add_level': 'hierarchy',
+    'leaf_hetero': 'hierarchy',
+    'rank_in_group': 'hierarchy',
+    'first_child': 'hierarchy',
+    'group_sizes': 'hierarchy',
+    'fourier_encoding': 'hierarchy',
+    'random_walk_encoding': 'hierarchy',
+    'knn': 'geometry',
+    'knn_graph': 'geometry',
+    'coarsen_graph': 'coarsen',
+    'maximal_independent_set': 'coarsen',
+    'voronoi_clusters': 'coarsen',
+    'cluster_edges': 'coarsen',
+    'symmetric_edges': 'coarsen',
+}
+
+__all__ = list(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute "
+                             f"{name!r}")
+    module = importlib.import_module(f'{__name__}.{_SOURCES[name]}')
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

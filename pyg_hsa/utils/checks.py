@@ -10,6 +10,7 @@ import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -91,6 +92,28 @@ def check_callable(value: Any, name: str) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"'{name}' must be callable or None (got "
                         f"{describe(value)})")
+    return value
+
+
+def check_points(value: Any, name: str, min_points: int = 0) -> Tensor:
+    """:obj:`value` as finite positions ``[num_points, dim]`` (``dim >= 1``,
+    at least :obj:`min_points` points): a :class:`TypeError` for anything
+    but a floating-point tensor, a :class:`ValueError` for a wrong shape,
+    too few points or NaN/infinity."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"'{name}' must be a tensor of positions "
+                        f"[num_points, dim] (got {describe(value)})")
+    if not value.is_floating_point():
+        raise TypeError(f"'{name}' must be a floating point tensor (got "
+                        f"{value.dtype})")
+    if value.dim() != 2 or value.size(1) == 0:
+        raise ValueError(f"'{name}' must have shape [num_points, dim] with "
+                         f"dim >= 1 (got {list(value.shape)})")
+    if value.size(0) < min_points:
+        raise ValueError(f"'{name}' has {value.size(0)} points: at least "
+                         f"{min_points} point(s) needed")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"'{name}' contains NaN or infinite values")
     return value
 
 

@@ -4,8 +4,7 @@ import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
-from pyg_hsa.tree import Tree
-from pyg_hsa.utils.hierarchy import NESTING_RELATION
+from pyg_hsa.tree import NESTING_RELATION, Tree
 
 
 def draw_hierarchy(

@@ -32,7 +32,13 @@ from pyg_hsa.utils._knn_brute_force import (
     stable_order,
 )
 from pyg_hsa.utils._knn_kd_tree import knn_kd_tree, scipy_spatial
-from pyg_hsa.utils.checks import check_bool, check_choice, check_int, describe
+from pyg_hsa.utils.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_points,
+    describe,
+)
 
 #: The kd-tree answers an example's queries when it has at least this many
 #: (query, point) pairs; below, blocked brute force is faster.
@@ -73,7 +79,7 @@ def knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor] = None,
     if _native(batch_x, batch_y):
         from torch_geometric.nn import knn as pyg_knn
         return pyg_knn(x, y, k, batch_x, batch_y)
-    x, y = _check_points(x, 'x'), _check_points(y, 'y')
+    x, y = check_points(x, 'x'), check_points(y, 'y')
     if x.size(1) != y.size(1):
         raise ValueError(f"'x' and 'y' must have the same number of "
                          f"dimensions (got {x.size(1)} and {y.size(1)})")
@@ -117,7 +123,7 @@ def knn_graph(x: Tensor, k: int, batch: Optional[Tensor] = None,
     if _native(batch):
         from torch_geometric.nn import knn_graph as pyg_knn_graph
         return pyg_knn_graph(x, k, batch, loop, flow)
-    x = _check_points(x, 'x')
+    x = check_points(x, 'x')
     batch = _check_batch(batch, x.size(0), 'batch', x.device)
     center, neighbour = _knn_pairs(x, x, k, batch, batch,
                                    exclude_self=not loop)
@@ -133,21 +139,6 @@ def _native(*batches: Optional[Tensor]) -> bool:
         batch is None or (isinstance(batch, Tensor) and batch.dim() == 1
                           and bool((batch[1:] >= batch[:-1]).all()))
         for batch in batches)
-
-
-def _check_points(t: Tensor, name: str) -> Tensor:
-    """A finite floating ``[num_points, dim]`` tensor."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"'{name}' must be a tensor (got {describe(t)})")
-    if not t.is_floating_point():
-        raise TypeError(f"'{name}' must be a floating point tensor (got "
-                        f"{t.dtype})")
-    if t.dim() != 2:
-        raise ValueError(f"'{name}' must have shape [num_points, dim] (got "
-                         f"{list(t.shape)})")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"'{name}' contains NaN or infinite values")
-    return t
 
 
 def _check_batch(batch: Optional[Tensor], num_points: int, name: str,

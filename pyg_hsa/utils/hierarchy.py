@@ -8,9 +8,8 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import scatter
 
+from pyg_hsa.tree import NESTING_RELATION
 from pyg_hsa.utils.checks import check_int
-
-NESTING_RELATION = 'in'
 
 
 def leaf_hetero(data: Data, leaf_type: str, edge_relation: str) -> HeteroData:

@@ -379,3 +379,23 @@ def test_evaluate_scores_an_exported_split(tmp_path, root):
                        (str(tsv), 'not a readable checkpoint')):
         with pytest.raises(RuntimeError, match=match):
             listops.main(['--evaluate', bad, '--data', str(tsv)])
+
+
+def test_count_and_match_parameters(capsys):
+    """--count_parameters prints the model's size; --match_parameters the
+    width closest to a budget, in steps of 1 for GIN and the Tree-GRU and
+    of --heads for the attention models (benchmarks/listops_results.py
+    matches its rows through it)."""
+    common = ['--heads', '4', '--per_level', '2', '--count_parameters']
+    tree = listops.main(['--model', 'hsa-tree', '--emb_dim', '64', *common])
+    assert tree == {'emb_dim': 64, 'num_params': 63438}
+    assert capsys.readouterr().out == '{"emb_dim": 64, "num_params": 63438}\n'
+    for model, step in (('gin', 1), ('transformer', 4)):
+        matched = listops.main(['--model', model, '--emb_dim', '64', *common,
+                                '--match_parameters', '63438'])
+        width = matched['emb_dim']
+        assert width % step == 0
+        gaps = [abs(listops.main(['--model', model, '--emb_dim', str(w),
+                                  *common])['num_params'] - 63438)
+                for w in (width - step, width, width + step)]
+        assert gaps[1] == min(gaps) == abs(matched['num_params'] - 63438)

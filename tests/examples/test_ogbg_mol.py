@@ -194,3 +194,22 @@ def test_ddp_metric_equals_single_process(freesolv_root):
             nprocs=2, start_method='spawn')
         assert out[0] == out[1]
         assert math.isclose(out[0], single, rel_tol=1e-6)
+
+
+def test_count_and_match_parameters(capsys):
+    """--count_parameters builds the model only (no data) and prints its
+    size; with --match_parameters N, the multiple of --heads whose count
+    is closest to N (how benchmarks/ogbg_mol_results.py matches budgets)."""
+    common = ['--num_layers', '3', '--heads', '4', '--count_parameters']
+    hsa = ogbg_mol.main(['--model', 'hsa', '--emb_dim', '64', *common])
+    assert hsa == {'emb_dim': 64, 'num_params': 106244}
+    assert capsys.readouterr().out == \
+        '{"emb_dim": 64, "num_params": 106244}\n'
+    gin = ogbg_mol.main(['--model', 'gin', '--emb_dim', '64', *common,
+                         '--match_parameters', '106244'])
+    assert gin['emb_dim'] % 4 == 0
+    gaps = [abs(ogbg_mol.main(['--model', 'gin', '--emb_dim', str(width),
+                               *common])['num_params'] - 106244)
+            for width in (gin['emb_dim'] - 4, gin['emb_dim'],
+                          gin['emb_dim'] + 4)]
+    assert gaps[1] == min(gaps) == abs(gin['num_params'] - 106244)

@@ -344,3 +344,36 @@ def test_hsa_conv_refuses_bad_resolution_options():
         HSAConv(4, 4, resolution='query', causal=True)
     with pytest.raises(ValueError, match="'dropout' must be 0"):
         HSAConv(4, 4, resolution='query', dropout=0.1)
+
+
+@pytest.mark.parametrize('parent', [
+    [6] * 6 + [-1],  # one family: softmax attention
+    [6, 6, 6, 7, 7, 7, 8, 8, -1],  # two groups of three leaves
+])
+def test_attention_dropout_scales_kept_weights(parent):
+    """With one-hot values the output rows are the effective attention
+    weights: in training, every weight is either dropped (0) or the
+    evaluation weight times 1 / (1 - p), and whole sibling blocks drop
+    together; averaged over draws the output is the evaluation output."""
+    n, p = 6, 0.25
+    tree = Tree.from_parent(torch.tensor(parent), n)
+    conv = HSAConv(n, n, dropout=p, self_loops=True, root_weight=False)
+    with torch.no_grad():
+        conv.lin_value.weight.copy_(torch.eye(n))
+        conv.lin_value.bias.zero_()
+    x = torch.eye(n)
+    with torch.no_grad():
+        theta = conv.eval()(x, tree)
+        conv.train()
+        torch.manual_seed(3)
+        ratio = conv(x, tree) / theta
+        assert theta.sum(dim=1).tolist() == pytest.approx([1.0] * n)
+        kept = ratio > 0
+        torch.testing.assert_close(ratio[kept],
+                                   torch.full_like(ratio[kept], 1 / (1 - p)))
+        assert 0 < int((~kept).sum()) < n * n
+        if len(parent) > n + 1:  # leaf 3 sees leaves 0-2 as one block
+            assert bool((kept[3, :3] == kept[3, 0]).all())
+        mean = sum(conv(x, tree) for _ in range(2000)) / 2000
+    # (Monte Carlo: one entry's standard error is about 0.004.)
+    assert float((mean - theta).abs().max()) < 0.03

@@ -450,14 +450,14 @@ def test_flat_cloud():
 
 
 @pytest.mark.parametrize('data,error,match', [
-    (Data(pos=torch.empty(0, 3)), ValueError, 'at least one point'),
+    (Data(pos=torch.empty(0, 3)), ValueError, 'at least 1 point'),
     (Data(pos=torch.tensor([[0.0, float('nan')]])), ValueError, 'NaN'),
     (Data(pos=torch.tensor([[0.0, float('inf')]])), ValueError, 'infinite'),
     (Data(x=torch.rand(5, 3)), ValueError, "'data.pos' is missing"),
     (Data(pos=torch.rand(5)), ValueError, r'shape \[num_points, dim\]'),
     (Data(pos=torch.rand(5, 0)), ValueError, r'shape \[num_points, dim\]'),
     (Data(pos=[[0.0, 1.0]]), TypeError, "'data.pos' must be a tensor"),
-    (Data(pos=torch.ones(5, 3, dtype=torch.long)), ValueError,
+    (Data(pos=torch.ones(5, 3, dtype=torch.long)), TypeError,
      'floating point'),
     (Data(pos=torch.rand(5, 3), pe=torch.rand(5, 2)), ValueError,
      "attribute 'pe'"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = ['README.md'] + sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / 'docs').glob('*.md'))
 

@@ -8,7 +8,7 @@ import pytest
 
 from transform_checks import package_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
