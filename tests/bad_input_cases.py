@@ -803,3 +803,20 @@ def _():
         args = ogbg_mol.parse_args(['--checkpoint', path, '--resume'])
         training.resume(args, None, None, None, None,
                         ogbg_mol.CHECKED_ARGS)
+
+
+@case('compiled hsa_attention: backward after more than 16 newer trees '
+      'went through it (gradient accumulation, trees dropped)',
+      'KEEP_RECENT_TREES', 'keep a reference', error=RuntimeError)
+def _():
+    import gc
+
+    from pyg_hsa import Tree, hsa_attention
+    from pyg_hsa.functional.compiled import KEEP_RECENT_TREES
+    x = torch.randn(4, 1, 2, requires_grad=True)
+    fn = torch.compile(lambda x, tree: hsa_attention(x, x, x, tree),
+                       backend='eager', fullgraph=True)
+    loss = sum(fn(x, Tree.from_parent(torch.tensor([4, 4, 4, 4, -1])))
+               .sum() for _ in range(KEEP_RECENT_TREES + 1))
+    gc.collect()
+    loss.backward()
