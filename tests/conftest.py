@@ -7,6 +7,15 @@ def _seed():
     torch.manual_seed(12345)
 
 
+@pytest.fixture
+def levels_path(monkeypatch):
+    """Sends block resolution through the level-by-level dynamic program
+    (the path of large trees) instead of the padded families of
+    ``functional/block_families.py``."""
+    from pyg_hsa.functional import block_families
+    monkeypatch.setattr(block_families, 'FAMILY_ELEMENTS', 0)
+
+
 @pytest.fixture(scope='session')
 def freesolv_root(tmp_path_factory):
     """One local build of ogbg-molfreesolv shared by the tests."""

@@ -33,8 +33,11 @@ def random_case(seed):
     return parent, num_leaves
 
 
+@pytest.mark.parametrize('path', ['families', 'levels'])
 @pytest.mark.parametrize('seed', range(200))
-def test_dynamic_program_matches_dense(seed):
+def test_dynamic_program_matches_dense(seed, path, request):
+    if path == 'levels':
+        request.getfixturevalue('levels_path')
     parent, num_leaves = random_case(seed)
     pos_kind = POS_KINDS[seed % 3]
     self_loops = bool(seed % 2)
@@ -418,7 +421,8 @@ def test_autocast_on_levels_with_several_family_widths():
 
 
 @pytest.mark.parametrize('seed', range(12))
-def test_wide_families_in_query_blocks_match_dense(seed, monkeypatch):
+def test_wide_families_in_query_blocks_match_dense(seed, monkeypatch,
+                                                   levels_path):
     # Tiny blocks force every family through the blocked, recomputed path.
     monkeypatch.setattr(family_softmax, 'FAMILY_BLOCK_ENTRIES', 7)
     parent, num_leaves = random_case(seed)
@@ -437,7 +441,7 @@ def test_wide_families_in_query_blocks_match_dense(seed, monkeypatch):
         assert torch.allclose(grad, expected_grad, atol=1e-9)
 
 
-def test_one_wide_family_in_query_blocks(monkeypatch):
+def test_one_wide_family_in_query_blocks(monkeypatch, levels_path):
     # Flat: one softmax over 1500 leaves, in blocks of 32 queries (as a
     # family of ~500k members would be by default); equal to SDPA, with
     # finite gradients.

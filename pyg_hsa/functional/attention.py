@@ -21,6 +21,7 @@ from pyg_hsa.functional.checks import (
     check_options,
     check_resolution,
 )
+from pyg_hsa.functional.block_families import family_attention, family_plan
 from pyg_hsa.functional.compiled import compiled_attention
 from pyg_hsa.functional.dynamic_program import dynamic_program
 from pyg_hsa.functional.query_resolved import query_resolved
@@ -162,14 +163,21 @@ def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
            need_weights: bool = False, seed: Optional[int] = None,
            query: bool = False, causal: bool = False):
     """:func:`hsa_attention` on checked arguments, eagerly."""
-    out_dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
-                                    v.dtype)
+    out_dtype = q.dtype if q.dtype == k.dtype == v.dtype else \
+        torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if query:
         with torch.autocast(q.device.type, enabled=False):
             out = query_resolved(tree, q, k, v, None if pos is None else
                                  pos.to(dtype), scale, self_loops, causal)
+        return out.to(out_dtype)
+    plan = None if need_weights or dropout > 0 else \
+        family_plan(tree, self_loops)
+    if plan is not None:
+        with torch.autocast(q.device.type, enabled=False):
+            out = family_attention(plan, q, k, v, None if pos is None else
+                                   pos.to(dtype), scale)
         return out.to(out_dtype)
     layout = tree._layout(self_loops)
     if pos is not None:  # to level order, heads first: [H or 1, M, P]

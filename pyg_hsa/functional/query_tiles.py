@@ -220,7 +220,8 @@ def _means_matrices(path_leaf: Tensor, path_node: Tensor, size: Tensor,
 def _cast(plan: TilePlan, dtype: torch.dtype, heads: int):
     """The plan's tensors for :obj:`heads` heads in :obj:`dtype` (built
     once): the bias ``[tiles * H, T, U]``, the sparse means and their
-    transpose, and the head-resolved indices of the key slots (into ``[M *
+    transpose, the (leaf, head) rows of leaves without blocks, and the
+    head-resolved indices of the key slots (into ``[M *
     H]``), of the query rows and of the leaves' rows (into ``[N * H]``)."""
     key = (dtype, heads)
     if key not in plan.casts:
@@ -236,7 +237,9 @@ def _cast(plan: TilePlan, dtype: torch.dtype, heads: int):
                      row_of.view(-1, 1)).view(-1)
         bias = plan.bias.to(dtype).expand(-1, heads, -1, -1).reshape(
             tiles * heads, tile, width)
-        plan.casts[key] = (bias, plan.means.to(dtype),
+        blind = None if plan.blind is None else (
+            plan.blind.view(-1, 1) * heads + head).view(-1)
+        plan.casts[key] = (bias, blind, plan.means.to(dtype),
                            plan.means_t.to(dtype), key_index, row_index,
                            out_index)
     return plan.casts[key]
@@ -253,8 +256,9 @@ def tiled_attention(plan: TilePlan, q: Tensor, k: Tensor, v: Tensor,
         bias = bias + _position_bias(plan, pos, heads)
     if isinstance(scale, Tensor):  # a learned temperature: its gradient
         q, scale = q * scale, 1.0
-    return TiledAttention.apply(q, k, v, bias, float(scale), plan.blind,
-                                *constants[1:])[0]
+    out = TiledAttention.apply(q, k, v, bias, float(scale),
+                               *constants[1:])[0]
+    return out.view(q.shape[:2] + v.shape[-1:])  # (a view made outside)
 
 
 class TiledAttention(torch.autograd.Function):
@@ -277,8 +281,7 @@ class TiledAttention(torch.autograd.Function):
             bias, rows, kv[..., :channels].transpose(1, 2), alpha=scale),
             dim=-1)
         out = torch.bmm(weights, kv[..., channels:])
-        out = out.view(-1, v.size(-1)).index_select(0, out_index).view(
-            num_leaves, heads, -1)
+        out = out.view(-1, v.size(-1)).index_select(0, out_index)
         if blind is not None:
             out = out.index_fill(0, blind, 0.0)
         return out, rows, kv, weights
@@ -290,9 +293,12 @@ class TiledAttention(torch.autograd.Function):
         ctx.constants = inputs[5:]
         ctx.save_for_backward(q, k, v, bias, *output[1:])
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad, *_):
+        if grad is None:  # (grads are not materialised)
+            return (None, ) * 11
         q, k, v, bias, rows, kv, weights = ctx.saved_tensors
         blind, means, means_t, key_index, row_index, out_index = \
             ctx.constants
@@ -352,7 +358,7 @@ def tiled_reference(q, k, v, bias, scale, blind, means, means_t, key_index,
     weights = torch.softmax(torch.baddbmm(
         bias, rows, kv[..., :channels].transpose(1, 2), alpha=scale), -1)
     out = torch.bmm(weights, kv[..., channels:]).view(-1, v.size(-1))
-    out = out[out_index].view(q.size(0), q.size(1), -1)
+    out = out[out_index]
     return out if blind is None else out.index_fill(0, blind, 0.0)
 
 

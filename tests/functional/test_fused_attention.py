@@ -13,7 +13,7 @@ from pyg_hsa.functional import fused_attention, layout
 
 
 @pytest.fixture
-def every_family_fused(monkeypatch):
+def every_family_fused(monkeypatch, levels_path):
     """Trees built under this fixture send every family of two or more
     members to the fused kernel."""
     monkeypatch.setattr(layout, 'WIDE_FAMILY', 2)
