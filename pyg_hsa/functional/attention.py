@@ -158,6 +158,14 @@ def hsa_attention(
                   causal=flags['causal'])
 
 
+def under_torch_func(*tensors: Tensor) -> bool:
+    """Whether a :mod:`torch.func` transform (``grad``, ``vmap``) wraps any
+    of :obj:`tensors`: the kernels whose constants are sparse matrices
+    then give way to the level-by-level ones, which functorch can trace."""
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+               for t in tensors)
+
+
 def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
            pos: Optional[Tensor], scale, self_loops: bool, dropout: float,
            need_weights: bool = False, seed: Optional[int] = None,
@@ -172,8 +180,8 @@ def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
             out = query_resolved(tree, q, k, v, None if pos is None else
                                  pos.to(dtype), scale, self_loops, causal)
         return out.to(out_dtype)
-    plan = None if need_weights or dropout > 0 else \
-        family_plan(tree, self_loops)
+    plan = None if need_weights or dropout > 0 or under_torch_func(q, k, v) \
+        else family_plan(tree, self_loops)
     if plan is not None:
         with torch.autocast(q.device.type, enabled=False):
             out = family_attention(plan, q, k, v, None if pos is None else

@@ -248,7 +248,7 @@ class SparseProduct(torch.autograd.Function):
 class Constants(NamedTuple):
     """A :class:`FamilyPlan` for one dtype and head count (see
     :func:`constants`)."""
-    bias: Tensor  # [F * H, W, W]
+    bias: Tensor  # [F * H, W, W], keys first: [f, b, a] for a -> b
     slot_index: Tensor  # [F * H * W] into [M * H]
     node_slot: Tensor  # [M * H] into [F * H * W]
     phi_inf: Tensor  # [M, 1]
@@ -281,8 +281,8 @@ def constants(plan: FamilyPlan, dtype: torch.dtype, heads: int) -> Constants:
                                            plan.level_ptr[1:])]
         phi_inf, alone = plan.phi_inf.view(-1, 1), plan.alone.view(-1, 1)
         plan.casts[key] = Constants(
-            plan.bias.to(dtype).expand(-1, heads, -1, -1).reshape(
-                families * heads, width, width),
+            plan.bias.to(dtype).transpose(2, 3).expand(
+                -1, heads, -1, -1).reshape(families * heads, width, width),
             slot_index, node_slot.view(-1), phi_inf, alone, phi_inf & alone,
             phi_inf | alone, torch.zeros(phi_inf.size(0), heads, dtype=dtype,
                                          device=phi_inf.device).masked_fill_(
@@ -322,11 +322,14 @@ class BlockAttention(torch.autograd.Function):
         fam = (c.means[0] @ x).view(num_nodes * heads, -1).index_select(
             0, c.slot_index).view(batch, width, -1)
         qf, kf, vf = fam.split([channels, channels, values], -1)
-        logits = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)
-        lse = torch.logsumexp(logits, -1, keepdim=True)
-        alpha = logits.sub_(lse).exp_()
+        # Keys along dim 1, queries along dim 2: CPU softmax kernels are
+        # several times slower over a short last dimension.
+        logits = torch.baddbmm(bias, kf, qf.transpose(1, 2), alpha=scale)
+        lse = torch.logsumexp(logits, 1, keepdim=True)
+        alpha = logits.sub_(lse).exp_()  # [F * H, keys, queries]
         # Every node's theta and log-normaliser, from its slot.
-        node = torch.cat([torch.bmm(alpha, vf), lse], -1).view(
+        node = torch.cat([torch.bmm(alpha.transpose(1, 2), vf),
+                          lse.transpose(1, 2)], -1).view(
             -1, values + 1).index_select(0, c.node_slot)
         theta, neg_eta = node.view(num_nodes, heads, -1).split([values, 1],
                                                                 -1)
@@ -366,13 +369,13 @@ class BlockAttention(torch.autograd.Function):
             0, c.node_slot, node).view(batch, width, -1)
         grad_theta, grad_lse = slot.split([values, 1], -1)
         grad_logits = torch._softmax_backward_data(
-            torch.bmm(grad_theta, vf.transpose(1, 2)), alpha, -1,
-            alpha.dtype).addcmul_(alpha, grad_lse)
+            torch.bmm(vf, grad_theta.transpose(1, 2)), alpha, 1,
+            alpha.dtype).addcmul_(alpha, grad_lse.transpose(1, 2))
         grad_fam = torch.cat([
-            torch.baddbmm(c.zero, grad_logits, kf, beta=0, alpha=scale),
-            torch.baddbmm(c.zero, grad_logits.transpose(1, 2), qf, beta=0,
+            torch.baddbmm(c.zero, grad_logits.transpose(1, 2), kf, beta=0,
                           alpha=scale),
-            torch.bmm(alpha.transpose(1, 2), grad_theta)], -1)
+            torch.baddbmm(c.zero, grad_logits, qf, beta=0, alpha=scale),
+            torch.bmm(alpha, grad_theta)], -1)
         grad_x = grad_fam.new_zeros(num_nodes * heads, fam.size(-1))
         grad_x.index_add_(0, c.slot_index, grad_fam.view(-1, fam.size(-1)))
         grad_x = (c.means[1] @ grad_x.view(num_nodes, -1)).view(
@@ -451,7 +454,8 @@ def block_reference(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     fam = SparseProduct.apply(x, *c.means).view(num_nodes * heads, -1)[
         c.slot_index].view(batch, width, -1)
     qf, kf, vf = fam.split([channels, channels, values], -1)
-    logits = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)
+    logits = torch.baddbmm(bias.transpose(1, 2), qf, kf.transpose(1, 2),
+                           alpha=scale)
     lse = torch.logsumexp(logits, -1, keepdim=True)
     theta = torch.bmm(torch.softmax(logits, -1), vf).view(-1, values)[
         c.node_slot].view(num_nodes, heads, values)

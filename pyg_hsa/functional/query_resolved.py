@@ -169,7 +169,9 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
                    causal: bool) -> Tensor:
     """Query-resolved HSA ``[N, H, Cv]`` on checked arguments (``pos`` in
     the tree's numbering, ``[M, P]`` or ``[M, H, P]``)."""
-    tiles = tile_plan(tree, causal, self_loops)
+    from pyg_hsa.functional.attention import under_torch_func
+    tiles = None if under_torch_func(q, k, v) else \
+        tile_plan(tree, causal, self_loops)
     if tiles is not None:
         return tiled_attention(tiles, q, k, v, pos, scale)
     plan = query_plan(tree, causal)

@@ -32,6 +32,7 @@ from helpers import nested_to_forest, random_forest
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import compiled as compiled_module
 from pyg_hsa.functional import (
+    block_families,
     family_softmax,
     layout,
     query_resolved,
@@ -47,17 +48,26 @@ def eager(tree, q, k, v, pos, **options):
     return hsa_attention(q, k, v, tree, pos=pos, **options)
 
 
-def family_by_family(tree, q, k, v, pos, **options):
-    """Query resolution by the family-by-family kernel
-    (:mod:`~pyg_hsa.functional.query_resolved`), which the tiled kernel
-    (:mod:`~pyg_hsa.functional.query_tiles`) leaves to trees too large for
-    tiles."""
-    before = query_tiles.TILE_ELEMENTS
-    query_tiles.TILE_ELEMENTS = 0
-    try:
-        return hsa_attention(q, k, v, tree, pos=pos, **options)
-    finally:
-        query_tiles.TILE_ELEMENTS = before
+def _without(module, limit: str):
+    """A path that runs with ``module.limit = 0``: the kernel the limit
+    guards gives the tree to the next one."""
+    def run(tree, q, k, v, pos, **options):
+        before = getattr(module, limit)
+        setattr(module, limit, 0)
+        try:
+            return hsa_attention(q, k, v, tree, pos=pos, **options)
+        finally:
+            setattr(module, limit, before)
+    return run
+
+
+# Query resolution by the family-by-family kernel (query_resolved.py),
+# which the tiled kernel (query_tiles.py) leaves to trees too large for
+# tiles; block resolution by the level-by-level dynamic program
+# (dynamic_program.py), which the padded families (block_families.py)
+# leave to trees with too many or too wide families.
+family_by_family = _without(query_tiles, 'TILE_ELEMENTS')
+level_by_level = _without(block_families, 'FAMILY_ELEMENTS')
 
 
 _COMPILED: Dict[Tuple, Callable] = {}
@@ -107,6 +117,8 @@ CAUSAL = dict(resolution='query', self_loops=True, causal=True)
 PATHS = [
     Path('block', BLOCK, eager),
     Path('block self loops', BLOCK_LOOPS, eager),
+    Path('block by levels', BLOCK, level_by_level),
+    Path('block self loops by levels', BLOCK_LOOPS, level_by_level),
     Path('query', QUERY, eager),  # (tiles)
     Path('causal', CAUSAL, eager),  # (tiles)
     Path('query by families', QUERY, family_by_family),

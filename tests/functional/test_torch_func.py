@@ -1,7 +1,8 @@
 """hsa_attention under torch.func transforms (issue 22): its autograd
 Functions define ``setup_context``, so :func:`torch.func.grad` works and
-equals autograd's gradients (block resolution, and query resolution by
-families; the tiled query kernel is a known failure, marked xfail)."""
+equals autograd's gradients (block and query resolution; under a
+transform the kernels with sparse constants, padded families and query
+tiles, give way to the level-by-level ones)."""
 import pytest
 import torch
 
@@ -28,11 +29,6 @@ def test_func_grad_equals_autograd(mode, with_pos, kernel, monkeypatch):
         if 'resolution' not in MODES[mode]:
             pytest.skip('one kernel')
         monkeypatch.setattr(query_tiles, 'TILE_ELEMENTS', 0)
-    elif 'resolution' in MODES[mode]:
-        # The tiled kernel (query_tiles.py) passes its sparse CSR means
-        # through TiledAttention.apply and its reference backward, which
-        # functorch's wrappers cannot take.
-        pytest.xfail('query_tiles under torch.func: sparse CSR inputs')
     t = tree()
     q, k, v = random_qkv(t.num_leaves, seed=1)
     pos = torch.randn(t.num_nodes, 2, dtype=torch.float64) if with_pos \
