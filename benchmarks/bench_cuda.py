@@ -37,19 +37,19 @@ def correctness(device: str, num_forests: int) -> None:
                           dtype=torch.float64)
         self_loops = seed % 2 == 0
         cpu_tree = Tree.from_parent(parent, n)
-        ref = hsa_attention(q, k, v, cpu_tree, pos=pos, self_loops=self_loops)
+        ref = hsa_attention(q, k, v, cpu_tree, pe=pos, self_loops=self_loops)
         tree = cpu_tree.to(device)
         on = [x.to(device).clone().requires_grad_() for x in (q, k, v, pos)]
-        out = hsa_attention(*on[:3], tree, pos=on[3], self_loops=self_loops)
+        out = hsa_attention(*on[:3], tree, pe=on[3], self_loops=self_loops)
         out.square().sum().backward()
         qc = q.detach().clone().requires_grad_()
-        hsa_attention(qc, k, v, cpu_tree, pos=pos,
+        hsa_attention(qc, k, v, cpu_tree, pe=pos,
                       self_loops=self_loops).square().sum().backward()
         out32 = hsa_attention(*(x.detach().float() for x in on[:3]), tree,
-                              pos=on[3].detach().float(),
+                              pe=on[3].detach().float(),
                               self_loops=self_loops)
         theta = hsa_dense(on[0].detach(), on[1].detach(), tree,
-                          pos=on[3].detach(), self_loops=self_loops)
+                          pe=on[3].detach(), self_loops=self_loops)
         dense = torch.einsum('hij,jhc->ihc', theta, on[2].detach())
         worst['float64'] = max(worst['float64'],
                                (out.detach().cpu() - ref).abs().max().item())

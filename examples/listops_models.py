@@ -230,7 +230,7 @@ class SizedHSALayer(torch.nn.Module):
         pos = self.lin_pos(pe).view(-1, heads, width)
         dropout = self.dropout if self.training and \
             self.resolution == 'block' else 0.0
-        return hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+        return hsa_attention(q, k, v, tree, pe=pos, self_loops=True,
                              scale=scale, dropout=dropout,
                              resolution=self.resolution)
 

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyg_hsa.utils.checks import check_int, check_real, describe
+from pyg_hsa.utils.checks import (
+    check_int,
+    check_real,
+    describe,
+    renamed_keyword,
+)
 
 
 class HierarchicalKVCache:
@@ -65,7 +70,7 @@ class HierarchicalKVCache:
     promoted dtype of :obj:`q`, :obj:`k` and :obj:`v`, as
     :func:`~pyg_hsa.hsa_attention` does with half-precision inputs. Every
     token must keep the first token's shapes, dtypes, device and position
-    width (or give no :obj:`pos`, as the first); a change raises a
+    width (or give no :obj:`pe`, as the first); a change raises a
     :class:`TypeError` (dtype) or :class:`ValueError` naming the argument.
 
     Args:
@@ -85,13 +90,13 @@ class HierarchicalKVCache:
         # when popping) and buffers [capacity, ...] of key sums, value sums,
         # counts and position vectors; the first len(self._depth) count.
         self._depth: List[int] = []
-        self._key = self._value = self._count = self._pos = None
+        self._key = self._value = self._count = self._pe = None
         # Below each open node (depth d at row d): key and value sums and
         # counts; and the position vectors of the path and the last token.
         self._acc_key = self._acc_value = self._acc_count = None
-        self._own_pos = None
+        self._own_pe = None
         self._last = None  # the last token's (k, v), in the buffers' dtype
-        # The first token's (shape, dtype, device) of 'k', 'v' and 'pos'
+        # The first token's (shape, dtype, device) of 'k', 'v' and 'pe'
         # (None without positions), which every later token must keep.
         self._inputs = None
 
@@ -104,19 +109,22 @@ class HierarchicalKVCache:
         return len(self._depth)
 
     def append(self, k: Tensor, v: Tensor, path: Sequence[int],
+               pe: Optional[Tensor] = None, *,
                pos: Optional[Tensor] = None) -> None:
         """Adds a token with key :obj:`k` ``[..., H, C]``, value :obj:`v`
         ``[..., H, Cv]`` and ancestors :obj:`path` (root first); closes the
-        nodes of the previous path that :obj:`path` leaves. :obj:`pos`
+        nodes of the previous path that :obj:`path` leaves. :obj:`pe`
         holds the position vectors of the path's nodes and of the token
         itself, ``[len(path) + 1, P]`` or ``[len(path) + 1, H, P]``, if the
-        model uses them (for every token or for none)."""
-        path = self._check(k, v, path, pos)
+        model uses them (for every token or for none). :obj:`pos` is a
+        deprecated alias of :obj:`pe` (a :class:`FutureWarning`)."""
+        pe = renamed_keyword(pe, pos, 'pe', 'pos', 'HierarchicalKVCache.append')
+        path = self._check(k, v, path, pe)
         if self._inputs is None:
-            self._allocate(k, v, pos)
+            self._allocate(k, v, pe)
         else:  # the previous token is now a completed child of its parent
             self._push(len(self._path) - 1, *self._last, 1.0, None if
-                       self._pos is None else self._own_pos[len(self._path)])
+                       self._pe is None else self._own_pe[len(self._path)])
         common = 0
         for old, new in zip(self._path, path):
             if old != new:
@@ -130,13 +138,13 @@ class HierarchicalKVCache:
             if depth > 0:
                 self._push(depth - 1, self._acc_key[depth],
                            self._acc_value[depth], self._acc_count[depth],
-                           None if self._pos is None else
-                           self._own_pos[depth])
+                           None if self._pe is None else
+                           self._own_pe[depth])
         dtype = self._key.dtype  # (float32 for half inputs)
         if k.dtype != dtype or v.dtype != dtype:
             k, v = k.to(dtype), v.to(dtype)
-        if pos is not None:  # [len(path) + 1, 1 or H, P]
-            pos = (pos.unsqueeze(1) if pos.dim() == 2 else pos).to(dtype)
+        if pe is not None:  # [len(path) + 1, 1 or H, P]
+            pe = (pe.unsqueeze(1) if pe.dim() == 2 else pe).to(dtype)
         self._grow_levels(len(path) + 1)
         self._acc_key[common:len(path)] = 0
         self._acc_value[common:len(path)] = 0
@@ -144,8 +152,8 @@ class HierarchicalKVCache:
         self._acc_key[:len(path)] += k
         self._acc_value[:len(path)] += v
         self._acc_count[:len(path)] += 1
-        if pos is not None:  # the new nodes' and the token's vectors
-            self._own_pos[common:len(path) + 1] = pos[common:]
+        if pe is not None:  # the new nodes' and the token's vectors
+            self._own_pe[common:len(path) + 1] = pe[common:]
         self._path = path
         self._last = (k, v)
         self.num_tokens += 1
@@ -174,31 +182,31 @@ class HierarchicalKVCache:
         k, v = self._last
         key, value, count = (self._key[:size], self._value[:size],
                              self._count[:size])
-        own_pos, pos = self._own_pos, self._pos
+        own_pos, pe = self._own_pe, self._pe
         if q.dtype != dtype:
             q = q.to(dtype)
         if key.dtype != dtype:  # float32 buffers, a float64 query
             k, v, key, value, count = (x.to(dtype) for x in (
                 k, v, key, value, count))
-            if pos is not None:
-                own_pos, pos = own_pos.to(dtype), pos.to(dtype)
+            if pe is not None:
+                own_pos, pe = own_pos.to(dtype), pe.to(dtype)
         scale = self.scale if self.scale is not None else \
             1.0 / math.sqrt(q.size(-1))
         self_logit = scale * (q * k).sum(-1)  # [..., H]
-        if pos is not None:
+        if pe is not None:
             self_logit = self_logit + own_pos[len(self._path)].square().sum(
                 -1)
         count = count.view(-1, *([1] * (q.dim() - 1)))
         # Blocks of n tokens: logit of the mean key, plus log n.
         logit = scale * (q * key).sum(-1) / count + count.log()
-        if pos is not None:
+        if pe is not None:
             # An entry's sibling on the path: the open node (or the token)
             # one level below the entry's parent.
             mine = own_pos[self._depth_tensor(size) + 1]
-            pos_logit = (mine * pos[:size]).sum(-1)  # [E, 1 or H]
+            pe_logit = (mine * pe[:size]).sum(-1)  # [E, 1 or H]
             # Shared by the batch dimensions: [E, 1, ..., 1 or H].
-            logit = logit + pos_logit.view(size, *([1] * (q.dim() - 2)),
-                                           pos_logit.size(-1))
+            logit = logit + pe_logit.view(size, *([1] * (q.dim() - 2)),
+                                           pe_logit.size(-1))
         logit = torch.cat([self_logit.unsqueeze(0), logit])  # [E+1, ..., H]
         weight = torch.softmax(logit, dim=0)
         values = torch.cat([v.unsqueeze(0), value / count.unsqueeze(-1)])
@@ -207,14 +215,14 @@ class HierarchicalKVCache:
 
     # Buffers ##############################################################
 
-    def _allocate(self, k: Tensor, v: Tensor, pos: Optional[Tensor]):
+    def _allocate(self, k: Tensor, v: Tensor, pe: Optional[Tensor]):
         # Counts and sums in float32 (float64 for float64 inputs): a half
         # precision count would stop at 256 (bfloat16) or 2048 (float16).
         dtype = torch.float64 if torch.float64 in (k.dtype, v.dtype) else \
             torch.float32
         self._inputs = tuple(None if x is None else (x.shape, x.dtype,
                                                      x.device)
-                             for x in (k, v, pos))
+                             for x in (k, v, pe))
 
         def zeros(rows: int, *shape: int) -> Tensor:
             return torch.zeros(rows, *shape, dtype=dtype, device=k.device)
@@ -226,37 +234,37 @@ class HierarchicalKVCache:
         self._acc_key = zeros(8, *k.shape)
         self._acc_value = zeros(8, *v.shape)
         self._acc_count = zeros(8)
-        if pos is not None:
-            width = pos.shape[1:] if pos.dim() == 3 else (1, pos.size(1))
-            self._pos = zeros(capacity, *width)
-            self._own_pos = zeros(8, *width)
+        if pe is not None:
+            width = pe.shape[1:] if pe.dim() == 3 else (1, pe.size(1))
+            self._pe = zeros(capacity, *width)
+            self._own_pe = zeros(8, *width)
 
     def _push(self, depth: int, key: Tensor, value: Tensor, count,
-              pos: Optional[Tensor]) -> None:
+              pe: Optional[Tensor]) -> None:
         size = len(self._depth)
         if size == self._key.size(0):
-            self._key, self._value, self._count, self._pos = (
+            self._key, self._value, self._count, self._pe = (
                 None if x is None else torch.cat([x, torch.zeros_like(x)])
-                for x in (self._key, self._value, self._count, self._pos))
+                for x in (self._key, self._value, self._count, self._pe))
         self._key[size], self._value[size] = key, value
         self._count[size] = count
-        if self._pos is not None:
-            self._pos[size] = pos
+        if self._pe is not None:
+            self._pe[size] = pe
         self._depth.append(depth)
 
     def _grow_levels(self, levels: int) -> None:
         while self._acc_key.size(0) < levels:
             self._acc_key, self._acc_value, self._acc_count, \
-                self._own_pos = (
+                self._own_pe = (
                     None if x is None else torch.cat([x, torch.zeros_like(x)])
                     for x in (self._acc_key, self._acc_value,
-                              self._acc_count, self._own_pos))
+                              self._acc_count, self._own_pe))
 
     def _depth_tensor(self, size: int) -> Tensor:
         return torch.tensor(self._depth[:size], dtype=torch.long,
                             device=self._key.device)
 
-    def _check(self, k, v, path, pos) -> List[int]:
+    def _check(self, k, v, path, pe) -> List[int]:
         for name, x in (('k', k), ('v', v)):
             if not isinstance(x, Tensor) or x.dim() < 2 or \
                     not x.is_floating_point():
@@ -283,33 +291,33 @@ class HierarchicalKVCache:
             raise ValueError(f"'path' must list the token's ancestors as "
                              f"integer ids, root first (at least the root; "
                              f"got {describe(path)})")
-        if self._inputs is not None and (pos is None) != (
+        if self._inputs is not None and (pe is None) != (
                 self._inputs[2] is None):
-            raise ValueError("'pos' must be given for every token or for "
+            raise ValueError("'pe' must be given for every token or for "
                              "none")
-        if pos is not None:
-            if not isinstance(pos, Tensor) or not pos.is_floating_point():
-                raise TypeError(f"'pos' must be a floating-point tensor "
+        if pe is not None:
+            if not isinstance(pe, Tensor) or not pe.is_floating_point():
+                raise TypeError(f"'pe' must be a floating-point tensor "
                                 f"[len(path) + 1, P] or [len(path) + 1, H, "
-                                f"P] (got {describe(pos)})")
-            if pos.dim() not in (2, 3) or pos.size(0) != len(path) + 1 or \
-                    pos.dim() == 3 and pos.size(1) not in (1, k.size(-2)):
-                raise ValueError(f"'pos' must be [len(path) + 1, P] or "
+                                f"P] (got {describe(pe)})")
+            if pe.dim() not in (2, 3) or pe.size(0) != len(path) + 1 or \
+                    pe.dim() == 3 and pe.size(1) not in (1, k.size(-2)):
+                raise ValueError(f"'pe' must be [len(path) + 1, P] or "
                                  f"[len(path) + 1, H, P] (got "
-                                 f"{describe(pos)} for a path of "
+                                 f"{describe(pe)} for a path of "
                                  f"{len(path)})")
-            if pos.device != k.device:
-                raise ValueError(f"'pos' is on {pos.device} but 'k' is on "
+            if pe.device != k.device:
+                raise ValueError(f"'pe' is on {pe.device} but 'k' is on "
                                  f"{k.device}; move one with .to()")
         if self._inputs is not None:
-            self._check_like_first(k, v, pos)
+            self._check_like_first(k, v, pe)
         return [int(node) for node in path]
 
     def _check_like_first(self, k: Tensor, v: Tensor,
-                          pos: Optional[Tensor]) -> None:
+                          pe: Optional[Tensor]) -> None:
         """Dtypes, devices and position widths of the first token (whose
         buffers they fill)."""
-        for name, x, first in zip(('k', 'v', 'pos'), (k, v, pos),
+        for name, x, first in zip(('k', 'v', 'pe'), (k, v, pe),
                                   self._inputs):
             if x is None:  # (no positions: checked above)
                 continue
@@ -322,8 +330,8 @@ class HierarchicalKVCache:
                 raise ValueError(f"'{name}' is on {x.device} but the "
                                  f"earlier tokens were on {device}; every "
                                  f"token must stay on one device")
-            if name == 'pos' and x.shape[1:] != shape[1:]:
-                raise ValueError(f"'pos' has shape {tuple(x.shape)} but "
+            if name == 'pe' and x.shape[1:] != shape[1:]:
+                raise ValueError(f"'pe' has shape {tuple(x.shape)} but "
                                  f"the earlier tokens' positions were "
                                  f"[len(path) + 1, "
                                  f"{', '.join(map(str, shape[1:]))}]; every "

@@ -308,17 +308,17 @@ def _():
     hsa_attention(q, k, v, PARENT)
 
 
-@case('pos with a row per leaf instead of per tree node', "'pos'",
+@case('pe with a row per leaf instead of per tree node', "'pe'",
       'M = 4')
 def _():
     from pyg_hsa import hsa_attention
-    hsa_attention(*qkv(), PARENT, pos=torch.randn(3, 2))
+    hsa_attention(*qkv(), PARENT, pe=torch.randn(3, 2))
 
 
-@case('pos with another number of heads than q', "'pos'", 'heads')
+@case('pe with another number of heads than q', "'pe'", 'heads')
 def _():
     from pyg_hsa import hsa_attention
-    hsa_attention(*qkv(), PARENT, pos=torch.randn(4, 3, 2))
+    hsa_attention(*qkv(), PARENT, pe=torch.randn(4, 3, 2))
 
 
 @case('integer q', "'q'", 'floating-point', error=TypeError)
@@ -328,10 +328,10 @@ def _():
     hsa_attention(q.long(), k, v, PARENT)
 
 
-@case('integer pos', "'pos'", 'floating-point', error=TypeError)
+@case('integer pe', "'pe'", 'floating-point', error=TypeError)
 def _():
     from pyg_hsa import hsa_attention
-    hsa_attention(*qkv(), PARENT, pos=torch.zeros(4, 2, dtype=torch.long))
+    hsa_attention(*qkv(), PARENT, pe=torch.zeros(4, 2, dtype=torch.long))
 
 
 @case('k on another device than the tree', "'k'", 'meta', 'cpu')
@@ -414,22 +414,22 @@ def _():
     cache.append(x.to('meta'), x.to('meta'), [0])
 
 
-@case('KV cache: position width changing between tokens', "'pos'",
+@case('KV cache: position width changing between tokens', "'pe'",
       'earlier tokens')
 def _():
     from pyg_hsa import HierarchicalKVCache
     cache, x = HierarchicalKVCache(), torch.randn(2, 4)
-    cache.append(x, x, [0], pos=torch.randn(2, 3))
-    cache.append(x, x, [0], pos=torch.randn(2, 5))
+    cache.append(x, x, [0], pe=torch.randn(2, 3))
+    cache.append(x, x, [0], pe=torch.randn(2, 5))
 
 
-@case('KV cache: integer positions', "'pos'", 'floating-point',
+@case('KV cache: integer positions', "'pe'", 'floating-point',
       error=TypeError)
 def _():
     from pyg_hsa import HierarchicalKVCache
     x = torch.randn(2, 4)
     HierarchicalKVCache().append(x, x, [0],
-                                 pos=torch.zeros(2, 3, dtype=torch.long))
+                                 pe=torch.zeros(2, 3, dtype=torch.long))
 
 
 @case('window_path with a window of width 0', "'branching'", '>= 1')
@@ -458,12 +458,12 @@ def _():
     hsa_attention(q, k, v, PARENT, validate=True)
 
 
-@case('infinity in pos, validate=True', "'pos'", '(inf)', 'row 2')
+@case('infinity in pe, validate=True', "'pe'", '(inf)', 'row 2')
 def _():
     from pyg_hsa import hsa_attention
-    pos = torch.randn(4, 2)
-    pos[2, 1] = math.inf
-    hsa_attention(*qkv(), PARENT, pos=pos, validate=True)
+    pe = torch.randn(4, 2)
+    pe[2, 1] = math.inf
+    hsa_attention(*qkv(), PARENT, pe=pe, validate=True)
 
 
 @case('NaN in k for hsa_dense, validate=True', "'k'", 'row 0')

@@ -53,7 +53,7 @@ def test_dense_is_the_kl_minimiser(tree_index, resolution, self_loops,
 
     expected = brute_force_theta(leaf_logit, parent, num_leaves, self_loops,
                                  query=resolution == 'query', causal=causal)
-    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops,
+    theta = hsa_dense(q, k, parent, pe=pos, self_loops=self_loops,
                       resolution=resolution, causal=causal)[0]
     np.testing.assert_allclose(theta.numpy(), expected, rtol=0, atol=2e-5)
 

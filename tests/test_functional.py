@@ -44,8 +44,8 @@ def test_dynamic_program_matches_dense(seed, path, request):
     q, k, v = random_qkv(num_leaves, heads=2, seed=seed)
     pos = make_pos(pos_kind, parent.numel(), heads=2, seed=seed)
     tree = Tree.from_parent(parent, num_leaves)
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
-    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+    out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, tree, pe=pos, self_loops=self_loops)
     assert out.shape == (num_leaves, 2, 4)
     torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                atol=1e-10)
@@ -94,7 +94,7 @@ def test_custom_scale_and_positions_on_flat_tree():
     parent = torch.tensor([6] * 6 + [-1])
     logits = 0.3 * torch.einsum('ihc,jhc->hij', q, k) + pos[:6] @ pos[:6].t()
     theta = logits.softmax(dim=-1)
-    out = hsa_attention(q, k, v, parent, pos=pos, self_loops=True, scale=0.3)
+    out = hsa_attention(q, k, v, parent, pe=pos, self_loops=True, scale=0.3)
     torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                atol=1e-12)
 
@@ -162,13 +162,13 @@ def test_equivariance_to_renumbering(seed):
     num_nodes = parent.numel()
     q, k, v = random_qkv(num_leaves, seed=seed)
     pos = make_pos('per_head', num_nodes, heads=2, seed=seed)
-    out = hsa_attention(q, k, v, parent, pos=pos)
+    out = hsa_attention(q, k, v, parent, pe=pos)
     # new ids: a random permutation of the leaves and of the internal nodes
     # (which also reorders children inside every family).
     perm, new_parent = renumber(parent, num_leaves, rng)
     leaf_perm = perm[:num_leaves]
     out_new = hsa_attention(q[leaf_perm], k[leaf_perm], v[leaf_perm],
-                            new_parent, pos=pos[perm])
+                            new_parent, pe=pos[perm])
     torch.testing.assert_close(out_new, out[leaf_perm], rtol=0, atol=1e-12)
 
 
@@ -203,7 +203,7 @@ def test_gradcheck_on_trees_with_unary_chains(self_loops):
     tree = Tree.from_parent(parent, 6)
 
     def fn(q, k, v, pos):
-        return hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+        return hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
 
     assert torch.autograd.gradcheck(fn, inputs)
 
@@ -218,14 +218,14 @@ def test_huge_logits_keep_outputs_and_gradients_finite(self_loops):
                              magnitude=100.0)  # logits of magnitude ~1e4
         pos = make_pos('shared', parent.numel(), 2).to(dtype) * 100
         q.requires_grad_(), k.requires_grad_(), pos.requires_grad_()
-        out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
+        out = hsa_attention(q, k, v, parent, pe=pos, self_loops=self_loops)
         assert bool(out.isfinite().all())
         out.square().sum().backward()
         for grad in (q.grad, k.grad, pos.grad):
             assert bool(grad.isfinite().all())
         if dtype == torch.float64:
             theta = hsa_dense(q.detach(), k.detach(), parent,
-                              pos=pos.detach(), self_loops=self_loops)
+                              pe=pos.detach(), self_loops=self_loops)
             torch.testing.assert_close(out.detach(), dense_output(theta, v),
                                        rtol=1e-9, atol=1e-9)
 
@@ -305,10 +305,10 @@ def test_input_errors():
         hsa_attention(q, k, v[:, :1], parent)
     with pytest.raises(ValueError, match=r"'q' must have shape \[N, H, C\]"):
         hsa_attention(q[:, 0], k[:, 0], v[:, 0], parent)
-    with pytest.raises(ValueError, match="'pos' must have shape"):
-        hsa_attention(q, k, v, parent, pos=torch.randn(3, 2).double())
-    with pytest.raises(ValueError, match="'pos' has 3 heads"):
-        hsa_attention(q, k, v, parent, pos=torch.randn(4, 3, 2).double())
+    with pytest.raises(ValueError, match="'pe' must have shape"):
+        hsa_attention(q, k, v, parent, pe=torch.randn(3, 2).double())
+    with pytest.raises(ValueError, match="'pe' has 3 heads"):
+        hsa_attention(q, k, v, parent, pe=torch.randn(4, 3, 2).double())
     with pytest.raises(TypeError, match="'q' must be a floating-point"):
         hsa_attention(q.long(), k, v, parent)
     with pytest.raises(TypeError, match="'tree' must be a pyg_hsa.Tree"):
@@ -339,8 +339,8 @@ def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
                for w in tree._layout(False).level_width[1:]) == uniform
     q, k, v = random_qkv(num_leaves, seed=branching)
     pos = make_pos('per_head', parent.numel(), 2)
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
-    theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+    out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, tree, pe=pos, self_loops=self_loops)
     torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                atol=1e-10)
     # Non-contiguous inputs take the same reshape paths.
@@ -348,7 +348,7 @@ def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
                for x in (q, k, v)]
     assert not strided[0].is_contiguous()
     torch.testing.assert_close(
-        hsa_attention(*strided, tree, pos=pos, self_loops=self_loops), out)
+        hsa_attention(*strided, tree, pe=pos, self_loops=self_loops), out)
 
 
 @pytest.mark.parametrize('self_loops', [False, True])
@@ -387,7 +387,7 @@ def test_attention_weights_are_the_softmax_of_block_mean_logits():
                                        num_roots=2)
     q, k, v = random_qkv(num_leaves, seed=8)
     pos = make_pos('shared', parent.numel(), 2)
-    _, (edge_index, alpha) = hsa_attention(q, k, v, parent, pos=pos,
+    _, (edge_index, alpha) = hsa_attention(q, k, v, parent, pe=pos,
                                            return_attention_weights=True)
     # Leaves below every node, by walking up from each leaf.
     below = [[] for _ in range(parent.numel())]
@@ -431,8 +431,8 @@ def test_wide_families_in_query_blocks_match_dense(seed, monkeypatch,
         tensor.requires_grad_()
     pos = torch.randn(parent.numel(), 2, dtype=torch.float64)
     self_loops = bool(seed % 2)
-    out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
-    theta = hsa_dense(q, k, parent, pos=pos, self_loops=self_loops)
+    out = hsa_attention(q, k, v, parent, pe=pos, self_loops=self_loops)
+    theta = hsa_dense(q, k, parent, pe=pos, self_loops=self_loops)
     expected = dense_output(theta, v)
     assert torch.allclose(out, expected, atol=1e-10)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
@@ -482,10 +482,10 @@ def test_dropout_gradients_on_levels_of_equal_families(branching):
 
     def fn(q, k, v, pos):
         torch.manual_seed(0)
-        return hsa_attention(q, k, v, tree, pos=pos, dropout=0.3)
+        return hsa_attention(q, k, v, tree, pe=pos, dropout=0.3)
 
     assert not torch.allclose(fn(q, k, v, pos),
-                              hsa_attention(q, k, v, tree, pos=pos))
+                              hsa_attention(q, k, v, tree, pe=pos))
     assert torch.autograd.gradcheck(fn, (q, k, v, pos), fast_mode=True)
 
 
@@ -497,9 +497,9 @@ def test_learned_scale_gradient_equals_the_dense_gradient(self_loops):
                       requires_grad=True)
     scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(v.shape, dtype=torch.float64)
-    out = hsa_attention(q, k, v, parent, pos=pos, scale=scale,
+    out = hsa_attention(q, k, v, parent, pe=pos, scale=scale,
                         self_loops=self_loops)
-    dense = dense_output(hsa_dense(q, k, parent, pos=pos, scale=scale,
+    dense = dense_output(hsa_dense(q, k, parent, pe=pos, scale=scale,
                                    self_loops=self_loops), v)
     grads = torch.autograd.grad((out * weight).sum(), (scale, pos))
     expected = torch.autograd.grad((dense * weight).sum(), (scale, pos))
@@ -524,7 +524,7 @@ def test_second_derivatives(parent, self_loops):
     pos = torch.randn(parent.numel(), 2, dtype=torch.float64,
                       requires_grad=True)
     assert torch.autograd.gradgradcheck(
-        lambda q, k, v, pos: hsa_attention(q, k, v, tree, pos=pos,
+        lambda q, k, v, pos: hsa_attention(q, k, v, tree, pe=pos,
                                            self_loops=self_loops),
         (q, k, v, pos))
 
@@ -546,3 +546,21 @@ def test_output_can_be_modified_in_place(heads, parent):
     expected_grads = torch.autograd.grad(expected.sum(), (q, v))
     for grad, reference in zip(grads, expected_grads):
         torch.testing.assert_close(grad, reference)
+
+
+@pytest.mark.parametrize('function', ['hsa_attention', 'hsa_dense'])
+def test_pos_is_a_deprecated_alias_of_pe(function):
+    parent, num_leaves = random_case(3)
+    q, k, v = random_qkv(num_leaves, heads=2, seed=3)
+    pe = make_pos('per_head', parent.numel(), heads=2)
+    tree = Tree.from_parent(parent, num_leaves)
+    call = ((lambda **kw: hsa_attention(q, k, v, tree, **kw))
+            if function == 'hsa_attention' else
+            (lambda **kw: hsa_dense(q, k, tree, **kw)))
+    with pytest.warns(FutureWarning, match=rf"{function}\(\.\.\., pos=\) is "
+                      rf"deprecated; use pe="):
+        old = call(pos=pe)
+    assert torch.equal(old, call(pe=pe))
+    with pytest.raises(TypeError, match="both 'pe' and its deprecated "
+                       "alias 'pos'"):
+        call(pe=pe, pos=pe)

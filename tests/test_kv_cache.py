@@ -55,7 +55,7 @@ def decode(q, k, v, paths, pos=None, nodes=None, scale=None):
     outs = []
     for t, path in enumerate(paths):
         cache.append(k[t], v[t], path,
-                     pos=None if pos is None else pos[nodes[t]])
+                     pe=None if pos is None else pos[nodes[t]])
         outs.append(cache.attend(q[t]))
     return torch.stack(outs), cache
 
@@ -72,7 +72,7 @@ def test_decoding_equals_the_causal_forward(seed, pos_kind):
     pos = None if pos_kind is None else torch.randn(
         (tree.num_nodes, 3) if pos_kind == 'shared' else
         (tree.num_nodes, 2, 3), generator=gen, dtype=torch.float64)
-    full = hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+    full = hsa_attention(q, k, v, tree, pe=pos, self_loops=True,
                          resolution='query', causal=True, scale=0.4)
     out, _ = decode(q, k, v, paths, pos, nodes, scale=0.4)
     torch.testing.assert_close(out, full, rtol=0, atol=1e-12)
@@ -119,13 +119,13 @@ def test_bad_arguments():
         cache.append(x, x, [])
     with pytest.raises(ValueError, match="'path' must list"):
         cache.append(x, x, 'root')
-    with pytest.raises(ValueError, match="'pos' must be"):
-        cache.append(x, x, [0, 1], pos=torch.randn(2, 3))
+    with pytest.raises(ValueError, match="'pe' must be"):
+        cache.append(x, x, [0, 1], pe=torch.randn(2, 3))
     cache.append(x, x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match='must keep the shapes'):
         cache.append(torch.randn(3, 4), torch.randn(3, 4), [0, 1])
-    with pytest.raises(ValueError, match="'pos' must be given for every"):
-        cache.append(x, x, [0, 1], pos=torch.randn(3, 3))
+    with pytest.raises(ValueError, match="'pe' must be given for every"):
+        cache.append(x, x, [0, 1], pe=torch.randn(3, 3))
     with pytest.raises(ValueError, match="'q' must be a floating-point "
                        "tensor of the key's shape"):
         cache.attend(torch.randn(2, 5))
@@ -176,7 +176,7 @@ def test_a_batch_dimension_with_positions(seed, pos_kind):
                       dtype=torch.float64)
     cache, outs, entries = HierarchicalKVCache(scale=0.4), [], set()
     for t, path in enumerate(paths):
-        cache.append(k[t], v[t], path, pos=pos[nodes[t]])
+        cache.append(k[t], v[t], path, pe=pos[nodes[t]])
         entries.add(cache.num_entries)
         outs.append(cache.attend(q[t]))
     out = torch.stack(outs)  # [N, B, H, C]
@@ -184,7 +184,7 @@ def test_a_batch_dimension_with_positions(seed, pos_kind):
     for b in range(batch):
         alone, _ = decode(q[:, b], k[:, b], v[:, b], paths, pos, nodes,
                           scale=0.4)
-        full = hsa_attention(q[:, b], k[:, b], v[:, b], tree, pos=pos,
+        full = hsa_attention(q[:, b], k[:, b], v[:, b], tree, pe=pos,
                              self_loops=True, resolution='query',
                              causal=True, scale=0.4)
         torch.testing.assert_close(out[:, b], alone, rtol=0, atol=1e-12)
@@ -194,39 +194,39 @@ def test_a_batch_dimension_with_positions(seed, pos_kind):
 def test_every_token_keeps_the_first_tokens_dtypes_device_and_widths():
     x = torch.randn(2, 4)
     cache = HierarchicalKVCache()
-    cache.append(x, x, [0], pos=torch.randn(2, 3))
+    cache.append(x, x, [0], pe=torch.randn(2, 3))
     with pytest.raises(TypeError, match="'k' has dtype torch.float64 but "
                        "the earlier tokens' 'k' had torch.float32"):
-        cache.append(x.double(), x, [0], pos=torch.randn(2, 3))
+        cache.append(x.double(), x, [0], pe=torch.randn(2, 3))
     with pytest.raises(TypeError, match="'v' has dtype torch.float16"):
-        cache.append(x, x.half(), [0], pos=torch.randn(2, 3))
+        cache.append(x, x.half(), [0], pe=torch.randn(2, 3))
     with pytest.raises(ValueError, match="'k' is on meta but the earlier "
                        "tokens were on cpu"):
         cache.append(x.to('meta'), x.to('meta'), [0],
-                     pos=torch.randn(2, 3, device='meta'))
+                     pe=torch.randn(2, 3, device='meta'))
     with pytest.raises(ValueError, match="'v' is on meta but 'k' is on "
                        "cpu"):
-        cache.append(x, x.to('meta'), [0], pos=torch.randn(2, 3))
-    with pytest.raises(ValueError, match=r"'pos' has shape \(2, 5\) but "
+        cache.append(x, x.to('meta'), [0], pe=torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"'pe' has shape \(2, 5\) but "
                        r"the earlier tokens' positions were \[len\(path\) "
                        r"\+ 1, 3\]"):
-        cache.append(x, x, [0], pos=torch.randn(2, 5))
-    with pytest.raises(ValueError, match=r"'pos' has shape \(2, 2, 3\)"):
-        cache.append(x, x, [0], pos=torch.randn(2, 2, 3))
-    with pytest.raises(TypeError, match="'pos' has dtype torch.float64"):
-        cache.append(x, x, [0], pos=torch.randn(2, 3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="'pos' must be a floating-point"):
-        cache.append(x, x, [0], pos=torch.ones(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="'pos' is on meta but 'k' is on "
+        cache.append(x, x, [0], pe=torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"'pe' has shape \(2, 2, 3\)"):
+        cache.append(x, x, [0], pe=torch.randn(2, 2, 3))
+    with pytest.raises(TypeError, match="'pe' has dtype torch.float64"):
+        cache.append(x, x, [0], pe=torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="'pe' must be a floating-point"):
+        cache.append(x, x, [0], pe=torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="'pe' is on meta but 'k' is on "
                        "cpu"):
-        cache.append(x, x, [0], pos=torch.randn(2, 3, device='meta'))
+        cache.append(x, x, [0], pe=torch.randn(2, 3, device='meta'))
     with pytest.raises(ValueError, match="'q' is on meta but the cache is "
                        "on cpu"):
         cache.attend(x.to('meta'))
     # Nothing was appended by the refused tokens; a good one still works,
     # and a float64 query gets a float64 output (the promoted dtype).
     assert len(cache) == 1
-    cache.append(x, x, [0], pos=torch.randn(2, 3))
+    cache.append(x, x, [0], pe=torch.randn(2, 3))
     assert len(cache) == 2 and cache.attend(x.double()).dtype == \
         torch.float64
 
@@ -249,3 +249,24 @@ def test_window_path():
     assert window_path(17, (4, 4)) == [0, 1, 4]
     assert window_path(17, ()) == [0]  # one flat sequence
     assert window_path(17, [1, 2]) == [0, 8, 17]
+
+
+def test_append_pos_is_a_deprecated_alias_of_pe():
+    paths = growing_paths(12, random.Random(0))
+    tree, nodes = tree_of(paths)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, len(paths), 2, 4, generator=gen,
+                          dtype=torch.float64).unbind(0)
+    pe = torch.randn(tree.num_nodes, 3, generator=gen, dtype=torch.float64)
+    new, _ = decode(q, k, v, paths, pe, nodes)
+    cache, outs = HierarchicalKVCache(), []
+    for t, path in enumerate(paths):
+        with pytest.warns(FutureWarning, match=r"append\(\.\.\., pos=\) is "
+                          r"deprecated; use pe="):
+            cache.append(k[t], v[t], path, pos=pe[nodes[t]])
+        outs.append(cache.attend(q[t]))
+    assert torch.equal(torch.stack(outs), new)
+    with pytest.raises(TypeError, match="both 'pe' and its deprecated "
+                       "alias 'pos'"):
+        cache.append(k[0], v[0], paths[0], pe=pe[nodes[0]],
+                     pos=pe[nodes[0]])

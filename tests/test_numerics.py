@@ -45,8 +45,8 @@ def test_caterpillar_of_depth_64_matches_dense_with_gradients():
     pos = torch.randn(parent.numel(), 2, 3, dtype=torch.float64)
     inputs = [t.requires_grad_() for t in (q, k, v, pos)]
     for self_loops in (False, True):
-        out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
-        ref = dense_output(hsa_dense(q, k, tree, pos=pos,
+        out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
+        ref = dense_output(hsa_dense(q, k, tree, pe=pos,
                                      self_loops=self_loops), v)
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
         grads = torch.autograd.grad(out.square().sum(), inputs)
@@ -72,14 +72,14 @@ def test_logits_of_1e4_in_deep_trees_and_half_precision(dtype, self_loops):
     k = (100 * signs(num_leaves, 2, 1)).to(dtype).requires_grad_()
     pos = (100 * signs(parent.numel(), 1)).to(dtype).requires_grad_()
     ones = torch.ones(num_leaves, 2, 1, dtype=dtype, requires_grad=True)
-    out = hsa_attention(q, k, ones, parent, pos=pos, scale=1.0,
+    out = hsa_attention(q, k, ones, parent, pe=pos, scale=1.0,
                         self_loops=self_loops)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), torch.ones(num_leaves, 2, 1),
                                rtol=0, atol=1e-2 if dtype in (
                                    torch.float16, torch.bfloat16) else 1e-5)
     values = torch.randn(num_leaves, 2, 3, generator=gen).to(dtype)
-    out = hsa_attention(q, k, values, parent, pos=pos, scale=1.0,
+    out = hsa_attention(q, k, values, parent, pe=pos, scale=1.0,
                         self_loops=self_loops)
     assert bool(out.isfinite().all())
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, pos))
@@ -89,7 +89,7 @@ def test_logits_of_1e4_in_deep_trees_and_half_precision(dtype, self_loops):
         # The same (exactly representable) inputs in float64 against the
         # explicit matrix: saturated softmaxes stay exact.
         q64, k64, pos64 = (t.detach().double() for t in (q, k, pos))
-        theta = hsa_dense(q64, k64, parent, pos=pos64, scale=1.0,
+        theta = hsa_dense(q64, k64, parent, pe=pos64, scale=1.0,
                           self_loops=self_loops)
         torch.testing.assert_close(out.double(), dense_output(
             theta, values.double()), rtol=0, atol=1e-5)

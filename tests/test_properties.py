@@ -92,10 +92,10 @@ def test_equivariance_to_renumbering(roots, seed, self_loops):
     num_nodes = parent.numel()
     q, k, v = random_qkv(num_leaves, seed=seed)
     pos = torch.randn(num_nodes, 3, dtype=torch.float64)
-    out = hsa_attention(q, k, v, parent, pos=pos, self_loops=self_loops)
+    out = hsa_attention(q, k, v, parent, pe=pos, self_loops=self_loops)
     perm, new_parent = renumber(parent, num_leaves, rng)
     lp = perm[:num_leaves]
-    out_new = hsa_attention(q[lp], k[lp], v[lp], new_parent, pos=pos[perm],
+    out_new = hsa_attention(q[lp], k[lp], v[lp], new_parent, pe=pos[perm],
                             self_loops=self_loops)
     torch.testing.assert_close(out_new, out[lp], rtol=0, atol=1e-12)
 
@@ -145,10 +145,10 @@ def test_gradients_equal_the_dense_gradients(roots, seed, self_loops,
     pos = inputs[3] if pos_kind is not None else None
     weight = torch.randn(v.shape, generator=gen, dtype=torch.float64)
 
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
+    out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
     grads = torch.autograd.grad((out * weight).sum(), inputs,
                                 allow_unused=True)
-    dense = dense_output(hsa_dense(q, k, tree, pos=pos,
+    dense = dense_output(hsa_dense(q, k, tree, pe=pos,
                                    self_loops=self_loops), v)
     expected = torch.autograd.grad((dense * weight).sum(), inputs,
                                    allow_unused=True)

@@ -44,12 +44,12 @@ def hetero_conv():
 # ----------------------------------------------------- functional core
 
 
-@pytest.mark.parametrize('name', ['q', 'k', 'v', 'pos'])
+@pytest.mark.parametrize('name', ['q', 'k', 'v', 'pe'])
 @pytest.mark.parametrize('value', [math.nan, math.inf, -math.inf])
 def test_hsa_attention_validate_names_argument_and_row(name, value):
     q, k, v = random_qkv(5)
-    pos = torch.randn(8, 2, dtype=torch.float64)
-    args = dict(q=q, k=k, v=v, pos=pos)
+    pe = torch.randn(8, 2, dtype=torch.float64)
+    args = dict(q=q, k=k, v=v, pe=pe)
     bad = args[name].clone()
     bad[3, -1] = value  # (the last entry of row 3; row 4 is finite)
     args[name] = bad
@@ -57,21 +57,21 @@ def test_hsa_attention_validate_names_argument_and_row(name, value):
              rf"expected finite values")
     with pytest.raises(ValueError, match=match):
         hsa_attention(args['q'], args['k'], args['v'], PARENT,
-                      pos=args['pos'], validate=True)
+                      pe=args['pe'], validate=True)
     if name != 'v':
         with pytest.raises(ValueError, match=match):
-            hsa_dense(args['q'], args['k'], PARENT, pos=args['pos'],
+            hsa_dense(args['q'], args['k'], PARENT, pe=args['pe'],
                       validate=True)
 
 
 def test_validate_is_off_by_default_and_changes_nothing_when_finite():
     q, k, v = random_qkv(5)
     pos = torch.randn(8, 2, 2, dtype=torch.float64)
-    out = hsa_attention(q, k, v, PARENT, pos=pos)
-    checked = hsa_attention(q, k, v, PARENT, pos=pos, validate=True)
+    out = hsa_attention(q, k, v, PARENT, pe=pos)
+    checked = hsa_attention(q, k, v, PARENT, pe=pos, validate=True)
     assert torch.equal(out, checked)
-    assert torch.equal(hsa_dense(q, k, PARENT, pos=pos),
-                       hsa_dense(q, k, PARENT, pos=pos, validate=True))
+    assert torch.equal(hsa_dense(q, k, PARENT, pe=pos),
+                       hsa_dense(q, k, PARENT, pe=pos, validate=True))
     # Without the check a NaN spreads silently: a key reaches every leaf
     # of its example (through its group's mean key).
     k[0, 0, 0] = math.nan
@@ -122,9 +122,9 @@ def test_heads_channels_scale_and_dropout_checks():
     with pytest.raises(ValueError, match="'scale' must be a number or a "
                        "one-element floating-point tensor"):
         hsa_attention(q, k, v, PARENT, scale=torch.tensor(2))
-    with pytest.raises(ValueError, match=r"'pos' must have at least one "
+    with pytest.raises(ValueError, match=r"'pe' must have at least one "
                        r"channel \(got shape \(8, 0\)\)"):
-        hsa_attention(q, k, v, PARENT, pos=torch.zeros(8, 0).double())
+        hsa_attention(q, k, v, PARENT, pe=torch.zeros(8, 0).double())
     # A tensor scale (a learned temperature) is allowed and differentiable.
     scale = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     out = hsa_attention(q, k, v, PARENT, scale=scale)
@@ -167,12 +167,12 @@ def test_device_mismatch_with_the_tree():
     with pytest.raises(ValueError, match="'k' is on meta but the tree is on "
                        "cpu; move one with .to()"):
         hsa_attention(q, k.to('meta'), v, PARENT)
-    with pytest.raises(ValueError, match="'pos' is on meta but the tree is "
+    with pytest.raises(ValueError, match="'pe' is on meta but the tree is "
                        "on cpu"):
-        hsa_attention(q, k, v, PARENT, pos=torch.zeros(8, 2, device='meta'))
-    with pytest.raises(TypeError, match="'pos' must be a floating-point "
+        hsa_attention(q, k, v, PARENT, pe=torch.zeros(8, 2, device='meta'))
+    with pytest.raises(TypeError, match="'pe' must be a floating-point "
                        "tensor"):
-        hsa_attention(q, k, v, PARENT, pos=torch.zeros(8, 2).long())
+        hsa_attention(q, k, v, PARENT, pe=torch.zeros(8, 2).long())
 
 
 # ------------------------------------------------------------- HSAConv

@@ -21,6 +21,7 @@ from pyg_hsa.functional.checks import (
     check_options,
     check_resolution,
 )
+from pyg_hsa.utils.checks import renamed_keyword
 from pyg_hsa.functional.block_families import family_attention, family_plan
 from pyg_hsa.functional.compiled import compiled_attention
 from pyg_hsa.functional.dynamic_program import dynamic_program
@@ -34,7 +35,7 @@ def hsa_attention(
     v: Tensor,
     tree: TreeLike,
     *,
-    pos: Optional[Tensor] = None,
+    pe: Optional[Tensor] = None,
     self_loops: bool = False,
     scale: Optional[float] = None,
     dropout: float = 0.0,
@@ -42,6 +43,7 @@ def hsa_attention(
     validate: bool = False,
     resolution: str = 'block',
     causal: bool = False,
+    pos: Optional[Tensor] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
     r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025).
 
@@ -86,10 +88,10 @@ def hsa_attention(
         tree (Tree or LongTensor): a compiled :class:`~pyg_hsa.Tree`, or a
             parent vector of length ``M >= N`` (leaves ``0 .. N-1`` first,
             ``-1`` for roots), compiled on the fly.
-        pos (Tensor, optional): ``[M, P]`` (shared by heads) or ``[M, H, P]``
+        pe (Tensor, optional): ``[M, P]`` (shared by heads) or ``[M, H, P]``
             position-in-family vectors of all nodes, in the tree's numbering;
-            siblings :math:`A, B` add :math:`\langle \mathrm{pos}_A,
-            \mathrm{pos}_B \rangle` to their logit. Roots' rows are unused.
+            siblings :math:`A, B` add :math:`\langle \mathrm{pe}_A,
+            \mathrm{pe}_B \rangle` to their logit. Roots' rows are unused.
         self_loops (bool): every leaf also attends to itself, with logit
             :math:`\mathrm{scale}\langle q_i, k_i\rangle + \langle e_i,
             e_i\rangle`; a depth-1 tree then equals
@@ -104,7 +106,7 @@ def hsa_attention(
             ``[E, H]`` softmax weights (summing to 1 over the edges that
             leave one node).
         validate (bool): also check that :obj:`q`, :obj:`k`, :obj:`v` and
-            :obj:`pos` are finite, and raise a :class:`ValueError` naming the
+            :obj:`pe` are finite, and raise a :class:`ValueError` naming the
             argument and its first row holding a NaN or an infinity. Off by
             default: the check reads every entry and, on a GPU, waits for
             it. (Shapes, dtypes and devices are always checked, and the tree
@@ -125,12 +127,15 @@ def hsa_attention(
             :obj:`self_loops=True`. With every subtree's leaves numbered
             contiguously (sequences, windows), leaf :math:`i` sees exactly
             leaves :math:`j \le i`.
+        pos (Tensor, optional): deprecated alias of :obj:`pe` (a
+            :class:`FutureWarning`).
 
     Returns:
         ``[N, H, Cv]`` outputs (and the attention weights if requested).
     """
+    pe = renamed_keyword(pe, pos, 'pe', 'pos', 'hsa_attention')
     tree = as_tree(tree, q)
-    check_inputs(q, k, v, tree, pos)
+    check_inputs(q, k, v, tree, pe)
     scale, dropout, flags = check_options(
         scale, dropout, self_loops=self_loops,
         return_attention_weights=return_attention_weights, validate=validate,
@@ -148,12 +153,12 @@ def hsa_attention(
             raise ValueError("'return_attention_weights' and 'validate' are "
                              "not available under torch.compile; call "
                              "hsa_attention eagerly for them")
-        return compiled_attention(tree, q, k, v, pos, scale,
+        return compiled_attention(tree, q, k, v, pe, scale,
                                   flags['self_loops'], dropout, query,
                                   flags['causal'])
     if flags['validate']:
-        check_finite(q=q, k=k, v=v, pos=pos)
-    return attend(tree, q, k, v, pos, scale, flags['self_loops'], dropout,
+        check_finite(q=q, k=k, v=v, pe=pe)
+    return attend(tree, q, k, v, pe, scale, flags['self_loops'], dropout,
                   flags['return_attention_weights'], query=query,
                   causal=flags['causal'])
 
@@ -167,7 +172,7 @@ def under_torch_func(*tensors: Tensor) -> bool:
 
 
 def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
-           pos: Optional[Tensor], scale, self_loops: bool, dropout: float,
+           pe: Optional[Tensor], scale, self_loops: bool, dropout: float,
            need_weights: bool = False, seed: Optional[int] = None,
            query: bool = False, causal: bool = False):
     """:func:`hsa_attention` on checked arguments, eagerly."""
@@ -177,25 +182,25 @@ def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if query:
         with torch.autocast(q.device.type, enabled=False):
-            out = query_resolved(tree, q, k, v, None if pos is None else
-                                 pos.to(dtype), scale, self_loops, causal)
+            out = query_resolved(tree, q, k, v, None if pe is None else
+                                 pe.to(dtype), scale, self_loops, causal)
         return out.to(out_dtype)
     plan = None if need_weights or dropout > 0 or under_torch_func(q, k, v) \
         else family_plan(tree, self_loops)
     if plan is not None:
         with torch.autocast(q.device.type, enabled=False):
-            out = family_attention(plan, q, k, v, None if pos is None else
-                                   pos.to(dtype), scale)
+            out = family_attention(plan, q, k, v, None if pe is None else
+                                   pe.to(dtype), scale)
         return out.to(out_dtype)
     layout = tree._layout(self_loops)
-    if pos is not None:  # to level order, heads first: [H or 1, M, P]
-        pos = pos.to(dtype)[layout.perm]
-        pos = pos.unsqueeze(0) if pos.dim() == 2 else pos.transpose(0, 1)
+    if pe is not None:  # to level order, heads first: [H or 1, M, P]
+        pe = pe.to(dtype)[layout.perm]
+        pe = pe.unsqueeze(0) if pe.dim() == 2 else pe.transpose(0, 1)
 
     # The whole dynamic program runs in `dtype`: autocast would otherwise
     # send its matrix products to half precision.
     with torch.autocast(q.device.type, enabled=False):
-        out, weights = dynamic_program(layout, q, k, v, pos, self_loops,
+        out, weights = dynamic_program(layout, q, k, v, pe, self_loops,
                                        scale, dropout, need_weights, seed)
     out = out.to(out_dtype)
     if need_weights:

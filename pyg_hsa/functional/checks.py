@@ -40,9 +40,9 @@ def as_tree(tree: TreeLike, q: Tensor) -> Tree:
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
-                 pos: Optional[Tensor]) -> None:
+                 pe: Optional[Tensor]) -> None:
     named = [('q', q), ('k', k)] + ([('v', v)] if v is not None else [])
-    for name, x in named + ([('pos', pos)] if pos is not None else []):
+    for name, x in named + ([('pe', pe)] if pe is not None else []):
         if not isinstance(x, Tensor):
             raise TypeError(f"'{name}' must be a tensor "
                             f"(got {type(x).__name__})")
@@ -62,17 +62,17 @@ def check_inputs(q: Tensor, k: Tensor, v: Optional[Tensor], tree: Tree,
                          f"(got {tuple(q.shape)} and {tuple(k.shape)})")
     if v is not None and v.size(1) != q.size(1):
         raise ValueError(f"'v' has {v.size(1)} heads but 'q' has {q.size(1)}")
-    if pos is not None:
-        if pos.dim() not in (2, 3) or pos.size(0) != tree.num_nodes:
-            raise ValueError(f"'pos' must have shape [M, P] or [M, H, P] with "
+    if pe is not None:
+        if pe.dim() not in (2, 3) or pe.size(0) != tree.num_nodes:
+            raise ValueError(f"'pe' must have shape [M, P] or [M, H, P] with "
                              f"M = {tree.num_nodes} tree nodes (got "
-                             f"{tuple(pos.shape)})")
-        if pos.dim() == 3 and pos.size(1) != q.size(1):
-            raise ValueError(f"'pos' has {pos.size(1)} heads but 'q' has "
+                             f"{tuple(pe.shape)})")
+        if pe.dim() == 3 and pe.size(1) != q.size(1):
+            raise ValueError(f"'pe' has {pe.size(1)} heads but 'q' has "
                              f"{q.size(1)}")
-        if pos.size(-1) == 0:
-            raise ValueError(f"'pos' must have at least one channel (got "
-                             f"shape {tuple(pos.shape)}); pass pos=None for "
+        if pe.size(-1) == 0:
+            raise ValueError(f"'pe' must have at least one channel (got "
+                             f"shape {tuple(pe.shape)}); pass pe=None for "
                              f"no positions")
 
 

@@ -65,7 +65,7 @@ def _tree(handle: Tensor, keep: bool = False):
 
 
 def compiled_attention(tree, q: Tensor, k: Tensor, v: Tensor,
-                       pos: Optional[Tensor], scale, self_loops: bool,
+                       pe: Optional[Tensor], scale, self_loops: bool,
                        dropout: float, query: bool = False,
                        causal: bool = False) -> Tensor:
     """The custom operator's call, traced by the compiler in place of the
@@ -77,32 +77,32 @@ def compiled_attention(tree, q: Tensor, k: Tensor, v: Tensor,
     # Keep the tree only when a backward pass can follow (the compiler
     # guards on grad mode and on which inputs require grad).
     keep = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, pos,
+        x is not None and x.requires_grad for x in (q, k, v, pe,
                                                     tensor_scale))
-    return hsa(tree._handle, q, k, v, pos, tensor_scale, value, self_loops,
+    return hsa(tree._handle, q, k, v, pe, tensor_scale, value, self_loops,
                dropout, seed, query, causal, keep)
 
 
-def _eager(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout,
+def _eager(handle, q, k, v, pe, tensor_scale, value, self_loops, dropout,
            seed, query, causal, keep=False):
     from pyg_hsa.functional.attention import attend
     scale = tensor_scale if tensor_scale is not None else value
-    return attend(_tree(handle, keep), q, k, v, pos, scale, self_loops,
+    return attend(_tree(handle, keep), q, k, v, pe, scale, self_loops,
                   dropout, seed=None if seed is None else int(seed),
                   query=query, causal=causal)
 
 
 @torch.library.custom_op('pyg_hsa::hsa', mutates_args=())
 def hsa(handle: Tensor, q: Tensor, k: Tensor, v: Tensor,
-        pos: Optional[Tensor], tensor_scale: Optional[Tensor], value: float,
+        pe: Optional[Tensor], tensor_scale: Optional[Tensor], value: float,
         self_loops: bool, dropout: float, seed: Optional[Tensor],
         query: bool, causal: bool, keep: bool) -> Tensor:
-    return _own(_eager(handle, q, k, v, pos, tensor_scale, value,
+    return _own(_eager(handle, q, k, v, pe, tensor_scale, value,
                        self_loops, dropout, seed, query, causal, keep=keep))
 
 
 @hsa.register_fake
-def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
+def _(handle, q, k, v, pe, tensor_scale, value, self_loops, dropout, seed,
       query, causal, keep):
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                 v.dtype)
@@ -111,11 +111,11 @@ def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
 
 @torch.library.custom_op('pyg_hsa::hsa_backward', mutates_args=())
 def hsa_backward(handle: Tensor, q: Tensor, k: Tensor, v: Tensor,
-                 pos: Optional[Tensor], tensor_scale: Optional[Tensor],
+                 pe: Optional[Tensor], tensor_scale: Optional[Tensor],
                  value: float, self_loops: bool, dropout: float,
                  seed: Optional[Tensor], query: bool, causal: bool,
                  grad: Tensor) -> List[Tensor]:
-    inputs = [q, k, v, pos, tensor_scale]
+    inputs = [q, k, v, pe, tensor_scale]
     with _autograd_inside_operator(), torch.enable_grad():
         leaves = [None if x is None else x.detach().requires_grad_()
                   for x in inputs]
@@ -158,27 +158,27 @@ def _autograd_inside_operator() -> Iterator[None]:
 
 
 @hsa_backward.register_fake
-def _(handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
+def _(handle, q, k, v, pe, tensor_scale, value, self_loops, dropout, seed,
       query, causal, grad):
     return [x.new_empty(x.shape) if x is not None else q.new_empty(0)
-            for x in (q, k, v, pos, tensor_scale)]
+            for x in (q, k, v, pe, tensor_scale)]
 
 
 def _setup_context(ctx, inputs, output):
-    (handle, q, k, v, pos, tensor_scale, value, self_loops, dropout, seed,
+    (handle, q, k, v, pe, tensor_scale, value, self_loops, dropout, seed,
      query, causal, keep) = inputs
-    ctx.save_for_backward(handle, q, k, v, pos, tensor_scale, seed)
+    ctx.save_for_backward(handle, q, k, v, pe, tensor_scale, seed)
     ctx.options = (value, self_loops, dropout, query, causal)
 
 
 def _backward(ctx, grad):
-    handle, q, k, v, pos, tensor_scale, seed = ctx.saved_tensors
+    handle, q, k, v, pe, tensor_scale, seed = ctx.saved_tensors
     value, self_loops, dropout, query, causal = ctx.options
-    dq, dk, dv, dpos, dscale = hsa_backward(handle, q, k, v, pos,
+    dq, dk, dv, dpe, dscale = hsa_backward(handle, q, k, v, pe,
                                             tensor_scale, value, self_loops,
                                             dropout, seed, query, causal,
                                             grad)
-    return (None, dq, dk, dv, None if pos is None else dpos,
+    return (None, dq, dk, dv, None if pe is None else dpe,
             None if tensor_scale is None else dscale, None, None, None, None,
             None, None, None)
 

@@ -17,6 +17,7 @@ from pyg_hsa.functional.checks import (
     check_options,
     check_resolution,
 )
+from pyg_hsa.utils.checks import renamed_keyword
 
 
 def hsa_dense(
@@ -24,12 +25,13 @@ def hsa_dense(
     k: Tensor,
     tree: TreeLike,
     *,
-    pos: Optional[Tensor] = None,
+    pe: Optional[Tensor] = None,
     self_loops: bool = False,
     scale: Optional[float] = None,
     validate: bool = False,
     resolution: str = 'block',
     causal: bool = False,
+    pos: Optional[Tensor] = None,
 ) -> Tensor:
     r"""The explicit ``[H, N, N]`` HSA attention matrix :math:`\Theta`.
 
@@ -45,22 +47,24 @@ def hsa_dense(
     Built from the leaf-pair ancestry in :math:`O(N^2)` memory, independently
     of :func:`hsa_attention` (its reference), e.g. for plots. The
     arguments are those of :func:`hsa_attention`; :obj:`validate` checks
-    :obj:`q`, :obj:`k` and :obj:`pos` for NaN and infinity.
+    :obj:`q`, :obj:`k` and :obj:`pe` for NaN and infinity.
 
     With :obj:`resolution='query'`, row :math:`i` is its own projection:
     :math:`\Theta_{ij} \propto \exp(\mathrm{scale} \langle q_i,
     \rho_k(B') \rangle + \langle e(A'), e(B') \rangle)`, and with
     :obj:`causal` only for :math:`B'` left of :math:`A'` (a smaller first
-    leaf) and :math:`j = i`.
+    leaf) and :math:`j = i`. :obj:`pos` is a deprecated alias of
+    :obj:`pe` (a :class:`FutureWarning`).
     """
+    pe = renamed_keyword(pe, pos, 'pe', 'pos', 'hsa_dense')
     tree = as_tree(tree, q)
-    check_inputs(q, k, None, tree, pos)
+    check_inputs(q, k, None, tree, pe)
     scale, _, flags = check_options(scale, 0.0, self_loops=self_loops,
                                     validate=validate, causal=causal)
     self_loops, causal = flags['self_loops'], flags['causal']
     query = check_resolution(resolution, causal, self_loops)
     if flags['validate']:
-        check_finite(q=q, k=k, pos=pos)
+        check_finite(q=q, k=k, pe=pe)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -89,15 +93,15 @@ def hsa_dense(
 
     branch_a, branch_b, pair_ok = _branches(ancestors, depth, num_leaves)
     if query:
-        return _query_resolved(q, k, rho_k, pos, scale, branch_a, branch_b,
+        return _query_resolved(q, k, rho_k, pe, scale, branch_a, branch_b,
                                pair_ok, below, self_loops, causal)
     logit = scale * torch.einsum('ahc,bhc->hab', rho_q, rho_k)
-    if pos is not None:
-        pos = pos.to(dtype)
-        if pos.dim() == 2:
-            logit = logit + (pos @ pos.t()).unsqueeze(0)
+    if pe is not None:
+        pe = pe.to(dtype)
+        if pe.dim() == 2:
+            logit = logit + (pe @ pe.t()).unsqueeze(0)
         else:
-            logit = logit + torch.einsum('ahp,bhp->hab', pos, pos)
+            logit = logit + torch.einsum('ahp,bhp->hab', pe, pe)
 
     siblings = (parent.view(-1, 1) == parent.view(1, -1)) & \
         (parent.view(-1, 1) >= 0)
@@ -180,18 +184,18 @@ def _branches(ancestors: Tensor, depth: Tensor, num_leaves: int):
     return a.clamp(min=0), b.clamp(min=0), pair_ok
 
 
-def _query_resolved(q, k, rho_k, pos, scale, a, b, pair_ok, below,
+def _query_resolved(q, k, rho_k, pe, scale, a, b, pair_ok, below,
                     self_loops: bool, causal: bool) -> Tensor:
     """Query-resolved rows, straight from their definition."""
     num_leaves = q.size(0)
     i = torch.arange(num_leaves, device=q.device)
     logit = scale * torch.einsum('ihc,ijhc->hij', q, rho_k[b])
     own = scale * (q * k).sum(-1).t()  # [H, N]
-    if pos is not None:
-        pos = pos.to(q.dtype)
-        pos = pos.unsqueeze(1) if pos.dim() == 2 else pos
-        logit = logit + (pos[a] * pos[b]).sum(-1).permute(2, 0, 1)
-        own = own + pos[i].square().sum(-1).t()
+    if pe is not None:
+        pe = pe.to(q.dtype)
+        pe = pe.unsqueeze(1) if pe.dim() == 2 else pe
+        logit = logit + (pe[a] * pe[b]).sum(-1).permute(2, 0, 1)
+        own = own + pe[i].square().sum(-1).t()
     ok = pair_ok
     if causal:
         leaf_index = torch.arange(num_leaves, device=q.device, dtype=q.dtype)

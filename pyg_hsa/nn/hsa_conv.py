@@ -229,7 +229,7 @@ class HSAConv(MessagePassing):
         # weights.
         weights = isinstance(return_attention_weights, (bool, np.bool_))
         result = hsa_attention(
-            q, k, v, tree, pos=pos, self_loops=self.self_loops,
+            q, k, v, tree, pe=pos, self_loops=self.self_loops,
             dropout=self.dropout if self.training else 0.0,
             return_attention_weights=weights, resolution=self.resolution,
             causal=self.causal)

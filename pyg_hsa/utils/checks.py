@@ -7,11 +7,28 @@ argument and what it must be."""
 import math
 import numbers
 import os
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def renamed_keyword(value, old_value, name: str, old_name: str,
+                    where: str):
+    """The value of keyword :obj:`name`, also accepted under its former name
+    :obj:`old_name` (deprecated: a :class:`FutureWarning` names the new
+    one; both at once raise a :class:`TypeError`)."""
+    if old_value is None:
+        return value
+    if value is not None:
+        raise TypeError(f"{where}() got both '{name}' and its deprecated "
+                        f"alias '{old_name}'; pass only '{name}'")
+    warnings.warn(f"{where}(..., {old_name}=) is deprecated; use "
+                  f"{name}= (the same argument, renamed)", FutureWarning,
+                  stacklevel=3)
+    return old_value
 
 
 def check_bool(value: Any, name: str) -> bool:

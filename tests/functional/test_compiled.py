@@ -103,7 +103,7 @@ def test_hsa_attention_compiles_on_every_tree(pos, self_loops, grad):
     torch._dynamo.reset()
 
     def fn(q, k, v, p, tree):
-        return hsa_attention(q, k, v, tree, pos=p, self_loops=self_loops)
+        return hsa_attention(q, k, v, tree, pe=p, self_loops=self_loops)
 
     compiled = torch.compile(fn, fullgraph=True)
     for name, make in TREES.items():

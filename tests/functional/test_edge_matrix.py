@@ -45,7 +45,7 @@ L = 'leaf'
 
 
 def eager(tree, q, k, v, pos, **options):
-    return hsa_attention(q, k, v, tree, pos=pos, **options)
+    return hsa_attention(q, k, v, tree, pe=pos, **options)
 
 
 def _without(module, limit: str):
@@ -55,7 +55,7 @@ def _without(module, limit: str):
         before = getattr(module, limit)
         setattr(module, limit, 0)
         try:
-            return hsa_attention(q, k, v, tree, pos=pos, **options)
+            return hsa_attention(q, k, v, tree, pe=pos, **options)
         finally:
             setattr(module, limit, before)
     return run
@@ -80,7 +80,7 @@ def compiled(tree, q, k, v, pos, **options):
     key = tuple(sorted(options.items()))
     if key not in _COMPILED:
         def fn(q, k, v, pos, tree):
-            return hsa_attention(q, k, v, tree, pos=pos, **options)
+            return hsa_attention(q, k, v, tree, pe=pos, **options)
         _COMPILED[key] = torch.compile(fn, fullgraph=True)
     # The call must go through the pyg_hsa::hsa operator (not fall back to
     # eager, e.g. past the recompile limit).
@@ -235,7 +235,7 @@ def tolerance(dtype, magnitude: float) -> float:
 
 
 def reference(path: Path, tree: Tree, q, k, v, pos):
-    theta = hsa_dense(q, k, tree, pos=pos, **path.options)
+    theta = hsa_dense(q, k, tree, pe=pos, **path.options)
     return torch.einsum('hij,jhc->ihc', theta, v)
 
 

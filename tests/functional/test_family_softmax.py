@@ -24,9 +24,9 @@ def test_slicing_families_or_rows_changes_nothing(seed, limit, monkeypatch):
                       requires_grad=True)
     scale = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
     self_loops = bool(seed % 2)
-    out = hsa_attention(q, k, v, tree, pos=pos, scale=scale,
+    out = hsa_attention(q, k, v, tree, pe=pos, scale=scale,
                         self_loops=self_loops)
-    ref = dense_output(hsa_dense(q, k, tree, pos=pos, scale=scale,
+    ref = dense_output(hsa_dense(q, k, tree, pe=pos, scale=scale,
                                  self_loops=self_loops), v)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
     weight = torch.randn_like(out)

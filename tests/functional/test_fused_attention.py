@@ -52,11 +52,11 @@ def positions(kind, num_nodes, seed):
 def assert_matches_dense(tree, q, k, v, pos, self_loops, scale=None):
     inputs = [x.clone().requires_grad_() for x in (q, k, v)]
     pos_in = None if pos is None else pos.clone().requires_grad_()
-    out = hsa_attention(*inputs, tree, pos=pos_in, self_loops=self_loops,
+    out = hsa_attention(*inputs, tree, pe=pos_in, self_loops=self_loops,
                         scale=scale)
     ref_inputs = [x.clone().requires_grad_() for x in (q, k, v)]
     ref_pos = None if pos is None else pos.clone().requires_grad_()
-    theta = hsa_dense(ref_inputs[0], ref_inputs[1], tree, pos=ref_pos,
+    theta = hsa_dense(ref_inputs[0], ref_inputs[1], tree, pe=ref_pos,
                       self_loops=self_loops, scale=scale)
     ref = dense_output(theta, ref_inputs[2])
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)

@@ -54,8 +54,8 @@ def test_contraction_changes_nothing(seed):
     q, k, v = random_qkv(num_leaves, seed=seed)
     pos = torch.randn(parent.numel(), 2, 3, dtype=torch.float64)
     for self_loops in (False, True):
-        out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops)
-        theta = hsa_dense(q, k, tree, pos=pos, self_loops=self_loops)
+        out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
+        theta = hsa_dense(q, k, tree, pe=pos, self_loops=self_loops)
         torch.testing.assert_close(out, dense_output(theta, v), rtol=0,
                                    atol=1e-10)
 

@@ -55,7 +55,7 @@ def test_chunked_groups_equal_one_chunk(seed, monkeypatch):
     inputs = [x.clone().requires_grad_() for x in (q, k, v, pos)]
 
     def run():
-        out = hsa_attention(*inputs[:3], tree, pos=inputs[3],
+        out = hsa_attention(*inputs[:3], tree, pe=inputs[3],
                             self_loops=True, resolution='query', causal=True)
         grads = torch.autograd.grad(out.square().sum(), inputs)
         return out, grads
@@ -87,7 +87,7 @@ def test_causal_gradients_of_the_future_are_exactly_zero(sizes):
     q, k, v = random_qkv(n, seed=len(sizes))
     pos = random_pos('per_head', tree.num_nodes, 2, 3).requires_grad_()
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+    out = hsa_attention(q, k, v, tree, pe=pos, self_loops=True,
                         resolution='query', causal=True)
     gen = torch.Generator().manual_seed(0)
     for t in range(n):
@@ -103,7 +103,7 @@ def test_causal_gradients_of_the_future_are_exactly_zero(sizes):
         later = [x.detach().clone() for x in (q, k, v)]
         for x in later:
             x[t:] = torch.randn_like(x[t:])
-        changed = hsa_attention(*later, tree, pos=pos, self_loops=True,
+        changed = hsa_attention(*later, tree, pe=pos, self_loops=True,
                                 resolution='query', causal=True)
         assert torch.equal(changed[:t], out[:t])
 
@@ -153,7 +153,7 @@ def test_gradcheck(pos_kinds, modes):
                       (q, k, v, scale) + ((pos, ) if pos is not None else ())]
 
             def f(q, k, v, scale, *pos):
-                return hsa_attention(q, k, v, tree, pos=pos[0] if pos else
+                return hsa_attention(q, k, v, tree, pe=pos[0] if pos else
                                      None, scale=scale, self_loops=self_loops,
                                      resolution='query', causal=causal)
 
@@ -203,7 +203,7 @@ def test_query_resolved_compiles(causal):
     pos = random_pos('shared', tree.num_nodes, 2, 0)
 
     def f(q, k, v):
-        return hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+        return hsa_attention(q, k, v, tree, pe=pos, self_loops=True,
                              resolution='query', causal=causal)
 
     inputs = [x.clone().requires_grad_() for x in (q, k, v)]
@@ -225,7 +225,7 @@ def test_second_derivatives():
     inputs = [x.clone().requires_grad_() for x in (q, k, v, pos)]
 
     def f(q, k, v, pos):
-        return hsa_attention(q, k, v, tree, pos=pos, self_loops=True,
+        return hsa_attention(q, k, v, tree, pe=pos, self_loops=True,
                              resolution='query', causal=True)
 
     assert torch.autograd.gradgradcheck(f, inputs)

@@ -13,7 +13,7 @@ MODES = [(False, False), (True, False), (True, True)]  # self_loops, causal
 
 def run(tree, inputs, self_loops, causal):
     q, k, v, pos = inputs
-    out = hsa_attention(q, k, v, tree, pos=pos, self_loops=self_loops,
+    out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops,
                         causal=causal, resolution='query')
     wanted = [x for x in inputs if x is not None]
     if not out.requires_grad:  # no leaf sees a block (one-leaf trees)

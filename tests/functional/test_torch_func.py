@@ -35,7 +35,7 @@ def test_func_grad_equals_autograd(mode, with_pos, kernel, monkeypatch):
         else None
 
     def loss(q, k, v, pos):
-        out = hsa_attention(q, k, v, t, pos=pos, **MODES[mode])
+        out = hsa_attention(q, k, v, t, pe=pos, **MODES[mode])
         return (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype)
                 .view(out.shape)).square().sum()
 

@@ -53,7 +53,7 @@ def test_hsa_conv_matches_manual_computation():
     k = conv.norm_key(conv.lin_key(x).view(-1, 3, 4))
     v = conv.lin_value(x).view(-1, 3, 4)
     pos = conv.lin_pos(pe).view(-1, 3, 4)
-    theta = hsa_dense(q, k, parent, pos=pos)
+    theta = hsa_dense(q, k, parent, pe=pos)
     expected = dense_output(theta, v).reshape(-1, 12) + conv.lin_skip(x)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
 
@@ -303,7 +303,7 @@ def test_hsa_conv_hetero_positions_match_manual_computation():
     for nt in pe:
         lo, hi = tree.node_slices[nt]
         pos[lo:hi] = conv.lin_pos.lins[nt](pe[nt])
-    theta = hsa_dense(q, k, tree, pos=pos.view(-1, 2, 4))
+    theta = hsa_dense(q, k, tree, pe=pos.view(-1, 2, 4))
     expected = dense_output(theta, v).reshape(-1, 8) + torch.cat(
         [conv.lin_skip.lins[nt](data[nt].x) for nt in tree.leaf_types])
     got = torch.cat([out[nt] for nt in tree.leaf_types])
@@ -329,7 +329,7 @@ def test_hsa_conv_query_resolution_is_hsa_attention(causal):
     k = conv.norm_key(conv.lin_key(x).view(-1, 2, 4))
     v = conv.lin_value(x).view(-1, 2, 4)
     pos = conv.lin_pos(pe).view(-1, 2, 4)
-    theta = hsa_dense(q, k, tree, pos=pos, self_loops=True,
+    theta = hsa_dense(q, k, tree, pe=pos, self_loops=True,
                       resolution='query', causal=causal)
     ref = dense_output(theta, v).reshape(-1, 8) + conv.lin_skip(x)
     torch.testing.assert_close(conv(x, tree, pe), ref, rtol=0, atol=1e-10)

@@ -176,7 +176,7 @@ def brute_force(conv: HSAConv, schema: Schema, examples: List[Example]
                 pos[lo:lo + ex.counts[nt]] = F.linear(
                     ex.data[nt].pe, conv.lin_pos.lins[nt].weight)
         pos = heads(pos)
-    theta = hsa_dense(q, k, Tree.from_parent(parent, num_leaves), pos=pos,
+    theta = hsa_dense(q, k, Tree.from_parent(parent, num_leaves), pe=pos,
                       self_loops=conv.self_loops)
     out = dense_output(theta, v).reshape(num_leaves, -1)
     out = out + leaf_rows(conv.lin_skip.lins)
