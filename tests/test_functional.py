@@ -5,10 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import (dense_output, random_forest, random_qkv, renumber,
-                     root_paths)
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import family_softmax
+from pyg_hsa.testing import (
+    dense_output,
+    random_forest,
+    random_qkv,
+    renumber,
+    root_paths,
+)
 
 POS_KINDS = [None, 'shared', 'per_head']
 

@@ -11,9 +11,9 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from helpers import random_forest
 from pyg_hsa import Tree, hsa_attention
 from pyg_hsa.nn import HSAConv, HSAEncoderLayer
+from pyg_hsa.testing import random_forest
 
 pytestmark = pytest.mark.slow
 

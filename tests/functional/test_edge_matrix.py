@@ -28,7 +28,6 @@ import pytest
 import torch
 import torch._dynamo
 
-from helpers import nested_to_forest, random_forest
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import compiled as compiled_module
 from pyg_hsa.functional import (
@@ -38,6 +37,7 @@ from pyg_hsa.functional import (
     query_resolved,
     query_tiles,
 )
+from pyg_hsa.testing import nested_to_forest, random_forest
 
 L = 'leaf'
 
@@ -133,8 +133,8 @@ PATHS = [
 
 
 def nested(*roots) -> Tree:
-    """A tree from nested lists (see helpers.nested_to_forest), leaves and
-    internal nodes numbered in creation order."""
+    """A tree from nested lists (see pyg_hsa.testing.nested_to_forest),
+    leaves and internal nodes numbered in creation order."""
     parent, num_leaves = nested_to_forest(list(roots))
     return Tree.from_parent(parent, num_leaves)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import dense_output, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import family_softmax
+from pyg_hsa.testing import dense_output, random_forest, random_qkv
 
 
 @pytest.mark.parametrize('seed', range(8))

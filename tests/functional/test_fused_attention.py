@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import dense_output, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import fused_attention, layout
+from pyg_hsa.testing import dense_output, random_forest, random_qkv
 
 
 @pytest.fixture

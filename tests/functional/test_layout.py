@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import dense_output, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import layout as layout_module
 from pyg_hsa.functional import level_ops
 from pyg_hsa.functional.layout import _merge_narrow, contract_unary_chains
 from pyg_hsa.functional.level_ops import copy_nodes_, select_nodes
+from pyg_hsa.testing import dense_output, random_forest, random_qkv
 
 
 def test_unary_chains_are_contracted():

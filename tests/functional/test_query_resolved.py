@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import nested_to_forest, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa.testing import nested_to_forest, random_forest, random_qkv
 import pyg_hsa.functional.query_resolved as query_resolved
 
 trees = st.recursive(st.just('leaf'),

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import dense_output, random_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention, hsa_dense
+from pyg_hsa.testing import dense_output, random_forest, random_qkv
 import pyg_hsa.functional.query_tiles as query_tiles
 
 MODES = [(False, False), (True, False), (True, True)]  # self_loops, causal

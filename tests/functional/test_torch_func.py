@@ -6,9 +6,9 @@ tiles, give way to the level-by-level ones)."""
 import pytest
 import torch
 
-from helpers import nested_to_forest, random_qkv
 from pyg_hsa import Tree, hsa_attention
 from pyg_hsa.functional import query_tiles
+from pyg_hsa.testing import nested_to_forest, random_qkv
 
 L = 'leaf'
 MODES = {'block': {}, 'block self loops': dict(self_loops=True),

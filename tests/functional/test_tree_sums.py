@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import random_forest, root_paths
 from pyg_hsa import Tree
 from pyg_hsa.functional import level_ops
 from pyg_hsa.functional.tree_sums import (
@@ -13,6 +12,7 @@ from pyg_hsa.functional.tree_sums import (
     PathSums,
     SubtreeSums,
 )
+from pyg_hsa.testing import random_forest, root_paths
 
 
 @pytest.fixture(params=['one call', 'sliced'])
