@@ -295,10 +295,11 @@ class IteratedHSA(torch.nn.Module):
             self.layer = SizedHSALayer(channels, heads, pos_channels,
                                        resolution, dropout)
         else:
-            self.layer = HSAEncoderLayer(channels, heads,
-                                         pos_channels=pos_channels,
-                                         self_loops=True, dropout=dropout,
-                                         resolution=resolution)
+            # (Query-resolved weights have no dropout.)
+            self.layer = HSAEncoderLayer(
+                channels, heads, pos_channels=pos_channels, self_loops=True,
+                dropout=dropout, resolution=resolution,
+                attention_dropout=None if resolution == 'block' else 0.0)
         self.gru = torch.nn.GRUCell(channels, channels) if gru else None
         self.head = mlp_head(channels)
 

@@ -1,12 +1,12 @@
-r"""Compiled hierarchies: the bookkeeping every HSA forward pass shares.
+r"""Hierarchies as data: the :class:`Tree` every HSA call takes.
 
 A :class:`Tree` is built once per batch (from a parent vector or from a
 :class:`~torch_geometric.data.HeteroData` nesting graph) and then reused by
 every stacked :class:`~pyg_hsa.nn.HSAConv`. Building it validates the input
-(:func:`~pyg_hsa.forest.validate_parent`) and compiles its level-order
-layout (:class:`~pyg_hsa.functional.layout.Layout`): every depth level and
-every family is then one contiguous slice, and families of all levels are
-grouped into buckets of one padded width for batched attention.
+(:func:`~pyg_hsa.topology.validate_parent`); it holds the parent vector
+and what is read off it (depth, roots, batch), nothing else. The plans the
+kernels run on are built from it on first use and cached beside it, keyed
+weakly, by :mod:`pyg_hsa.functional.plan`.
 """
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.typing import EdgeType
 
-from pyg_hsa.forest import (
+from pyg_hsa.topology import (
     describe_global,
     roots_of,
     validate_parent,
@@ -26,7 +26,7 @@ NESTING_RELATION = 'in'
 
 
 class Tree:
-    r"""A forest of hierarchies, compiled for :func:`~pyg_hsa.hsa_attention`.
+    r"""A validated forest of hierarchies, for :func:`~pyg_hsa.hsa_attention`.
 
     Nodes ``0 .. N-1`` are the leaves, in the order of the leaf features;
     nodes ``N .. M-1`` are internal groups. ``parent[r] == -1`` marks a root;
@@ -61,26 +61,13 @@ class Tree:
         self.batch = rank[roots_of(parent)[:num_leaves]]
         self.node_slices: Optional[Dict[str, Tuple[int, int]]] = None
         self.leaf_types: Optional[List[str]] = None
-        self._layouts: Dict[bool, object] = {}
-        self._layout(False)  # compiled now; the self-loop one on first use
-        self._handle = _register(self)  # for torch.compile
-
-    def _layout(self, self_loops: bool):
-        """The level-order layout the dynamic program runs on (see
-        :class:`~pyg_hsa.functional.layout.Layout`)."""
-        layout = self._layouts.get(bool(self_loops))
-        if layout is None:
-            from pyg_hsa.functional.layout import Layout
-            layout = Layout(self.parent, self.num_leaves, bool(self_loops))
-            self._layouts[bool(self_loops)] = layout
-        return layout
 
     # Construction ##########################################################
 
     @classmethod
     def from_parent(cls, parent: Tensor,
                     num_leaves: Optional[int] = None) -> 'Tree':
-        r"""Validates and compiles a parent vector.
+        r"""Validates a parent vector.
 
         Args:
             parent (LongTensor): ``[M]``, the parent of every node, ``-1`` for
@@ -109,7 +96,7 @@ class Tree:
         data: Union[HeteroData, Mapping[EdgeType, Tensor]],
         num_nodes_dict: Optional[Mapping[str, int]] = None,
     ) -> 'Tree':
-        r"""Compiles the nesting edges of a hierarchy stored as
+        r"""Reads the nesting edges of a hierarchy stored as
         :class:`~torch_geometric.data.HeteroData`.
 
         Nesting edges have edge type ``(child_type, 'in', parent_type)`` and
@@ -239,17 +226,17 @@ class Tree:
     # Utilities ############################################################
 
     def to(self, device: Union[str, torch.device]) -> 'Tree':
-        """The same tree with every tensor on :obj:`device`."""
+        """The same tree with every tensor on :obj:`device` (its plans are
+        built there on first use)."""
         out = object.__new__(Tree)
         out.__dict__.update({
-            key: _to_device(value, device)
-            for key, value in self.__dict__.items() if key != '_handle'
+            key: value.to(device) if isinstance(value, Tensor) else value
+            for key, value in self.__dict__.items()
         })
-        out._handle = _register(out)
         return out
 
     def __getstate__(self) -> dict:
-        # Only what defines the tree is saved; loading compiles it again.
+        # Only what defines the tree is saved; loading validates it again.
         # Tensors, ints, lists and dicts only, so that ``torch.load`` with
         # ``weights_only=True`` takes it (``Tree`` is a safe global).
         return {'parent': self.parent, 'num_leaves': self.num_leaves,
@@ -289,28 +276,6 @@ def _nesting_edges(store, edge_type: EdgeType) -> Tensor:
             return edge_index.flip(0) if flip else edge_index
     raise ValueError(f"Nesting edge type {edge_type} stores neither "
                      f"'edge_index' nor a sparse 'adj_t'/'adj'")
-
-
-def _register(tree: Tree):
-    from pyg_hsa.functional.compiled import register
-    return register(tree)
-
-
-def _to_device(value, device):
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, tuple) and hasattr(value, '_fields'):
-        return type(value)(*(_to_device(v, device) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if hasattr(value, '__dict__') and not isinstance(value, type):
-        out = object.__new__(type(value))
-        out.__dict__.update({k: _to_device(v, device)
-                             for k, v in value.__dict__.items()})
-        return out
-    return value
 
 
 def _describe(node: int,

@@ -378,10 +378,41 @@ def _():
     hsa_attention(*qkv(), PARENT, resolution='query', causal=True)
 
 
-@case("resolution='query' with attention dropout", "'dropout'")
+@case("resolution='query' with attention dropout", "'dropout=0.1'",
+      "'query' variant")
 def _():
     from pyg_hsa import hsa_attention
     hsa_attention(*qkv(), PARENT, resolution='query', dropout=0.1)
+
+
+@case("resolution='query' asked for attention weights",
+      "'return_attention_weights=True'", "'query' variant")
+def _():
+    from pyg_hsa import hsa_attention
+    hsa_attention(*qkv(), PARENT, resolution='query',
+                  return_attention_weights=True)
+
+
+@case("HSAConv built with resolution='query' and attention dropout",
+      "'dropout=0.2'", "'query' variant")
+def _():
+    from pyg_hsa.nn import HSAConv
+    HSAConv(4, 4, resolution='query', dropout=0.2)
+
+
+@case("HSAEncoderLayer with resolution='query' and dropout, no "
+      "attention_dropout", "'query' variant", 'attention_dropout=0.0')
+def _():
+    from pyg_hsa.nn import HSAEncoderLayer
+    HSAEncoderLayer(8, heads=2, resolution='query', dropout=0.1)
+
+
+@case("hsa_attention(..., pe=, pos=): the new name and its deprecated "
+      "alias", "'pe'", "'pos'", error=TypeError)
+def _():
+    from pyg_hsa import hsa_attention
+    hsa_attention(*qkv(), PARENT, pe=torch.zeros(4, 2),
+                  pos=torch.zeros(4, 2))
 
 
 @case('KV cache: a token without a path', "'path'", 'root first')
@@ -803,20 +834,3 @@ def _():
         args = ogbg_mol.parse_args(['--checkpoint', path, '--resume'])
         training.resume(args, None, None, None, None,
                         ogbg_mol.CHECKED_ARGS)
-
-
-@case('compiled hsa_attention: backward after more than 16 newer trees '
-      'went through it (gradient accumulation, trees dropped)',
-      'KEEP_RECENT_TREES', 'keep a reference', error=RuntimeError)
-def _():
-    import gc
-
-    from pyg_hsa import Tree, hsa_attention
-    from pyg_hsa.functional.compiled import KEEP_RECENT_TREES
-    x = torch.randn(4, 1, 2, requires_grad=True)
-    fn = torch.compile(lambda x, tree: hsa_attention(x, x, x, tree),
-                       backend='eager', fullgraph=True)
-    loss = sum(fn(x, Tree.from_parent(torch.tensor([4, 4, 4, 4, -1])))
-               .sum() for _ in range(KEEP_RECENT_TREES + 1))
-    gc.collect()
-    loss.backward()

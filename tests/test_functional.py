@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import family_softmax
+from pyg_hsa.functional.layout import layout_of
 from pyg_hsa.testing import (
     dense_output,
     random_forest,
@@ -341,7 +342,7 @@ def test_complete_trees_take_the_reshape_paths(branching, num_leaves,
     tree = Tree.from_parent(parent, num_leaves)
     uniform = num_leaves == branching**tree.depth
     assert all(w is not None
-               for w in tree._layout(False).level_width[1:]) == uniform
+               for w in layout_of(tree, False).level_width[1:]) == uniform
     q, k, v = random_qkv(num_leaves, seed=branching)
     pos = make_pos('per_head', parent.numel(), 2)
     out = hsa_attention(q, k, v, tree, pe=pos, self_loops=self_loops)
@@ -480,7 +481,8 @@ def test_dropout_gradients_on_levels_of_equal_families(branching):
                                    + width // branching**2),
                         torch.tensor([-1])])
     tree = Tree.from_parent(parent, width)
-    assert all(w == branching for w in tree._layout(False).level_width[1:])
+    widths = layout_of(tree, False).level_width[1:]
+    assert all(w == branching for w in widths)
     q, k, v = (t.requires_grad_() for t in random_qkv(width, seed=3))
     pos = torch.randn(parent.numel(), 2, dtype=torch.float64,
                       requires_grad=True)

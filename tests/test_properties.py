@@ -41,7 +41,7 @@ def test_dynamic_program_equals_dense(roots, seed, mode, pos_kind):
         (parent.numel(), 2) if pos_kind == 'shared' else
         (parent.numel(), 2, 2), generator=gen, dtype=torch.float64)
     tree = Tree.from_parent(parent, num_leaves)
-    options = dict(pos=pos, self_loops=self_loops, resolution=resolution,
+    options = dict(pe=pos, self_loops=self_loops, resolution=resolution,
                    causal=causal)
     out = hsa_attention(q, k, v, tree, **options)
     theta = hsa_dense(q, k, tree, **options)

@@ -6,6 +6,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
 from pyg_hsa import Tree, hsa_attention
+from pyg_hsa.functional.layout import layout_of
 from pyg_hsa.testing import random_forest, random_qkv
 
 
@@ -37,9 +38,9 @@ def test_from_parent_compiles_levels_and_sizes():
     tree = Tree.from_parent(torch.tensor([5, 5, 5, 6, 7, 7, 7, -1]))
     assert tree.num_leaves == 5 and tree.num_nodes == 8
     assert tree.num_roots == 1 and tree.depth == 2
-    layout = tree._layout(True)  # (without self loops node 6 is
+    layout = layout_of(tree, True)  # (without self loops node 6 is
     assert layout.level_ptr == (0, 1, 4, 8)  # contracted away)
-    assert tree._layout(False).level_ptr == (0, 1, 4, 7)
+    assert layout_of(tree, False).level_ptr == (0, 1, 4, 7)
     assert repr(tree) == ('Tree(num_nodes=8, num_leaves=5, num_roots=1, '
                           'depth=2)')
     size = torch.empty(8, dtype=torch.long)
@@ -54,7 +55,7 @@ def test_level_order_keeps_families_contiguous(seed):
                                        max_depth=5, max_branch=6,
                                        num_roots=3)
     tree = Tree.from_parent(parent, num_leaves)
-    layout = tree._layout(seed % 2 == 0)
+    layout = layout_of(tree, seed % 2 == 0)
     new_parent = layout.parent
     non_root = new_parent[tree.num_roots:]
     assert bool((new_parent[:tree.num_roots] == -1).all())
@@ -230,7 +231,7 @@ def test_to_moves_every_tensor_and_keeps_results():
     parent, num_leaves = random_forest(np.random.default_rng(0))
     tree = Tree.from_parent(parent, num_leaves)
     moved = tree.to('cpu')
-    assert moved._layout(False).buckets[0].index.device == \
+    assert layout_of(moved, False).buckets[0].index.device == \
         torch.device('cpu')
     assert moved.device == torch.device('cpu')
     q, k, v = random_qkv(num_leaves)
@@ -283,7 +284,28 @@ def test_save_and_load_with_weights_only(tmp_path, hetero):
     assert (loaded.num_leaves, loaded.depth, loaded.node_slices,
             loaded.leaf_types) == (tree.num_leaves, tree.depth,
                                    tree.node_slices, tree.leaf_types)
-    assert loaded._handle != tree._handle
     q, k, v = random_qkv(tree.num_leaves)
     torch.testing.assert_close(hsa_attention(q, k, v, loaded),
                                hsa_attention(q, k, v, tree))
+
+
+def test_tree_is_data():
+    # Tree imports nothing from the functional core and holds only what
+    # defines the hierarchy; the plans are cached beside it, keyed weakly.
+    import ast
+    import inspect
+
+    import pyg_hsa.topology
+    import pyg_hsa.tree
+    for module in (pyg_hsa.tree, pyg_hsa.topology):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [getattr(node, 'module', None) or ''] + [
+                    alias.name for alias in node.names]
+                assert not any('functional' in n for n in names), names
+    tree = Tree.from_parent(torch.tensor([3, 3, 4, 4, -1]))
+    q, k, v = random_qkv(tree.num_leaves)
+    hsa_attention(q, k, v, tree)
+    assert set(vars(tree)) == {'parent', 'num_leaves', 'num_nodes', 'depth',
+                               'num_roots', 'batch', 'node_slices',
+                               'leaf_types'}

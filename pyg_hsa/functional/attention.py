@@ -19,13 +19,14 @@ from pyg_hsa.functional.checks import (
     check_finite,
     check_inputs,
     check_options,
-    check_resolution,
 )
 from pyg_hsa.utils.checks import renamed_keyword
 from pyg_hsa.functional.block_families import family_attention, family_plan
 from pyg_hsa.functional.compiled import compiled_attention
 from pyg_hsa.functional.dynamic_program import dynamic_program
+from pyg_hsa.functional.layout import layout_of
 from pyg_hsa.functional.query_resolved import query_resolved
+from pyg_hsa.functional.variants import check_variant
 from pyg_hsa.tree import Tree
 
 
@@ -136,31 +137,31 @@ def hsa_attention(
     pe = renamed_keyword(pe, pos, 'pe', 'pos', 'hsa_attention')
     tree = as_tree(tree, q)
     check_inputs(q, k, v, tree, pe)
-    scale, dropout, flags = check_options(
-        scale, dropout, self_loops=self_loops,
-        return_attention_weights=return_attention_weights, validate=validate,
-        causal=causal)
-    query = check_resolution(resolution, flags['causal'],
-                             flags['self_loops'])
-    if query and (dropout > 0 or flags['return_attention_weights']):
-        raise ValueError("resolution='query' supports neither 'dropout' nor "
-                         "'return_attention_weights' (its weights are per "
-                         "leaf and block, not per sibling edge)")
+    options = check_options(scale, dropout, self_loops,
+                            return_attention_weights, validate, resolution,
+                            causal)
+    variant = check_variant(
+        options.resolution, options.causal, self_loops=options.self_loops,
+        dropout=options.dropout,
+        return_attention_weights=options.return_attention_weights,
+        positions=pe is not None)
+    query = variant.resolution == 'query'
+    scale = options.scale
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     if torch.compiler.is_compiling():
-        if flags['return_attention_weights'] or flags['validate']:
+        if options.return_attention_weights or options.validate:
             raise ValueError("'return_attention_weights' and 'validate' are "
                              "not available under torch.compile; call "
                              "hsa_attention eagerly for them")
         return compiled_attention(tree, q, k, v, pe, scale,
-                                  flags['self_loops'], dropout, query,
-                                  flags['causal'])
-    if flags['validate']:
+                                  options.self_loops, options.dropout, query,
+                                  options.causal)
+    if options.validate:
         check_finite(q=q, k=k, v=v, pe=pe)
-    return attend(tree, q, k, v, pe, scale, flags['self_loops'], dropout,
-                  flags['return_attention_weights'], query=query,
-                  causal=flags['causal'])
+    return attend(tree, q, k, v, pe, scale, options.self_loops,
+                  options.dropout, options.return_attention_weights,
+                  query=query, causal=options.causal)
 
 
 def under_torch_func(*tensors: Tensor) -> bool:
@@ -192,7 +193,7 @@ def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
             out = family_attention(plan, q, k, v, None if pe is None else
                                    pe.to(dtype), scale)
         return out.to(out_dtype)
-    layout = tree._layout(self_loops)
+    layout = layout_of(tree, self_loops)
     if pe is not None:  # to level order, heads first: [H or 1, M, P]
         pe = pe.to(dtype)[layout.perm]
         pe = pe.unsqueeze(0) if pe.dim() == 2 else pe.transpose(0, 1)

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyg_hsa.forest import depth_by_pointer_jumping
 from pyg_hsa.functional.layout import contract_unary_chains
 from pyg_hsa.functional.plan import cached_plan
+from pyg_hsa.topology import depth_by_pointer_jumping
 
 # Largest padded family batch (F * W * W cells) and widest family run this
 # way; beyond either, the bucketed dynamic program is used.

@@ -4,12 +4,13 @@ call these rather than repeating them (plain arguments follow
 :mod:`pyg_hsa.utils.checks`)."""
 import math
 import numbers
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from pyg_hsa.functional.variants import RESOLUTIONS
 from pyg_hsa.tree import Tree
 from pyg_hsa.utils.checks import (
     check_bool,
@@ -88,11 +89,25 @@ def check_float_on_tree(x: Tensor, name: str, tree: Tree,
                          f"{tree.device}; move one with .to()")
 
 
-def check_options(scale, dropout, **flags) -> Tuple[object, float, dict]:
-    """``(scale, dropout, flags)`` as the core uses them: :obj:`scale` a
-    float, ``None`` or a finite one-element tensor (e.g. a learned
-    temperature, taken as it is and differentiated), :obj:`dropout` in
-    ``[0, 1)``, and every flag a bool."""
+class Options(NamedTuple):
+    """The options of :func:`~pyg_hsa.hsa_attention` as the core uses them
+    (checked by :func:`check_options`)."""
+    scale: Union[None, float, Tensor]
+    dropout: float
+    self_loops: bool
+    return_attention_weights: bool
+    validate: bool
+    resolution: str
+    causal: bool
+
+
+def check_options(scale, dropout, self_loops, return_attention_weights,
+                  validate, resolution, causal) -> Options:
+    """The options, type- and range-checked: :obj:`scale` a float,
+    ``None`` or a finite one-element tensor (e.g. a learned temperature,
+    taken as it is and differentiated), :obj:`dropout` in ``[0, 1)``,
+    :obj:`resolution` a string and every flag a bool. (What each variant
+    supports is :func:`~pyg_hsa.functional.variants.check_variant`'s.)"""
     if isinstance(scale, Tensor):
         if scale.numel() != 1 or not scale.is_floating_point():
             raise ValueError(f"'scale' must be a number or a one-element "
@@ -114,29 +129,12 @@ def check_options(scale, dropout, **flags) -> Tuple[object, float, dict]:
     dropout = check_real(dropout, 'dropout')
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
-    return scale, dropout, {name: check_bool(value, name)
-                            for name, value in flags.items()}
-
-
-RESOLUTIONS = ('block', 'query')
-CAUSAL_LEAK = (
-    "causal=True needs resolution='query': with resolution='block' every "
-    "leaf of a block attends with the weights of the block's mean query, "
-    "which includes the queries of the block's later leaves, so the "
-    "earlier leaves would see the future")
-
-
-def check_resolution(resolution, causal: bool, self_loops: bool) -> bool:
-    """Checks :obj:`resolution` against :obj:`causal` and
-    :obj:`self_loops`; returns whether it is query-resolved."""
-    check_choice(resolution, 'resolution', RESOLUTIONS)
-    if causal and resolution != 'query':
-        raise ValueError(CAUSAL_LEAK)
-    if causal and not self_loops:
-        raise ValueError("causal=True needs self_loops=True: a leaf attends "
-                         "to itself and the blocks on its left, and the "
-                         "first leaf has nothing else")
-    return resolution == 'query'
+    return Options(scale, dropout, check_bool(self_loops, 'self_loops'),
+                   check_bool(return_attention_weights,
+                              'return_attention_weights'),
+                   check_bool(validate, 'validate'),
+                   check_choice(resolution, 'resolution', RESOLUTIONS),
+                   check_bool(causal, 'causal'))
 
 
 def non_finite_row(x: Tensor) -> Optional[Tuple[int, float]]:

@@ -9,14 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_hsa import topology
 from pyg_hsa.functional.checks import (
     TreeLike,
     as_tree,
     check_finite,
     check_inputs,
     check_options,
-    check_resolution,
 )
+from pyg_hsa.functional.variants import check_variant
 from pyg_hsa.utils.checks import renamed_keyword
 
 
@@ -59,11 +60,13 @@ def hsa_dense(
     pe = renamed_keyword(pe, pos, 'pe', 'pos', 'hsa_dense')
     tree = as_tree(tree, q)
     check_inputs(q, k, None, tree, pe)
-    scale, _, flags = check_options(scale, 0.0, self_loops=self_loops,
-                                    validate=validate, causal=causal)
-    self_loops, causal = flags['self_loops'], flags['causal']
-    query = check_resolution(resolution, causal, self_loops)
-    if flags['validate']:
+    options = check_options(scale, 0.0, self_loops, False, validate,
+                            resolution, causal)
+    scale, self_loops, causal = options.scale, options.self_loops, \
+        options.causal
+    query = check_variant(resolution, causal, self_loops=self_loops,
+                          positions=pe is not None).resolution == 'query'
+    if options.validate:
         check_finite(q=q, k=k, pe=pe)
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
@@ -74,11 +77,7 @@ def hsa_dense(
     inf = math.inf
 
     # ancestors[t, x]: the t-th ancestor of node x (x itself at t = 0).
-    ancestors = [torch.arange(num_nodes, device=device)]
-    while bool((ancestors[-1] >= 0).any()):
-        a = ancestors[-1]
-        ancestors.append(torch.where(a >= 0, parent[a.clamp(min=0)], -1))
-    ancestors = torch.stack(ancestors[:-1])  # [T, M]
+    ancestors = topology.ancestors(parent)  # [T, M]
     depth = (ancestors >= 0).sum(0) - 1
 
     # below[A, i] = 1 if leaf i lies below (or is) node A.

@@ -1,5 +1,6 @@
-r"""The level-order layout of a forest, compiled once per
-:class:`~pyg_hsa.Tree`.
+r"""The level-order layout of a forest, built once per
+:class:`~pyg_hsa.Tree` and ``self_loops`` (:func:`layout_of`, cached by
+:mod:`~pyg_hsa.functional.plan`).
 
 :class:`Layout` renumbers the nodes of a validated forest in *level order*:
 the roots first, then depth 1, depth 2, and so on, each level sorted by
@@ -18,6 +19,8 @@ import torch
 from torch import Tensor
 
 from pyg_hsa.functional.level_ops import sum_children
+from pyg_hsa.functional.plan import cached_plan
+from pyg_hsa.topology import depth_by_pointer_jumping, num_children
 
 # Families of at least this many members run through the fused attention
 # kernel (measured: from 32 members it beats batched matrix products here).
@@ -56,6 +59,13 @@ class Bucket(NamedTuple):
     nodes: Tensor
 
 
+def layout_of(tree, self_loops: bool) -> 'Layout':
+    """:obj:`tree`'s :class:`Layout` for :obj:`self_loops` (cached)."""
+    return cached_plan(tree, ('layout', bool(self_loops)),
+                       lambda: Layout(tree.parent, tree.num_leaves,
+                                      bool(self_loops)))
+
+
 class Layout:
     r"""Level-order structure of a validated forest (see module docstring),
     for one value of ``self_loops``.
@@ -78,8 +88,6 @@ class Layout:
                                                   self_loops)
         num_nodes = parent.numel()
         self.num_leaves, self.num_nodes = num_leaves, num_nodes
-        # (Imported here: the tree module imports this one.)
-        from pyg_hsa.forest import depth_by_pointer_jumping
         depth = depth_by_pointer_jumping(parent)
 
         # Level order: roots in the order of the user's roots, then each
@@ -88,7 +96,7 @@ class Layout:
         num_levels = int(depth.max()) + 1
         counts = torch.bincount(depth, minlength=num_levels).tolist()
         by_depth = torch.argsort(depth * (int(rep.max()) + 1) + rep)
-        children = torch.bincount(parent[parent >= 0], minlength=num_nodes)
+        children = num_children(parent)
         new_id = torch.empty(num_nodes, dtype=torch.long, device=device)
         levels, start = [], 0
         for count in counts:
@@ -114,8 +122,7 @@ class Layout:
         self.num_roots = counts[0]
         has_parent = parent[order] >= 0
         self.parent = torch.where(has_parent, new_id[parent[order]], -1)
-        self.num_children = torch.bincount(self.parent[has_parent],
-                                           minlength=num_nodes)
+        self.num_children = num_children(self.parent)
         self.is_leaf = self.num_children == 0
         #: Members of every node's family (1 for roots).
         self.family_size = torch.where(
@@ -212,7 +219,7 @@ def contract_unary_chains(parent: Tensor, num_leaves: int,
     num_nodes = parent.numel()
     device = parent.device
     has_parent = parent >= 0
-    children = torch.bincount(parent[has_parent], minlength=num_nodes)
+    children = num_children(parent)
     removable = children == 1
     if self_loops:  # an only child that is a leaf keeps its parent
         only = has_parent & (children[parent.clamp(min=0)] == 1)

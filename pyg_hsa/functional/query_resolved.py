@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from pyg_hsa.forest import depth_by_pointer_jumping
+from pyg_hsa.functional.plan import cached_plan
 from pyg_hsa.functional.query_tiles import tile_plan, tiled_attention
+from pyg_hsa.topology import depth_by_pointer_jumping, leaf_paths, num_children
 
 # Logits ([families, heads, rows, members]) one chunk may hold; larger
 # groups go in row chunks whose backward pass recomputes them.
@@ -63,18 +64,12 @@ class QueryPlan:
     def __init__(self, parent: Tensor, num_leaves: int, causal: bool):
         device, num_nodes = parent.device, parent.numel()
         self.num_leaves = num_leaves
-        leaves, owns = [], []
-        cur = torch.arange(num_leaves, device=device)
-        leaf = cur
-        while cur.numel():
-            up = parent[cur] >= 0
-            leaf, cur = leaf[up], cur[up]
-            leaves.append(leaf)
-            owns.append(cur)
-            cur = parent[cur]
-        leaf = torch.cat(leaves) if leaves else cur
-        own = torch.cat(owns) if owns else cur
-        #: Leaves below every node, and the first (smallest) of them.
+        # Every leaf with every node on its path that is a child.
+        leaf, own = leaf_paths(parent, num_leaves)
+        child = parent[own] >= 0
+        leaf, own = leaf[child], own[child]
+        #: Leaves below every node (0 for roots: never a member), and the
+        #: first (smallest) of them.
         self.size = torch.bincount(own, minlength=num_nodes)
         first = torch.full((num_nodes, ), num_leaves, device=device)
         self.first_leaf = first.scatter_reduce(0, own, leaf, 'amin')
@@ -90,7 +85,7 @@ class QueryPlan:
         child = (parent >= 0).nonzero().view(-1)
         key = parent[child] * (num_leaves + 1) + self.first_leaf[child]
         children = child[torch.argsort(key)]
-        count = torch.bincount(parent[child], minlength=num_nodes)
+        count = num_children(parent)
         offset = torch.cumsum(count, 0) - count
         slot = torch.empty(num_nodes, dtype=torch.long, device=device)
         slot[children] = torch.arange(
@@ -156,12 +151,9 @@ def _pow2(x: Tensor) -> Tensor:
 
 def query_plan(tree, causal: bool) -> QueryPlan:
     """The tree's plan, built on first use and cached."""
-    plans = tree.__dict__.setdefault('_query_plans', {})
-    plan = plans.get(bool(causal))
-    if plan is None:
-        plan = QueryPlan(tree.parent, tree.num_leaves, bool(causal))
-        plans[bool(causal)] = plan
-    return plan
+    return cached_plan(tree, ('query families', bool(causal)),
+                       lambda: QueryPlan(tree.parent, tree.num_leaves,
+                                         bool(causal)))
 
 
 def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,

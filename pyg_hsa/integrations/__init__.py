@@ -7,6 +7,6 @@ install "pyg_hsa[transformers]"``). For Hugging Face encoders:
 of the parts below), :mod:`~pyg_hsa.integrations.dispatch` (the
 AttentionInterface hook), :mod:`~pyg_hsa.integrations.encoders` (reading
 the models and their masks), :mod:`~pyg_hsa.integrations.segments`
-(sentence ids from texts) and :mod:`~pyg_hsa.integrations.flops` (cost
-counts). Only the first two import transformers.
+(sentence ids from texts); the cost counts are in
+:mod:`~pyg_hsa.functional.flops`. Only the first two import transformers.
 """

@@ -10,7 +10,7 @@ all importable from here: :func:`token_hierarchy` builds the forests
 turns texts or text pairs into sentence or paragraph ids
 (:mod:`~pyg_hsa.integrations.segments`), :func:`hsa_attention_flops` and
 :func:`dense_attention_flops` count the cost of both
-(:mod:`~pyg_hsa.integrations.flops`), and
+(:mod:`~pyg_hsa.functional.flops`), and
 :mod:`~pyg_hsa.integrations.dispatch` routes patched layers to HSA
 through transformers' :class:`~transformers.AttentionInterface`.
 """
@@ -20,19 +20,19 @@ import torch
 from torch import Tensor, nn
 
 from pyg_hsa.functional import hsa_attention
-from pyg_hsa.functional.checks import check_resolution
+from pyg_hsa.functional.flops import (
+    NODE_FLOPS,
+    SOFTMAX_FLOPS,
+    dense_attention_flops,
+    hsa_attention_flops,
+)
+from pyg_hsa.functional.variants import check_variant
 from pyg_hsa.integrations.dispatch import ATTENTION_NAME, ConfigView, patch_of
 from pyg_hsa.integrations.encoders import (
     check_layers,
     first_and_last,
     padding_mask,
     self_attention_modules,
-)
-from pyg_hsa.integrations.flops import (
-    NODE_FLOPS,
-    SOFTMAX_FLOPS,
-    dense_attention_flops,
-    hsa_attention_flops,
 )
 from pyg_hsa.integrations.segments import SEGMENT_UNITS, segment_ids
 from pyg_hsa.tree import Tree
@@ -169,7 +169,7 @@ class HSAPatch:
         check_choice(special_tokens, 'special_tokens', SPECIAL_TOKENS)
         self.branching = check_branching(branching)
         self.causal = check_bool(causal, 'causal')
-        check_resolution(resolution, self.causal, True)
+        check_variant(resolution, self.causal, self_loops=True)
         self.resolution = resolution
         self.hierarchy = hierarchy
         self.special_tokens = special_tokens
@@ -351,6 +351,11 @@ class HSAPatch:
         transformers' attention interface); returns ``[B, L, H, C]``.
         :obj:`attention_mask` is a 2D padding mask (1 = token) or a 4D
         boolean/additive mask as transformers builds it, or :obj:`None`."""
+        check_variant(self.resolution, self.causal, dropout=dropout,
+                      hint="Here it is the model's attention dropout, "
+                      "applied in training mode: set it to 0 (e.g. "
+                      "config.attention_probs_dropout_prob = 0.0 before "
+                      "loading the model) or call model.eval()")
         if query.dim() != 4 or key.shape != query.shape or \
                 value.shape[:3] != query.shape[:3]:
             raise ValueError(f"HSA needs self-attention inputs [B, H, L, C] "
@@ -368,8 +373,6 @@ class HSAPatch:
             return x.transpose(1, 2).reshape(batch * length, heads,
                                              x.size(-1))[leaves]
 
-        if self.resolution == 'query':
-            dropout = 0.0  # (query-resolved weights have no dropout)
         mixed = hsa_attention(rows(query), rows(key), rows(value), tree,
                               self_loops=True, scale=scaling,
                               dropout=dropout, resolution=self.resolution,

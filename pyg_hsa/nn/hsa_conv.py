@@ -8,7 +8,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import HeteroDictLinear
 
 from pyg_hsa.functional import hsa_attention
-from pyg_hsa.functional.checks import check_resolution
+from pyg_hsa.functional.variants import check_variant
 from pyg_hsa.nn.conv_inputs import (
     Channels,
     check_finite_inputs,
@@ -77,8 +77,11 @@ class HSAConv(MessagePassing):
             (default: :obj:`True`)
         resolution (str, optional): :obj:`'block'` (the paper's HSA) or
             :obj:`'query'` (every leaf's own projection of its softmax row,
-            never further from softmax attention; without attention
-            dropout). (default: :obj:`'block'`)
+            never further from softmax attention). What each variant
+            supports is declared in :mod:`~pyg_hsa.functional.variants`
+            (query resolution: no attention dropout, no attention weights);
+            an unsupported combination raises a :class:`ValueError` here.
+            (default: :obj:`'block'`)
         causal (bool, optional): Leaves attend only to themselves and the
             blocks left of their path (a smaller first leaf index); needs
             :obj:`resolution='query'` and :obj:`self_loops=True`.
@@ -127,11 +130,12 @@ class HSAConv(MessagePassing):
         self.root_weight = check_bool(root_weight, 'root_weight')
         bias = check_bool(bias, 'bias')
         self.causal = check_bool(causal, 'causal')
-        query = check_resolution(resolution, self.causal, self.self_loops)
+        # What the variant cannot do is refused now, not at the first call
+        # (hsa_attention checks the same per call, e.g. attention weights).
+        check_variant(resolution, self.causal, self_loops=self.self_loops,
+                      dropout=self.dropout,
+                      positions=pos_channels is not None)
         self.resolution = resolution
-        if query and self.dropout > 0:
-            raise ValueError("resolution='query' has no attention dropout: "
-                             "'dropout' must be 0")
 
         width = heads * self.out_channels
         self.lin_query = leaf_linear(in_channels, width)

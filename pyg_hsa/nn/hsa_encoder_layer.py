@@ -6,8 +6,10 @@ from torch import Tensor
 
 from torch_geometric.nn.dense.linear import Linear
 
+from pyg_hsa.functional.variants import check_variant
 from pyg_hsa.nn.hsa_conv import HSAConv
 from pyg_hsa.tree import Tree
+from pyg_hsa.utils.checks import check_bool, check_real
 
 
 class HSAEncoderLayer(torch.nn.Module):
@@ -33,9 +35,14 @@ class HSAEncoderLayer(torch.nn.Module):
             used. (default: :obj:`None`)
         self_loops (bool, optional): Leaves also attend to themselves.
             (default: :obj:`True`)
-        dropout (float, optional): Dropout after attention and feed-forward
-            and on the attention weights (not on query-resolved weights).
-            (default: :obj:`0.`)
+        dropout (float, optional): Dropout after attention and
+            feed-forward. (default: :obj:`0.`)
+        attention_dropout (float, optional): Dropout on the attention
+            weights; :obj:`None` takes :obj:`dropout`. Query resolution has
+            none (see :mod:`~pyg_hsa.functional.variants`): with
+            :obj:`resolution='query'` and :obj:`dropout > 0`, pass
+            :obj:`attention_dropout=0.0`; anything else raises a
+            :class:`ValueError`. (default: :obj:`None`)
         resolution (str, optional): :obj:`'block'` or :obj:`'query'`, see
             :class:`HSAConv`. (default: :obj:`'block'`)
         causal (bool, optional): Causal attention (with
@@ -46,7 +53,8 @@ class HSAEncoderLayer(torch.nn.Module):
                  ffn_channels: Optional[int] = None,
                  pos_channels: Optional[int] = None, self_loops: bool = True,
                  dropout: float = 0.0, resolution: str = 'block',
-                 causal: bool = False):
+                 causal: bool = False,
+                 attention_dropout: Optional[float] = None):
         super().__init__()
         if channels % heads != 0:
             raise ValueError(f"'channels' ({channels}) must be divisible by "
@@ -55,12 +63,19 @@ class HSAEncoderLayer(torch.nn.Module):
         self.heads = heads
         self.ffn_channels = ffn_channels or 4 * channels
         self.dropout = dropout
-        # Query-resolved weights have no dropout (HSAConv refuses it).
+        if attention_dropout is None:
+            attention_dropout = dropout
+            check_variant(resolution, check_bool(causal, 'causal'),
+                          self_loops=check_bool(self_loops, 'self_loops'),
+                          dropout=check_real(dropout, 'dropout'),
+                          hint="HSAEncoderLayer's 'dropout' also sets the "
+                          "attention dropout: pass attention_dropout=0.0 "
+                          "to keep dropout after attention and "
+                          "feed-forward only")
         self.attn = HSAConv(channels, channels // heads, heads=heads,
                             pos_channels=pos_channels, self_loops=self_loops,
-                            dropout=dropout if resolution == 'block' else 0.0,
-                            root_weight=False, resolution=resolution,
-                            causal=causal)
+                            dropout=attention_dropout, root_weight=False,
+                            resolution=resolution, causal=causal)
         self.lin_out = Linear(channels, channels)
         self.norm_attn = torch.nn.LayerNorm(channels)
         self.ffn = torch.nn.Sequential(

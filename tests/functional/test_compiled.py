@@ -195,7 +195,8 @@ def test_new_trees_of_a_kind_reuse_the_compiled_graph():
 
 def test_backward_after_the_batch_and_its_tree_are_dropped():
     # A training loop drops the batch (and its tree) between the forward
-    # and the backward pass; the compiled graph holds only the handle.
+    # and the backward pass; the operator keeps the parent vector (its
+    # input) and rebuilds the tree from it.
     torch._dynamo.reset()
     torch.manual_seed(0)
     conv = HSAConv(16, 8, heads=2)
@@ -226,13 +227,12 @@ def _dropped_trees(count, start=3):
                                   'no input requires grad'])
 def test_compiled_inference_keeps_no_trees(mode):
     # Without a backward pass to follow, the operator keeps no tree alive
-    # (it kept its last 16 even under no_grad: 1.2 and 2.4 GB for the
+    # (it once kept its last 16 even under no_grad: 1.2 and 2.4 GB for the
     # first two 300k-leaf trees; issue 22).
     import weakref
 
     from pyg_hsa.functional import compiled as compiled_module
     torch._dynamo.reset()
-    compiled_module._RECENT.clear()
     compiled = torch.compile(lambda q, k, v, tree: hsa_attention(
         q, k, v, tree), fullgraph=True)
     context = {'no_grad': torch.no_grad, 'inference_mode':
@@ -245,15 +245,17 @@ def test_compiled_inference_keeps_no_trees(mode):
             refs.append(weakref.ref(tree))
             del tree
     gc.collect()
-    assert not compiled_module._RECENT
     assert all(ref() is None for ref in refs)
+    # (Nor the trees it rebuilt: they go with their parent vectors.)
+    assert all(key() is not None for key, _ in
+               compiled_module._TREES.values())
 
 
 def test_gradient_accumulation_over_more_than_16_dropped_trees():
     # 20 compiled micro-batches whose trees are dropped before the
-    # backward pass of their sum: the operator keeps the last 16 trees, so
-    # the backward pass fails, saying what to do; keeping the trees makes
-    # it work (and equal eager autograd).
+    # backward pass of their sum (a registry of the last 16 trees once
+    # made this fail): the parent vectors are saved for backward, so it
+    # works, and equals eager autograd with the trees kept.
     torch._dynamo.reset()
     compiled = torch.compile(lambda q, k, v, tree: hsa_attention(
         q, k, v, tree), fullgraph=True)
@@ -265,11 +267,8 @@ def test_gradient_accumulation_over_more_than_16_dropped_trees():
 
     total = loss(_dropped_trees(20), compiled)
     gc.collect()
-    with pytest.raises(RuntimeError, match='keep a reference to every '
-                       'micro-batch.s Tree'):
-        total.backward()
+    grad, = torch.autograd.grad(total, x)
     trees = _dropped_trees(20)
-    grad, = torch.autograd.grad(loss(trees, compiled), x)
     expected, = torch.autograd.grad(loss(trees, hsa_attention), x)
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
 

@@ -10,7 +10,11 @@ import torch
 from pyg_hsa import Tree, hsa_attention, hsa_dense
 from pyg_hsa.functional import layout as layout_module
 from pyg_hsa.functional import level_ops
-from pyg_hsa.functional.layout import _merge_narrow, contract_unary_chains
+from pyg_hsa.functional.layout import (
+    _merge_narrow,
+    contract_unary_chains,
+    layout_of,
+)
 from pyg_hsa.functional.level_ops import copy_nodes_, select_nodes
 from pyg_hsa.testing import dense_output, random_forest, random_qkv
 
@@ -35,7 +39,7 @@ def test_a_long_chain_contracts_to_its_leaf():
     depth = 2000  # pointer jumping, not one step per level
     parent = torch.cat([torch.arange(1, depth + 1), torch.tensor([-1])])
     tree = Tree.from_parent(parent, 1)
-    layout = tree._layout(False)
+    layout = layout_of(tree, False)
     assert layout.num_nodes == 1 and layout.depth == 0
     q, k, v = random_qkv(1, seed=0)
     assert bool((hsa_attention(q, k, v, tree) == 0).all())
@@ -69,7 +73,7 @@ def test_equal_families_back_to_back_are_views(monkeypatch):
         parent.append(start + width + torch.arange(width) // 4)
         start, width = start + width, width // 4
     tree = Tree.from_parent(torch.cat(parent + [torch.tensor([-1])]), 64)
-    buckets = tree._layout(False).buckets
+    buckets = layout_of(tree, False).buckets
     assert [b.start is not None for b in buckets] == [True]
     assert buckets[0].index.shape == (21, 4)
 
@@ -86,7 +90,7 @@ def test_a_level_of_mixed_families_keeps_large_equal_runs_as_views(
         parent += [16 + g] * size
     parent += [22] * len(groups) + [-1]
     tree = Tree.from_parent(torch.tensor(parent), 16)
-    buckets = tree._layout(False).buckets
+    buckets = layout_of(tree, False).buckets
     views = [b for b in buckets if b.start is not None]
     assert [(b.width, b.index.size(0)) for b in views] == [(3, 4)]
     # The rest (two families of 2, the root's family of 6) is gathered.

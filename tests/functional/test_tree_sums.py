@@ -7,6 +7,7 @@ import torch
 
 from pyg_hsa import Tree
 from pyg_hsa.functional import level_ops
+from pyg_hsa.functional.layout import layout_of
 from pyg_hsa.functional.tree_sums import (
     GatedPathSums,
     PathSums,
@@ -31,7 +32,7 @@ def case(seed, self_loops):
                                        num_roots=1 + seed % 3,
                                        unary_prob=0.25)
     tree = Tree.from_parent(parent, num_leaves)
-    return parent, num_leaves, tree._layout(self_loops)
+    return parent, num_leaves, layout_of(tree, self_loops)
 
 
 def below_and_paths(parent, num_leaves, layout):

@@ -1,12 +1,14 @@
-r"""FLOP counts of softmax self-attention and of HSA, to put the cost of
-:func:`~pyg_hsa.integrations.transformers.patch_attention` next to the
-original's. A multiply-add counts as two FLOPs."""
+r"""FLOP counts of softmax self-attention and of HSA (e.g. to put the cost
+of :func:`~pyg_hsa.integrations.transformers.patch_attention` next to the
+original's). A multiply-add counts as two FLOPs."""
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from pyg_hsa.functional.checks import check_resolution
+from pyg_hsa.functional.layout import layout_of
+from pyg_hsa.functional.variants import check_variant
+from pyg_hsa.topology import leaves_below, num_children
 from pyg_hsa.tree import Tree
 from pyg_hsa.utils.checks import check_bool, check_int
 
@@ -108,23 +110,24 @@ def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
     heads, head_dim, value_dim = _check_widths(heads, head_dim, value_dim)
     self_loops = check_bool(self_loops, 'self_loops')
     padded = check_bool(padded, 'padded')
-    query = check_resolution(resolution, False, self_loops)
+    query = check_variant(resolution, self_loops=self_loops).resolution == \
+        'query'
     if not isinstance(tree, Tree):
         tree = Tree.from_parent(tree)
     parent = tree.parent
     num_nodes = parent.numel()
     has_parent = parent >= 0
-    num_children = torch.bincount(parent[has_parent], minlength=num_nodes)
+    children = num_children(parent)
     if query:
-        return heads * _query_flops(tree, num_children, head_dim, value_dim)
+        return heads * _query_flops(tree, children, head_dim, value_dim)
     if padded:
         family = _bucket_widths(tree, self_loops)
     else:
-        family = num_children[num_children > 0]
+        family = children[children > 0]
         if self_loops:  # A root that is itself a leaf attends to itself.
-            lone = (~has_parent & (num_children == 0)).sum()
+            lone = (~has_parent & (children == 0)).sum()
             family = torch.cat([family, family.new_ones(int(lone))])
-    num_internal = int((num_children > 0).sum())
+    num_internal = int((children > 0).sum())
     num_edges = int(has_parent.sum())
     per_head = (int((family**2).sum()) *
                 (2 * head_dim + SOFTMAX_FLOPS + 1 + 2 * value_dim) +
@@ -133,13 +136,13 @@ def hsa_attention_flops(tree: Union[Tree, Tensor], heads: int, head_dim: int,
     return heads * per_head
 
 
-def _query_flops(tree: Tree, num_children: Tensor, head_dim: int,
+def _query_flops(tree: Tree, children: Tensor, head_dim: int,
                  value_dim: int) -> int:
     """Per head: query-resolved HSA's FLOPs (see
     :func:`hsa_attention_flops`)."""
-    internal = num_children > 0
-    leaves_below = _leaves_below(tree.parent, tree.num_leaves)
-    pairs = int((leaves_below[internal] * num_children[internal]).sum())
+    internal = children > 0
+    below = leaves_below(tree.parent, tree.num_leaves)
+    pairs = int((below[internal] * children[internal]).sum())
     per_pair = 2 * head_dim + SOFTMAX_FLOPS + 1 + 2 * value_dim
     edges = int((tree.parent >= 0).sum())
     return (pairs * per_pair +
@@ -147,20 +150,9 @@ def _query_flops(tree: Tree, num_children: Tensor, head_dim: int,
             tree.num_leaves * per_pair)
 
 
-def _leaves_below(parent: Tensor, num_leaves: int) -> Tensor:
-    """The number of leaves below every node."""
-    count = torch.zeros(parent.numel(), dtype=torch.long)
-    node = torch.arange(num_leaves)
-    while node.numel():
-        count.index_add_(0, node, torch.ones_like(node))
-        node = parent[node]
-        node = node[node >= 0]
-    return count
-
-
 def _bucket_widths(tree: Tree, self_loops: bool) -> Tensor:
     """The width every family of the implementation is computed at."""
-    layout = tree._layout(self_loops)
+    layout = layout_of(tree, self_loops)
     widths = [
         torch.full((bucket.index.size(0), ), bucket.width, dtype=torch.long)
         for bucket in layout.buckets

@@ -1,13 +1,14 @@
-"""The FLOP counts of pyg_hsa.integrations.flops against hand counts, and
+"""The FLOP counts of pyg_hsa.functional.flops against hand counts, and
 the padded count against the buckets the implementation really runs."""
 import pytest
 import torch
 
 from pyg_hsa import Tree
-from pyg_hsa.integrations.flops import (
+from pyg_hsa.functional.flops import (
     dense_attention_flops,
     hsa_attention_flops,
 )
+from pyg_hsa.functional.layout import layout_of
 
 # Per ordered pair of family members, with C = Cv = 2: 2C + 5 + 2Cv.
 PAIR = 13
@@ -55,7 +56,7 @@ def test_padded_counts_the_bucket_widths():
     # one bucket of width 4, so 3 * 16 pairs instead of 9 + 16 + 4.
     parent = torch.tensor([7, 7, 7, 8, 8, 8, 8, 9, 9, -1])
     tree = Tree.from_parent(parent)
-    buckets = tree._layout(True).buckets
+    buckets = layout_of(tree, True).buckets
     assert [(b.width, b.index.size(0)) for b in buckets] == [(4, 3)]
     unpadded = hsa_attention_flops(tree, 1, 2)
     padded = hsa_attention_flops(tree, 1, 2, padded=True)
@@ -81,7 +82,7 @@ def test_padded_matches_the_buckets_on_token_forests():
     valid[2, 5:] = False
     tree = Tree.from_parent(token_hierarchy(valid, (2, 4, 8)))
     for self_loops in (True, False):
-        layout = tree._layout(self_loops)
+        layout = layout_of(tree, self_loops)
         pairs = sum(b.width**2 * b.index.size(0) for b in layout.buckets)
         pairs += layout.lone_leaves.numel() if self_loops else 0
         base = hsa_attention_flops(tree, 1, 2, self_loops=self_loops)

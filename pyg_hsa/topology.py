@@ -1,5 +1,7 @@
-r"""Parent vectors: their validation (every message names the node) and
-the depth of every node."""
+r"""Tree arithmetic on parent vectors, in one place: validation (every
+message names the node), roots, depths, children counts, the leaves below
+every node and ancestors. :class:`~pyg_hsa.Tree` and the kernels in
+:mod:`pyg_hsa.functional` build on these; nothing here imports either."""
 import operator
 from typing import Optional, Tuple
 
@@ -50,11 +52,7 @@ def validate_parent(parent: Tensor, num_leaves: Optional[int],
         node = describe(int(own.nonzero()[0]))
         raise ValueError(f"{capitalize(node)} is its own parent")
 
-    has_parent = parent >= 0
-    num_children = torch.zeros(num_nodes, dtype=torch.long, device=device)
-    num_children.index_add_(0, parent[has_parent],
-                            torch.ones_like(parent[has_parent]))
-    childless = num_children == 0
+    childless = num_children(parent) == 0
     if num_leaves is None:
         num_leaves = int(childless.long().cumprod(0).sum())
         if num_leaves == 0:
@@ -108,6 +106,44 @@ def depth_by_pointer_jumping(parent: Tensor, describe=None) -> Tensor:
     describe = describe or describe_global
     raise ValueError(f"The nesting contains a cycle: {describe(on_cycle)} "
                      f"is its own ancestor")
+
+
+def num_children(parent: Tensor) -> Tensor:
+    """The number of children of every node."""
+    return torch.bincount(parent[parent >= 0], minlength=parent.numel())
+
+
+def leaf_paths(parent: Tensor, num_leaves: int) -> Tuple[Tensor, Tensor]:
+    """Every leaf with every node on its path to its root (itself
+    included), as two aligned vectors ``(leaf, node)``: first each leaf
+    with itself, then with its parent, and so on (leaves in order)."""
+    leaves, nodes = [], []
+    node = torch.arange(num_leaves, device=parent.device)
+    leaf = node
+    while node.numel():
+        leaves.append(leaf)
+        nodes.append(node)
+        node = parent[node]
+        up = node >= 0
+        leaf, node = leaf[up], node[up]
+    return torch.cat(leaves), torch.cat(nodes)
+
+
+def leaves_below(parent: Tensor, num_leaves: int) -> Tensor:
+    """The number of leaves below every node (1 for a leaf)."""
+    return torch.bincount(leaf_paths(parent, num_leaves)[1],
+                          minlength=parent.numel())
+
+
+def ancestors(parent: Tensor) -> Tensor:
+    """``[T, M]``: the ``t``-th ancestor of every node (the node itself at
+    ``t = 0``, ``-1`` above its root), for ``T`` = the depth + 1 (quadratic
+    callers only: it holds a row per level)."""
+    rows = [torch.arange(parent.numel(), device=parent.device)]
+    while bool((rows[-1] >= 0).any()):
+        a = rows[-1]
+        rows.append(torch.where(a >= 0, parent[a.clamp(min=0)], -1))
+    return torch.stack(rows[:-1])
 
 
 def describe_global(node: int) -> str:
