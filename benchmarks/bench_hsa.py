@@ -3,9 +3,14 @@ measured in one run (compare ratios, not absolute times).
 
     python benchmarks/bench_hsa.py --out table.md --plot bench_hsa.png
     python benchmarks/bench_hsa.py --smoke     # seconds; what CI runs
+    python benchmarks/bench_hsa.py --rows molecules,listops  # some rows
 
 Every row is forward + backward (``fwd+bwd``) unless it says ``fwd``, with
-H=4 heads, C=32 channels, float32. The reference is
+H=4 heads, C=32 channels, float32. ``hsa`` is block resolution (the
+paper's HSA), ``hsa query`` query resolution with self loops. ``ops`` is
+the number of aten operations one step dispatches (views and the autograd
+engine's included; :func:`pyg_hsa.testing.count_aten_ops`): on a GPU each
+is a kernel launch, so it is this machine's proxy for launch overhead. The reference is
 ``torch.nn.functional.scaled_dot_product_attention`` with 4-D ``[B, H, N,
 C]`` inputs (``sdpa``), which takes PyTorch's fused (flash) CPU kernel in
 O(N) memory; the 3-D ``[H, N, C]`` call falls back to the math path that
@@ -34,6 +39,10 @@ Rows:
 * ``molecules xB`` -- ``MoleculeToHierarchy()`` batches of B NCI molecules
   (RDKit's ``first_5K.smi``) against ``sdpa`` over each molecule's atoms,
   padded to the largest with a key mask;
+* ``listops x16`` -- ``BracketsToHierarchy`` parse trees of the first 16
+  LRA ListOps expressions (seed 0), in one cell with the complete 8-ary
+  tree of the same number of leaves (``x``: time per leaf against it, in
+  the same resolution);
 * ``hsa_conv`` -- :class:`~pyg_hsa.nn.HSAConv` (projections, LayerNorm,
   skip) on the complete tree.
 """
@@ -94,6 +103,11 @@ def hierarchy(kind: str, size: int):
             Data(x=torch.zeros(size, 1)))
     elif kind == 'molecules':
         build, source = Tree.from_hetero, molecule_batch(size)
+    elif kind == 'listops':
+        build, source = Tree.from_hetero, listops_batch(size)
+    elif kind == 'complete_as_listops':  # as many leaves as that batch
+        num_leaves = Tree.from_hetero(listops_batch(size)).num_leaves
+        build, source = Tree.from_parent, balanced_parent(8, num_leaves)
     else:
         raise ValueError(kind)
     start = time.perf_counter()
@@ -127,8 +141,41 @@ def molecule_batch(num_molecules: int):
     return next(iter(DataLoader(out, batch_size=num_molecules)))
 
 
+def listops_batch(num_expressions: int):
+    """The first :obj:`num_expressions` LRA ListOps expressions (the seeded
+    generator, seed 0) as one batch of ``BracketsToHierarchy`` parse
+    trees."""
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader
+
+    from pyg_hsa.datasets import ListOps
+    from pyg_hsa.datasets.listops_generator import generate
+    from pyg_hsa.transforms import BracketsToHierarchy
+    tokens, offsets, _ = generate(num_expressions, seed=0)
+    transform = BracketsToHierarchy(ListOps.OPERATOR_IDS, ListOps.CLOSING_ID)
+    import torch
+    out = [transform(Data(x=torch.from_numpy(
+        tokens[offsets[i]:offsets[i + 1]].astype('int64'))))
+        for i in range(num_expressions)]
+    return next(iter(DataLoader(out, batch_size=num_expressions)))
+
+
+def plan_seconds(tree, method: str) -> float:
+    """Seconds to build the per-tree plan of the kernel :obj:`method` uses
+    (done once per tree, on its first call; a fresh batch pays it)."""
+    from pyg_hsa.functional.block_families import build_family_plan
+    from pyg_hsa.functional.query_tiles import build_tile_plan
+    start = time.perf_counter()
+    if method == 'hsa_query':
+        build_tile_plan(tree.parent, tree.num_leaves, False, True)
+    else:
+        build_family_plan(tree.parent, tree.num_leaves, False)
+    return time.perf_counter() - start
+
+
 def make_step(method: str, kind: str, size: int, backward: bool):
-    """``(step, leaves, tree build seconds)`` for one method on one row."""
+    """``(step, leaves, seconds to build the Tree and the kernel's plan)``
+    for one method on one row."""
     import torch
     import torch.nn.functional as F
 
@@ -142,11 +189,14 @@ def make_step(method: str, kind: str, size: int, backward: bool):
     def tensors(*shape):
         return [torch.randn(*shape, requires_grad=backward) for _ in range(3)]
 
-    if method == 'hsa':
+    if method in ('hsa', 'hsa_query'):
         q, k, v = tensors(n, HEADS, CHANNELS)
+        options = dict(resolution='query', self_loops=True) \
+            if method == 'hsa_query' else {}
+        build += plan_seconds(tree, method)
 
         def run():
-            return hsa_attention(q, k, v, tree)
+            return hsa_attention(q, k, v, tree, **options)
     elif method == 'hsa_conv':
         conv = HSAConv(HEADS * CHANNELS, CHANNELS, heads=HEADS)
         x = torch.randn(n, HEADS * CHANNELS, requires_grad=backward)
@@ -204,7 +254,10 @@ def worker(spec: dict) -> dict:
             step()
             best[key] = min(best[key], time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from pyg_hsa.testing import count_aten_ops
+    ops = {key: count_aten_ops(s[0]) for key, s in steps.items()}
     return {'leaves': {key: s[1] for key, s in steps.items()},
+            'ops': ops,
             'time_s': best,
             'build_s': {key: s[2] for key, s in steps.items()},
             'peak_mb': peak - baseline_mb}
@@ -217,7 +270,7 @@ def _current_rss_mb() -> float:
 
 def measure(cell, timeout: float) -> dict:
     """Runs one cell in a fresh subprocess."""
-    _, entries, size, backward, rounds = cell
+    _, entries, size, backward, rounds = cell[:5]
     spec = {'entries': entries, 'size': size, 'backward': backward,
             'rounds': rounds}
     cmd = [sys.executable, __file__, '--worker', json.dumps(spec)]
@@ -234,140 +287,201 @@ def measure(cell, timeout: float) -> dict:
 
 
 def cells(smoke: bool):
-    """The cells of the run: ``(labels, entries, size, backward, rounds)``;
-    each entry ``(method, hierarchy)`` is one table row, under the label of
-    the same position."""
+    """The cells of the run: ``(labels, entries, size, backward, rounds,
+    refs)``; each entry ``(method, hierarchy)`` is one table row, under the
+    label of the same position, and ``refs[i]`` is the entry row ``i`` is
+    compared with (``x``)."""
     K = 1024
+    both = [('hsa', 'hsa_query')]
     if smoke:
         n = 512
         return [
-            (['flat'] * 3, [('hsa', 'flat'), ('sdpa', 'flat'),
-                            ('sdpa3d', 'flat')], 256, True, 2),
-            (['complete b=8'] * 2, [('hsa', 'complete'),
-                                    ('sdpa', 'complete')], n, True, 2),
-            (['complete b=8'], [('hsa', 'complete')], n, False, 2),
-            (REAL + ['complete b=8'], [('hsa', k) for k in REAL_KINDS] +
-             [('hsa', 'complete')], n, True, 2),
-            (['molecules x4'] * 2, [('hsa', 'molecules'),
-                                    ('sdpa', 'molecules')], 4, True, 2),
-            (['hsa_conv'], [('hsa_conv', 'complete')], n, True, 2),
+            cell(['flat'] * 4, [('hsa', 'flat'), ('hsa_query', 'flat'),
+                                ('sdpa', 'flat'), ('sdpa3d', 'flat')], 256,
+                 True, 2, ref=2),
+            cell(['complete b=8'] * 3, [('hsa', 'complete'),
+                                        ('hsa_query', 'complete'),
+                                        ('sdpa', 'complete')], n, True, 2,
+                 ref=2),
+            cell(['complete b=8'], [('hsa', 'complete')], n, False, 2),
+            cell(REAL + ['complete b=8'], [('hsa', k) for k in REAL_KINDS] +
+                 [('hsa', 'complete')], n, True, 2, ref=3),
+            cell(['molecules x4'] * 3, [('hsa', 'molecules'),
+                                        ('hsa_query', 'molecules'),
+                                        ('sdpa', 'molecules')], 4, True, 2,
+                 ref=2),
+            listops_cell(1, 2),
+            cell(['hsa_conv'], [('hsa_conv', 'complete')], n, True, 2),
         ]
     out = []
     for n, rounds in ((K, 7), (4 * K, 5), (16 * K, 3), (64 * K, 1)):
-        methods = ['hsa', 'sdpa'] + (['sdpa3d'] if n <= 4 * K else [])
-        out.append((['flat'] * len(methods), [(m, 'flat') for m in methods],
-                    n, True, rounds))
+        methods = ['hsa', 'hsa_query', 'sdpa'] + (
+            ['sdpa3d'] if n <= 4 * K else [])
+        out.append(cell(['flat'] * len(methods),
+                        [(m, 'flat') for m in methods], n, True, rounds,
+                        ref=2))
     for method in ('hsa', 'sdpa'):  # alone: their own memory
-        out.append((['flat'], [(method, 'flat')], 100_000, True, 1))
+        out.append(cell(['flat'], [(method, 'flat')], 100_000, True, 1))
     for n, rounds in ((K, 7), (4 * K, 5), (16 * K, 5), (64 * K, 1)):
-        out.append((['complete b=8'] * 2, [('hsa', 'complete'),
-                                           ('sdpa', 'complete')], n, True,
-                    rounds))
+        out.append(cell(['complete b=8'] * 3,
+                        [('hsa', 'complete'), ('hsa_query', 'complete'),
+                         ('sdpa', 'complete')], n, True, rounds, ref=2))
     for n in (16 * K, 128 * K, 1024 * K):  # alone: their own memory
         for backward in (True, False):
-            out.append((['complete b=8'], [('hsa', 'complete')], n,
-                        backward, 5 if n < 1024 * K else 2))
-    out.append((REAL + ['complete b=8'], [('hsa', k) for k in REAL_KINDS] +
-                [('hsa', 'complete')], 128 * K, True, 5))
+            out.append(cell(['complete b=8'], [('hsa', 'complete')], n,
+                            backward, 5 if n < 1024 * K else 2))
+    out.append(cell(['complete b=8'], [('hsa_query', 'complete')], 128 * K,
+                    True, 3))
+    for method in both[0]:
+        out.append(cell(REAL + ['complete b=8'],
+                        [(method, k) for k in REAL_KINDS] +
+                        [(method, 'complete')], 128 * K, True, 3, ref=3))
     for batch, rounds in ((32, 30), (512, 10)):
-        out.append(([f'molecules x{batch}'] * 2, [('hsa', 'molecules'),
-                                                  ('sdpa', 'molecules')],
-                    batch, True, rounds))
-    out.append((['hsa_conv'], [('hsa_conv', 'complete')], 128 * K, True, 3))
+        out.append(cell([f'molecules x{batch}'] * 3,
+                        [('hsa', 'molecules'), ('hsa_query', 'molecules'),
+                         ('sdpa', 'molecules')], batch, True, rounds, ref=2))
+        for method in both[0]:  # alone: their own memory
+            out.append(cell([f'molecules x{batch}'],
+                            [(method, 'molecules')], batch, True, 3))
+    out.append(listops_cell(16, 5))
+    for method in both[0]:  # alone: their own memory
+        out.append(cell(['listops x16'], [(method, 'listops')], 16, True, 2))
+    out.append(cell(['hsa_conv'], [('hsa_conv', 'complete')], 128 * K, True,
+                    3))
     return out
+
+
+def cell(labels, entries, size, backward, rounds, ref=0):
+    """A cell whose rows are all compared with entry :obj:`ref`."""
+    return (labels, entries, size, backward, rounds, [ref] * len(entries))
+
+
+def listops_cell(size, rounds):
+    """ListOps parse trees and the complete tree of as many leaves, in
+    both resolutions, each compared with the complete tree in its own."""
+    label = f'listops x{size}'
+    return ([label, 'complete b=8 (as listops)'] * 2,
+            [('hsa', 'listops'), ('hsa', 'complete_as_listops'),
+             ('hsa_query', 'listops'), ('hsa_query', 'complete_as_listops')],
+            size, True, rounds, [1, 1, 3, 3])
 
 
 REAL = ['points sphere', 'points cube', 'sequence']
 REAL_KINDS = ['sphere', 'cube', 'sequence']
-LABELS = {'hsa': 'hsa', 'sdpa': 'sdpa', 'sdpa3d': 'sdpa 3-D (math path)',
-          'hsa_conv': 'hsa_conv'}
+LABELS = {'hsa': 'hsa', 'hsa_query': 'hsa query', 'sdpa': 'sdpa',
+          'sdpa3d': 'sdpa 3-D (math path)', 'hsa_conv': 'hsa_conv'}
 
 
 def rows_of(cell, result):
     """Table rows ``(row, method, pass, leaves, ms, us/leaf, peak MB,
-    build ms, x)`` of one measured cell; ``x`` is the time per leaf relative
-    to the cell's reference entry (its first; the complete tree in the cell
-    of real hierarchies)."""
-    labels, entries, size, backward, _ = cell
+    build ms, ops, x)`` of one measured cell; ``x`` is the time per leaf
+    relative to the row's reference entry."""
+    labels, entries, size, backward, _, refs = cell
     phase = 'fwd+bwd' if backward else 'fwd'
     if 'error' in result:
         return [(labels[0], '/'.join(m for m, _ in entries), phase, size,
-                 result['error'], '', '', '', '')]
+                 result['error'], '', '', '', '', '')]
     keys = [f'{m}@{k}' for m, k in entries]
-    ref = keys[-1] if labels[:len(REAL)] == REAL else keys[0]
     per_leaf = {key: result['time_s'][key] / result['leaves'][key]
                 for key in keys}
     out = []
-    for label, (method, _), key in zip(labels, entries, keys):
+    for label, (method, _), key, ref in zip(labels, entries, keys, refs):
         t, n = result['time_s'][key], result['leaves'][key]
         build = result['build_s'][key] * 1e3 if method.startswith('hsa') \
             else None
         out.append((label, LABELS[method], phase, n, t * 1e3, t / n * 1e6,
-                    result['peak_mb'], build, per_leaf[key] / per_leaf[ref]))
+                    result['peak_mb'], build, result['ops'][key],
+                    per_leaf[key] / per_leaf[keys[ref]]))
     return out
 
 
 def format_row(row) -> str:
-    name, method, phase, n, ms, per_leaf, peak, build, ratio = row
+    name, method, phase, n, ms, per_leaf, peak, build, ops, ratio = row
     if isinstance(ms, str):  # an error
-        return f'| {name} | {method} | {phase} | {n} | {ms} | | | | |'
+        return f'| {name} | {method} | {phase} | {n} | {ms} | | | | | |'
     build = '' if build is None else f'{build:.0f}'
     return (f'| {name} | {method} | {phase} | {n} | {ms:.2f} | '
-            f'{per_leaf:.2f} | {peak:.0f} | {build} | {ratio:.2f} |')
+            f'{per_leaf:.2f} | {peak:.0f} | {build} | {ops} | '
+            f'{ratio:.2f} |')
 
 
 HEADER = ('| row | method | pass | leaves | time (ms) | µs/leaf | peak MB '
-          '(cell) | Tree build (ms) | x |')
+          '(cell) | Tree + plan (ms) | ops | x |')
 
 
 def summary(rows) -> list:
     """The targets of the performance work, as measured in this run."""
-    def find(name, method, phase, n):
+    def find(name, method, phase='fwd+bwd', n=None):
         for r in rows:
-            if r[:4] == (name, method, phase, n) and not isinstance(r[4],
-                                                                    str):
+            if r[:3] == (name, method, phase) and (n is None or r[3] == n) \
+                    and not isinstance(r[4], str):
                 return r
         return None
 
     lines = []
     for n in (1024, 4096, 16384, 65536):
-        hsa, sdpa = find('flat', 'hsa', 'fwd+bwd', n), find(
-            'flat', 'sdpa', 'fwd+bwd', n)
-        if hsa and sdpa:
-            lines.append(f'- flat tree, {n} leaves: HSA takes '
-                         f'{hsa[4] / sdpa[4]:.2f}x the time of SDPA (4-D)')
-    big = find('flat', 'hsa', 'fwd+bwd', 100_000)
-    big_sdpa = find('flat', 'sdpa', 'fwd+bwd', 100_000)
+        sdpa = find('flat', 'sdpa', n=n)
+        for method in ('hsa', 'hsa query'):
+            hsa = find('flat', method, n=n)
+            if hsa and sdpa:
+                lines.append(f'- flat tree, {n} leaves: {method} takes '
+                             f'{hsa[4] / sdpa[4]:.2f}x the time of SDPA (4-D)')
+    big, big_sdpa = find('flat', 'hsa', n=100_000), find('flat', 'sdpa',
+                                                         n=100_000)
     if big:
         sdpa_text = f'; SDPA (4-D) {big_sdpa[4] / 1e3:.1f} s' \
             if big_sdpa else ''
         lines.append(f'- 100k-member family: {big[4] / 1e3:.1f} s, peak '
                      f'{big[6]:.0f} MB' + sdpa_text)
     for n in (1024, 4096, 16384, 65536):
-        hsa, sdpa = (find('complete b=8', m, 'fwd+bwd', n)
-                     for m in ('hsa', 'sdpa'))
-        if hsa and sdpa:
-            lines.append(f'- complete 8-ary tree, {n} leaves: SDPA (4-D) '
-                         f'takes {sdpa[4] / hsa[4]:.1f}x the time of HSA')
+        sdpa = find('complete b=8', 'sdpa', n=n)
+        for method in ('hsa', 'hsa query'):
+            hsa = find('complete b=8', method, n=n)
+            if hsa and sdpa:
+                lines.append(f'- complete 8-ary tree, {n} leaves: SDPA (4-D)'
+                             f' takes {sdpa[4] / hsa[4]:.1f}x the time of '
+                             f'{method}')
     for a, b in ((16384, 131072), (131072, 1048576)):
-        ra, rb = (find('complete b=8', 'hsa', 'fwd+bwd', n) for n in (a, b))
+        ra, rb = (find('complete b=8', 'hsa', n=n) for n in (a, b))
         if ra and rb:
             lines.append(f'- complete 8-ary tree, {a} -> {b} leaves (8x): '
                          f'{rb[4] / ra[4]:.1f}x the time')
     for name in REAL:
-        r = [x for x in rows if x[0] == name and not isinstance(x[4], str)]
-        if r:
-            lines.append(f'- {name}, {r[0][3]} leaves: {r[0][5]:.2f} µs/leaf'
-                         f', {r[0][8]:.2f}x the complete tree of that size '
-                         f'per leaf (same process)')
+        for method in ('hsa', 'hsa query'):
+            r = find(name, method)
+            if r:
+                lines.append(f'- {name}, {r[3]} leaves, {method}: '
+                             f'{r[5]:.2f} µs/leaf, {r[9]:.2f}x the complete '
+                             f'tree of that size per leaf (same process)')
+    memory = {}
+    for r in rows:  # cells of one entry: that entry's own peak
+        if not isinstance(r[4], str) and (r[0], r[1]) not in memory and \
+                sum(x[:2] == r[:2] for x in rows) >= 1:
+            memory.setdefault((r[0], r[1]), []).append(r[6])
     for batch in (32, 512):
-        r = [x for x in rows if x[0] == f'molecules x{batch}'
-             and not isinstance(x[4], str)]
-        if len(r) == 2:
-            lines.append(f'- {batch} molecules ({r[0][3]} atoms): HSA '
-                         f'{r[0][4]:.2f} ms, padded SDPA (4-D) {r[1][4]:.2f} '
-                         f'ms ({r[0][4] / r[1][4]:.2f}x)')
-    top = find('complete b=8', 'hsa', 'fwd+bwd', 1048576)
+        name = f'molecules x{batch}'
+        sdpa = find(name, 'sdpa')
+        for method in ('hsa', 'hsa query'):
+            r = find(name, method)
+            if r and sdpa:
+                lines.append(f'- {batch} molecules ({r[3]} atoms), {method}:'
+                             f' {r[8]} ops, {r[4]:.2f} ms, padded SDPA (4-D)'
+                             f' {sdpa[4]:.2f} ms ({r[4] / sdpa[4]:.2f}x)')
+    for method in ('hsa', 'hsa query'):
+        r = find('listops x16', method)
+        if r:
+            lines.append(f'- 16 ListOps parse trees ({r[3]} leaves), '
+                         f'{method}: {r[8]} ops, {r[9]:.2f}x the complete '
+                         f'8-ary tree of as many leaves (same resolution)')
+    for name in ('molecules x32', 'molecules x512', 'listops x16'):
+        alone = {r[1]: r[6] for r in rows if r[0] == name and
+                 not isinstance(r[4], str) and
+                 sum(x[0] == name and x[1] == r[1] for x in rows) == 2}
+        if 'hsa' in alone and 'hsa query' in alone and alone['hsa'] > 0:
+            lines.append(f'- {name}, peak memory measured alone: query '
+                         f'{alone["hsa query"]:.0f} MB, block '
+                         f'{alone["hsa"]:.0f} MB')
+    top = find('complete b=8', 'hsa', n=1048576)
     if top:
         lines.append(f'- 1M leaves: peak {top[6]:.0f} MB fwd+bwd; Tree '
                      f'build {top[7]:.0f} ms')
@@ -419,6 +533,8 @@ def main(argv=None):
                         help='seconds per cell before giving up')
     parser.add_argument('--out', help='also write the table here')
     parser.add_argument('--plot', help='write the PNG plot here')
+    parser.add_argument('--rows', help='only the cells whose row names '
+                        'contain one of these comma-separated words')
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -430,11 +546,14 @@ def main(argv=None):
         f'{torch.__version__}, {torch.get_num_threads()} threads; '
         f'H={HEADS}, C={CHANNELS}, float32.',
         f"Command: python benchmarks/bench_hsa.py {' '.join(sys.argv[1:])}",
-        '', HEADER, '| --- ' * 9 + '|'
+        '', HEADER, '| --- ' * 10 + '|'
     ]
     print('\n'.join(header), flush=True)
     rows = []
+    wanted = args.rows.split(',') if args.rows else None
     for cell in cells(args.smoke):
+        if wanted and not any(w in label for w in wanted for label in cell[0]):
+            continue
         for row in rows_of(cell, measure(cell, args.timeout)):
             rows.append(row)
             print(format_row(row), flush=True)

@@ -23,6 +23,7 @@ __all__ = [
     'renumber',
     'root_paths',
     'brute_force_theta',
+    'count_aten_ops',
 ]
 
 
@@ -204,3 +205,23 @@ def brute_force_theta(logits_fn, parent, num_leaves, self_loops,
                    options={'ftol': 1e-15, 'maxiter': 2000})
     assert res.success, res.message
     return theta_of(res.x)
+
+
+def count_aten_ops(fn) -> int:
+    """The number of aten operations :obj:`fn()` dispatches (views and
+    in-place ones included): on a GPU, each is a kernel launch or at least
+    a trip through the dispatcher. Counted with a
+    :class:`~torch.utils._python_dispatch.TorchDispatchMode`, which sees
+    the autograd engine's operations in a backward pass too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.count

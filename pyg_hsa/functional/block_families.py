@@ -20,8 +20,9 @@ Energies are kept negated (:math:`-\varphi`, :math:`-\eta`), so that the
 infinite ones (leaves, nodes without siblings) are :math:`-\infty`, which
 :func:`torch.logaddexp` and sums carry without ``inf - inf``.
 """
+import bisect
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,20 @@ from pyg_hsa.functional.layout import contract_unary_chains
 from pyg_hsa.functional.plan import cached_plan
 from pyg_hsa.topology import depth_by_pointer_jumping
 
-# Largest padded family batch (F * W * W cells) and widest family run this
-# way; beyond either, the bucketed dynamic program is used.
+# Largest padded family batch (rows * W * W cells) and widest family run
+# this way; beyond either, the level-by-level dynamic program is used.
 FAMILY_ELEMENTS = 1 << 22
 MAX_WIDTH = 64
+# On CPU, where time is arithmetic more than dispatch, larger trees run
+# faster level by level: its subtree sums are O(M) reshapes, the sparse
+# products here O(N * depth). Measured (benchmarks/bench_hsa.py, C=32):
+# at 16k leaves the families take 1.2x (irregular trees) to 1.8x (uniform
+# ones, whose levels are strided views) the time, at 4k uniform leaves
+# 1.8x, while molecules, ListOps and 4k-point clouds break even or gain.
+# On a GPU every level's dozens of launches cost more than the padding,
+# so the caps do not apply there.
+MAX_LEAVES = 1 << 15
+MAX_UNIFORM_LEAVES = 1 << 10
 
 
 class FamilyPlan(NamedTuple):
@@ -45,7 +56,8 @@ class FamilyPlan(NamedTuple):
     order: Tensor
     #: ``[M]`` the user's node whose position (``pe``) every node takes.
     position: Tensor
-    #: ``[F, W]`` level-order node in every slot (pads: the first member).
+    #: ``[R, W]`` level-order node in every slot of the packed rows (pads:
+    #: the row's first node).
     slot_node: Tensor
     #: ``[F, 1, W, W]`` additive bias, float64: ``log n(B)`` where slot ``a``
     #: attends to slot ``b``, ``-inf`` elsewhere (pad rows see slot 0).
@@ -72,9 +84,12 @@ class FamilyPlan(NamedTuple):
 
 def family_plan(tree, self_loops: bool) -> Optional[FamilyPlan]:
     """:obj:`tree`'s :class:`FamilyPlan` (cached), or :obj:`None` where its
-    families exceed :data:`FAMILY_ELEMENTS` or :data:`MAX_WIDTH`."""
+    families exceed :data:`FAMILY_ELEMENTS` or :data:`MAX_WIDTH`, or (on
+    CPU) its leaves :data:`MAX_LEAVES` (:data:`MAX_UNIFORM_LEAVES` for
+    uniform trees)."""
     return cached_plan(tree, ('block families', bool(self_loops),
-                              FAMILY_ELEMENTS, MAX_WIDTH),
+                              FAMILY_ELEMENTS, MAX_WIDTH, MAX_LEAVES,
+                              MAX_UNIFORM_LEAVES),
                        lambda: build_family_plan(tree.parent, tree.num_leaves,
                                                  self_loops))
 
@@ -92,13 +107,15 @@ def build_family_plan(parent: Tensor, num_leaves: int,
     family = torch.where(has_parent, count[parent.clamp(min=0)], 1)
     # Members of a family: siblings, or a leaf attending to itself.
     member = (has_parent & (family > 1)) | (is_leaf & self_loops)
-    width = int(family[member].max()) if bool(member.any()) else 1
-    num_families = int(torch.unique(torch.where(
-        has_parent, parent, -1 - torch.arange(num_nodes, device=device))[
-            member]).numel()) if bool(member.any()) else 0
-    if num_families == 0 or width > MAX_WIDTH or \
-            num_families * width * width > FAMILY_ELEMENTS:
-        return None  # (no family at all: nothing to batch)
+    if not bool(member.any()):
+        return None  # no family at all: nothing to batch
+    width = int(family[member].max())
+    if width > MAX_WIDTH:
+        return None
+    if not parent.is_cuda and num_leaves > (
+            MAX_UNIFORM_LEAVES if _uniform(parent, num_leaves, family,
+                                           has_parent) else MAX_LEAVES):
+        return None
 
     depth = depth_by_pointer_jumping(parent)
     order = torch.argsort(depth, stable=True)
@@ -121,9 +138,21 @@ def build_family_plan(parent: Tensor, num_leaves: int,
         owner, return_inverse=True, return_counts=True)
     start = torch.cumsum(per_family, 0) - per_family
     slot = torch.arange(members.numel(), device=device) - start[fam_id]
-    slot_node = new_id[members[start]].view(-1, 1).repeat(1, width)
-    slot_node[fam_id, slot] = new_id[members]
-    bias = torch.full((num_families, width, width), -math.inf,
+    # Families share padded rows of `width` slots, side by side (the bias
+    # keeps them apart): the padding is that of a bin packing, not that of
+    # every family padded to the widest.
+    row, offset = (torch.tensor(x, device=device) for x in _pack(
+        per_family.tolist(), width))
+    num_rows = int(row.max()) + 1
+    if num_rows * width * width > FAMILY_ELEMENTS:
+        return None
+    member_row = row[fam_id]
+    member_col = offset[fam_id] + slot
+    slot_node = torch.empty(num_rows, width, dtype=torch.long, device=device)
+    slot_node[row, offset] = new_id[members[start]]  # pads: a real node
+    slot_node[:] = slot_node[:, :1]
+    slot_node[member_row, member_col] = new_id[members]
+    bias = torch.full((num_rows, width, width), -math.inf,
                       dtype=torch.float64, device=device)
     log_size = size.double().log()
     # Member a attends to every other member b (and to itself if a leaf
@@ -135,11 +164,12 @@ def build_family_plan(parent: Tensor, num_leaves: int,
         (torch.cumsum(reps, 0) - reps)[a]
     keep = (a != b) | (is_leaf[members[a]] & self_loops)
     a, b = a[keep], b[keep]
-    bias[fam_id[a], slot[a], slot[b]] = log_size[members[b]]
-    pad = torch.arange(width, device=device) >= per_family.view(-1, 1)
-    bias[:, :, 0].masked_fill_(pad, 0.0)  # pad rows: finite, unused
+    bias[member_row[a], member_col[a], member_col[b]] = log_size[members[b]]
+    used = torch.zeros(num_rows, width, dtype=torch.bool, device=device)
+    used[member_row, member_col] = True
+    bias[:, :, 0].masked_fill_(~used, 0.0)  # pad rows: finite, unused
     node_slot = torch.zeros(num_nodes, dtype=torch.long, device=device)
-    node_slot[new_id[members]] = fam_id * width + slot
+    node_slot[new_id[members]] = member_row * width + member_col
     alone = torch.ones(num_nodes, dtype=torch.bool, device=device)
     alone[new_id[members]] = False
 
@@ -179,6 +209,36 @@ def build_family_plan(parent: Tensor, num_leaves: int,
                       node_slot, alone, phi_inf, level_ptr,
                       tuple(level_parent), tuple(level_ratio), means,
                       ancestors, paths, {})
+
+
+def _uniform(parent: Tensor, num_leaves: int, family: Tensor,
+             has_parent: Tensor) -> bool:
+    """Whether all families have one size and all leaves one depth (a
+    complete tree, or windows over a sequence)."""
+    sizes = family[has_parent]
+    if sizes.numel() == 0 or not bool((sizes == sizes[0]).all()):
+        return False
+    depth = depth_by_pointer_jumping(parent)[:num_leaves]
+    return bool((depth == depth[0]).all())
+
+
+def _pack(sizes: List[int], width: int) -> Tuple[List[int], List[int]]:
+    """Rows of :obj:`width` slots holding families of :obj:`sizes` side by
+    side (best fit, largest first): each family's row and first slot."""
+    rows, offsets = [0] * len(sizes), [0] * len(sizes)
+    free: List[Tuple[int, int]] = []  # (free slots, row), sorted
+    num_rows = 0
+    for f in sorted(range(len(sizes)), key=lambda f: -sizes[f]):
+        i = bisect.bisect_left(free, (sizes[f], -1))
+        if i == len(free):  # no row has room: a new one
+            capacity, r = width, num_rows
+            num_rows += 1
+        else:
+            capacity, r = free.pop(i)
+        rows[f], offsets[f] = r, width - capacity
+        if capacity > sizes[f]:
+            bisect.insort(free, (capacity - sizes[f], r))
+    return rows, offsets
 
 
 def _leaf_ancestor_pairs(parent: Tensor, num_leaves: int
