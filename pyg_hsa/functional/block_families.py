@@ -440,9 +440,7 @@ class BlockAttention(torch.autograd.Function):
         grad_x.index_add_(0, c.slot_index, grad_fam.view(-1, fam.size(-1)))
         grad_x = (c.means[1] @ grad_x.view(num_nodes, -1)).view(
             num_leaves, heads, -1)
-        # (Contiguous: leaf inputs would otherwise copy them twice.)
-        return (*[g.contiguous() for g in grad_x.split(
-                    [channels, channels, values], -1)],
+        return (*grad_x.split([channels, channels, values], -1),
                 grad_logits if ctx.needs_input_grad[3] else None, None, None)
 
 
@@ -496,7 +494,7 @@ def _gains_backward(grad: Tensor, gain: Tensor, mu: Tensor, out: Tensor,
 def _grad_of_reference(inputs, grad: Tensor, scale: float, c: Constants):
     wanted = [x.requires_grad for x in inputs]
     with torch.enable_grad():
-        out = block_reference(*inputs, scale, c)
+        out = block_reference(*inputs, scale, c).reshape(grad.shape)
         grads = iter(torch.autograd.grad(
             out, [x for x, w in zip(inputs, wanted) if w], grad,
             create_graph=True, allow_unused=True, materialize_grads=True))
@@ -521,26 +519,26 @@ def block_reference(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
         c.node_slot].view(num_nodes, heads, values)
     neg_eta = lse.view(-1)[c.node_slot].view(num_nodes, heads)
     neg_eta = torch.where(c.alone, -math.inf, neg_eta)
-    # Energies with finite stand-ins where both are infinite, so that no
-    # derivative meets -inf - (-inf).
+    # Energies with finite stand-ins wherever one is infinite, so that no
+    # first or second derivative meets an infinity (logaddexp's would).
     phi_inf, eta_inf = c.phi_inf, c.alone
-    none = phi_inf & eta_inf
-    phis = list(torch.where(phi_inf, -math.inf, neg_eta.new_zeros(
-        neg_eta.shape)).split(c.sizes))
-    etas = neg_eta.split(c.sizes)
-    nones = none.split(c.sizes)
+    eta = torch.where(eta_inf, 0.0, neg_eta)
+    phis = list(neg_eta.new_zeros(neg_eta.shape).split(c.sizes))
+    etas = eta.split(c.sizes)
+    phi_infs, eta_infs = phi_inf.split(c.sizes), eta_inf.split(c.sizes)
     for d in range(len(c.sizes) - 1, 0, -1):
-        norm = torch.logaddexp(torch.where(nones[d], 0.0, phis[d]),
-                               torch.where(nones[d], 0.0, etas[d]))
-        norm = torch.where(nones[d], -math.inf, norm)
+        # log(e^-phi + e^-eta): eta alone, phi alone, or both (a node with
+        # neither adds nothing finite: its parent's phi is infinite).
+        norm = torch.where(phi_infs[d], etas[d], torch.where(
+            eta_infs[d], phis[d], torch.logaddexp(phis[d], etas[d])))
         phis[d - 1] = phis[d - 1].index_add(0, c.parents[d - 1],
                                             norm * c.ratios[d - 1])
-    neg_phi = torch.cat(phis)
-    diff = torch.where(phi_inf | eta_inf, 0.0, neg_phi - neg_eta)
+    neg_phi = torch.where(phi_inf, 0.0, torch.cat(phis))
+    diff = torch.where(phi_inf | eta_inf, 0.0, neg_phi - eta)
     log_mu = torch.where(phi_inf, -math.inf, torch.where(
         eta_inf, 0.0, F.logsigmoid(diff)))
-    log_out = torch.where(eta_inf, -math.inf, torch.where(
-        phi_inf, 0.0, F.logsigmoid(-diff)))
+    log_out = torch.where(eta_inf, -math.inf,
+                          torch.where(phi_inf, 0.0, F.logsigmoid(-diff)))
     gain = (SparseProduct.apply(torch.where(phi_inf, 0.0, log_mu),
                                 *c.ancestors) +
             _blocked(c, phi_inf) + log_out).exp()
