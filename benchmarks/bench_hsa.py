@@ -162,14 +162,15 @@ def listops_batch(num_expressions: int):
 
 def plan_seconds(tree, method: str) -> float:
     """Seconds to build the per-tree plan of the kernel :obj:`method` uses
-    (done once per tree, on its first call; a fresh batch pays it)."""
-    from pyg_hsa.functional.block_families import build_family_plan
-    from pyg_hsa.functional.query_tiles import build_tile_plan
+    (once per tree, on its first call: a fresh batch pays it). The plan is
+    cached, so the timed calls reuse it."""
+    from pyg_hsa.functional.block_families import family_plan
+    from pyg_hsa.functional.query_tiles import tile_plan
     start = time.perf_counter()
-    if method == 'hsa_query':
-        build_tile_plan(tree.parent, tree.num_leaves, False, True)
+    if method == 'hsa_query' and tree.depth > 1:  # (one level: block)
+        tile_plan(tree, False, True)
     else:
-        build_family_plan(tree.parent, tree.num_leaves, False)
+        family_plan(tree, method == 'hsa_query')
     return time.perf_counter() - start
 
 
