@@ -15,11 +15,22 @@ by the tensor object and held only while it lives, so its plans are built
 once per batch), or rebuilds it. The parent vector is an input of the
 operator, so autograd keeps it for the backward pass: a training loop may
 drop its batches (and trees) before calling backward, over any number of
-micro-batches. The backward operator recomputes the forward pass with
-autograd and differentiates it; dropout draws its masks from a seed the
-compiled graph passes to both, so they agree.
+micro-batches.
+
+When a backward pass can follow (grad mode on and an input that requires
+grad, decided when the graph is traced), the operator runs the eager
+kernels under autograd and keeps that graph, under a number it returns as
+a second output, for its backward operator, which differentiates it
+without computing the forward pass again. The latest
+:data:`KEEP_GRAPHS` graphs are kept; the backward pass of an older call
+(gradient accumulation over more micro-batches than that) recomputes its
+forward pass, which is exact too: dropout draws its masks from a seed the
+compiled graph passes to both. Under ``no_grad``/``inference_mode``
+nothing is kept.
 """
+import collections
 import contextlib
+import itertools
 import weakref
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -28,6 +39,11 @@ from torch import Tensor
 
 from pyg_hsa.topology import depth_by_pointer_jumping
 from pyg_hsa.tree import Tree
+
+# Autograd graphs of the latest forward calls, by number: (output, leaves).
+KEEP_GRAPHS = 32
+_GRAPHS: 'collections.OrderedDict[int, tuple]' = collections.OrderedDict()
+_NUMBERS = itertools.count(1)
 
 # id(parent tensor) -> (a weak reference to it, the tree rebuilt from it).
 _TREES: Dict[int, Tuple[weakref.ref, Tree]] = {}
@@ -64,8 +80,11 @@ def compiled_attention(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
     scale = 0.0 if tensor_scale is not None else float(scale)
     seed = torch.randint(1, 2**62, (), dtype=torch.long) if dropout > 0 \
         else None
+    keep = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, pe,
+                                                    tensor_scale))
     return hsa(tree.parent, q, k, v, pe, tensor_scale, scale, self_loops,
-               dropout, seed, query, causal)
+               dropout, seed, query, causal, keep)[0]
 
 
 def _eager(parent, q, k, v, pe, tensor_scale, scale, self_loops, dropout,
@@ -82,17 +101,31 @@ def _eager(parent, q, k, v, pe, tensor_scale, scale, self_loops, dropout,
 def hsa(parent: Tensor, q: Tensor, k: Tensor, v: Tensor,
         pe: Optional[Tensor], tensor_scale: Optional[Tensor], scale: float,
         self_loops: bool, dropout: float, seed: Optional[Tensor],
-        query: bool, causal: bool) -> Tensor:
-    return _own(_eager(parent, q, k, v, pe, tensor_scale, scale,
-                       self_loops, dropout, seed, query, causal))
+        query: bool, causal: bool, keep: bool) -> Tuple[Tensor, Tensor]:
+    """The output, and the number its autograd graph is kept under (0 when
+    nothing is kept)."""
+    options = (scale, self_loops, dropout, seed, query, causal)
+    if not keep:
+        return (_own(_eager(parent, q, k, v, pe, tensor_scale, *options)),
+                torch.zeros((), dtype=torch.long))
+    with _autograd_inside_operator(), torch.enable_grad():
+        leaves = [None if x is None else x.detach().requires_grad_()
+                  for x in (q, k, v, pe, tensor_scale)]
+        out = _eager(parent, *leaves, *options)
+    number = next(_NUMBERS)
+    _GRAPHS[number] = (out, leaves)
+    while len(_GRAPHS) > KEEP_GRAPHS:
+        _GRAPHS.popitem(last=False)
+    return _own(out.detach()), torch.tensor(number)
 
 
 @hsa.register_fake
 def _(parent, q, k, v, pe, tensor_scale, scale, self_loops, dropout, seed,
-      query, causal):
+      query, causal, keep):
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                 v.dtype)
-    return v.new_empty(v.shape, dtype=dtype)
+    return (v.new_empty(v.shape, dtype=dtype),
+            torch.empty((), dtype=torch.long, device='cpu'))
 
 
 @torch.library.custom_op('pyg_hsa::hsa_backward', mutates_args=())
@@ -100,13 +133,17 @@ def hsa_backward(parent: Tensor, q: Tensor, k: Tensor, v: Tensor,
                  pe: Optional[Tensor], tensor_scale: Optional[Tensor],
                  scale: float, self_loops: bool, dropout: float,
                  seed: Optional[Tensor], query: bool, causal: bool,
-                 grad: Tensor) -> List[Tensor]:
+                 number: Tensor, grad: Tensor) -> List[Tensor]:
     inputs = [q, k, v, pe, tensor_scale]
     with _autograd_inside_operator(), torch.enable_grad():
-        leaves = [None if x is None else x.detach().requires_grad_()
-                  for x in inputs]
-        out = _eager(parent, *leaves, scale, self_loops, dropout, seed,
-                     query, causal)
+        kept = _GRAPHS.pop(int(number), None)
+        if kept is None:  # not kept, or older than KEEP_GRAPHS: recompute
+            leaves = [None if x is None else x.detach().requires_grad_()
+                      for x in inputs]
+            out = _eager(parent, *leaves, scale, self_loops, dropout, seed,
+                         query, causal)
+        else:
+            out, leaves = kept
         wanted = [x for x in leaves if x is not None]
         found = iter(torch.autograd.grad(out, wanted, grad))
     # (Absent inputs get empty gradients: an operator returns tensors; and
@@ -145,28 +182,29 @@ def _autograd_inside_operator() -> Iterator[None]:
 
 @hsa_backward.register_fake
 def _(parent, q, k, v, pe, tensor_scale, scale, self_loops, dropout, seed,
-      query, causal, grad):
+      query, causal, number, grad):
     return [x.new_empty(x.shape) if x is not None else q.new_empty(0)
             for x in (q, k, v, pe, tensor_scale)]
 
 
 def _setup_context(ctx, inputs, output):
     (parent, q, k, v, pe, tensor_scale, scale, self_loops, dropout, seed,
-     query, causal) = inputs
-    ctx.save_for_backward(parent, q, k, v, pe, tensor_scale, seed)
+     query, causal, keep) = inputs
+    ctx.save_for_backward(parent, q, k, v, pe, tensor_scale, seed, output[1])
     ctx.options = (scale, self_loops, dropout, query, causal)
+    ctx.mark_non_differentiable(output[1])
 
 
-def _backward(ctx, grad):
-    parent, q, k, v, pe, tensor_scale, seed = ctx.saved_tensors
+def _backward(ctx, grad, _):
+    parent, q, k, v, pe, tensor_scale, seed, number = ctx.saved_tensors
     scale, self_loops, dropout, query, causal = ctx.options
     dq, dk, dv, dpe, dscale = hsa_backward(parent, q, k, v, pe,
                                            tensor_scale, scale, self_loops,
                                            dropout, seed, query, causal,
-                                           grad)
+                                           number, grad)
     return (None, dq, dk, dv, None if pe is None else dpe,
             None if tensor_scale is None else dscale, None, None, None, None,
-            None, None)
+            None, None, None)
 
 
 hsa.register_autograd(_backward, setup_context=_setup_context)
