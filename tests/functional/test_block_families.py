@@ -22,7 +22,7 @@ def forest_batch(num_trees: int, seed: int = 0):
 
 def run(tree, inputs, **options):
     q, k, v, pos, scale = inputs
-    out = hsa_attention(q, k, v, tree, pos=pos, scale=scale, **options)
+    out = hsa_attention(q, k, v, tree, pe=pos, scale=scale, **options)
     wanted = [x for x in inputs if isinstance(x, torch.Tensor) and
               x.requires_grad]
     return out, torch.autograd.grad(out.square().sum(), wanted)
