@@ -292,3 +292,54 @@ def test_parent_tensor_under_fullgraph_says_to_build_the_tree_outside():
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(fn)(q, k, v, parent),
                                fn(q, k, v, parent))
+
+
+def test_backward_differentiates_the_kept_graph(monkeypatch):
+    # The forward operator keeps its autograd graph for the backward one,
+    # which then runs no forward pass of its own; under no_grad nothing
+    # is kept.
+    from pyg_hsa.functional import compiled as compiled_module
+    calls, eager = [], compiled_module._eager
+
+    def counted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return eager(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_module, '_eager', counted)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, tree: hsa_attention(
+        q, k, v, tree, self_loops=True), fullgraph=True)
+    tree = perfect_binary(16)
+    q, k, v = (torch.randn(16, 2, 4, requires_grad=True) for _ in range(3))
+    out = compiled(q, k, v, tree)
+    assert len(calls) == 1 and len(compiled_module._GRAPHS) >= 1
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert len(calls) == 1  # no recomputation
+    ref = hsa_attention(q, k, v, tree, self_loops=True)
+    for grad, expected in zip(grads, torch.autograd.grad(
+            ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(grad, expected)
+    kept = len(compiled_module._GRAPHS)
+    with torch.no_grad():
+        compiled(q, k, v, tree)
+    assert len(compiled_module._GRAPHS) == kept
+
+
+def test_backward_of_calls_older_than_the_kept_graphs(monkeypatch):
+    # With more micro-batches than KEEP_GRAPHS, the oldest calls' backward
+    # passes recompute their forward passes: the same gradients.
+    from pyg_hsa.functional import compiled as compiled_module
+    monkeypatch.setattr(compiled_module, 'KEEP_GRAPHS', 3)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, tree: hsa_attention(
+        q, k, v, tree), fullgraph=True)
+    x = torch.randn(30, 2, 4, requires_grad=True)
+    trees = _dropped_trees(8)
+    total = sum(compiled(x[:t.num_leaves], x[:t.num_leaves],
+                         x[:t.num_leaves], t).square().sum() for t in trees)
+    assert len(compiled_module._GRAPHS) <= 3
+    grad, = torch.autograd.grad(total, x)
+    expected, = torch.autograd.grad(sum(hsa_attention(
+        x[:t.num_leaves], x[:t.num_leaves], x[:t.num_leaves],
+        t).square().sum() for t in trees), x)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
