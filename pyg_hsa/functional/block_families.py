@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyg_hsa.functional.layout import contract_unary_chains
-from pyg_hsa.functional.plan import cached_plan
+from pyg_hsa.functional.plan import cached_plan, grads_of_reference
 from pyg_hsa.topology import depth_by_pointer_jumping
 
 # Largest padded family batch (rows * W * W cells) and widest family run
@@ -413,8 +413,9 @@ class BlockAttention(torch.autograd.Function):
             ctx.saved_tensors
         c, scale = ctx.c, ctx.scale
         if torch.is_grad_enabled():  # create_graph: differentiate again
-            return _grad_of_reference((q, k, v, bias), grad, scale, c) + \
-                (None, None)
+            return grads_of_reference(
+                lambda *x: block_reference(*x, scale, c), (q, k, v, bias),
+                grad) + (None, None)
         num_leaves, heads, channels = q.shape
         num_nodes, values = gain.size(0), v.size(-1)
         batch, width, _ = alpha.shape
@@ -489,16 +490,6 @@ def _gains_backward(grad: Tensor, gain: Tensor, mu: Tensor, out: Tensor,
         phis[d].addcmul_(above, mus[d])
         etas[d].addcmul_(above, outs[d])
     return grad_eta
-
-
-def _grad_of_reference(inputs, grad: Tensor, scale: float, c: Constants):
-    wanted = [x.requires_grad for x in inputs]
-    with torch.enable_grad():
-        out = block_reference(*inputs, scale, c).reshape(grad.shape)
-        grads = iter(torch.autograd.grad(
-            out, [x for x, w in zip(inputs, wanted) if w], grad,
-            create_graph=True, allow_unused=True, materialize_grads=True))
-    return tuple(next(grads) if w else None for w in wanted)
 
 
 def block_reference(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,

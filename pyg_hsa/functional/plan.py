@@ -1,4 +1,5 @@
-r"""Per-tree plans, built on first use and cached beside the tree.
+r"""Per-tree plans, built on first use and cached beside the tree (and
+the second-derivative rule of the kernels that run them).
 
 Everything the attention kernels need that depends only on the tree (index
 tensors, masks, sparse sum matrices) is a *plan*. A plan is built once per
@@ -8,7 +9,10 @@ the tree weakly: plans go when the tree goes, and :class:`~pyg_hsa.Tree`
 itself stays plain data.
 """
 import weakref
-from typing import Callable, Hashable, TypeVar
+from typing import Callable, Hashable, Optional, Sequence, Tuple, TypeVar
+
+import torch
+from torch import Tensor
 
 Plan = TypeVar('Plan')
 
@@ -22,3 +26,19 @@ def cached_plan(tree, key: Hashable, build: Callable[[], Plan]) -> Plan:
     if key not in plans:
         plans[key] = build()
     return plans[key]
+
+
+def grads_of_reference(reference: Callable[..., Tensor],
+                       inputs: Sequence[Tensor], grad: Tensor
+                       ) -> Tuple[Optional[Tensor], ...]:
+    """The gradients of :obj:`reference(*inputs)` (a kernel's forward pass
+    in plain autograd operations) against :obj:`grad`, themselves
+    differentiable: what a kernel with a hand-written backward pass returns
+    under ``create_graph=True``, so that second derivatives are exact."""
+    wanted = [x.requires_grad for x in inputs]
+    with torch.enable_grad():
+        out = reference(*inputs).reshape(grad.shape)
+        grads = iter(torch.autograd.grad(
+            out, [x for x, w in zip(inputs, wanted) if w], grad,
+            create_graph=True, allow_unused=True, materialize_grads=True))
+    return tuple(next(grads) if w else None for w in wanted)

@@ -33,7 +33,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from pyg_hsa.functional.plan import cached_plan
+from pyg_hsa.functional.plan import cached_plan, grads_of_reference
 
 # Upper bound on tiles x T x U (cells of the additive bias); beyond it the
 # family-by-family path is used.
@@ -319,15 +319,9 @@ class TiledAttention(torch.autograd.Function):
         blind, means, means_t, key_index, row_index, out_index = \
             ctx.constants
         if torch.is_grad_enabled():  # create_graph: differentiate again
-            inputs = (q, k, v, bias)
-            wanted = [x.requires_grad for x in inputs]
-            with torch.enable_grad():
-                out = tiled_reference(*inputs, ctx.scale, *ctx.constants)
-                grads = iter(torch.autograd.grad(
-                    out, [x for x, w in zip(inputs, wanted) if w], grad,
-                    create_graph=True, allow_unused=True))
-            return (*[next(grads) if w else None for w in wanted],
-                    *[None] * 7)
+            return grads_of_reference(
+                lambda *x: tiled_reference(*x, ctx.scale, *ctx.constants),
+                (q, k, v, bias), grad) + (None, ) * 7
         batch, tile, width = weights.shape
         channels, values = q.size(-1), v.size(-1)
         if blind is not None:
