@@ -672,6 +672,7 @@ def test_bad_distributions(distribution, error, match):
         listops_module.generate(1, distribution=distribution)
 
 
+@pytest.mark.slow  # (seconds: draws chunks until it gives up)
 def test_too_few_distinct_expressions_raise(monkeypatch):
     # Depth 2 and two arguments: only [OP d d ], 400 distinct expressions.
     monkeypatch.setattr(listops_generator, 'MAX_BARREN_CHUNKS', 4)

@@ -117,6 +117,7 @@ def test_windows_and_forest():
     assert tree.num_nodes == 120 + 3 + 3 * (5 + 10)
 
 
+@pytest.mark.slow  # (seconds: reads the standard library twice)
 def test_split_is_by_file_and_deterministic():
     # CRC-32 of the path modulo 20: 0 is valid, 1 test, the rest train
     # (pinned, so that a change of the rule or of the hash shows).

@@ -145,6 +145,7 @@ def test_help_says_0_means_all_only_for_example_counts(capsys):
     assert '--epochs EPOCHS (default: 4; --smoke: 1)' in text
 
 
+@pytest.mark.slow  # (seconds: builds every split)
 def test_hierarchies_and_model_inputs(root):
     """The parse tree nests by brackets, the windows by position, the flat
     tree is one family per expression; the parse tree's features and the

@@ -48,6 +48,7 @@ def test_points_fail_alike_in_knn_and_point_cloud_transform(bad, error):
         PointCloudToHierarchy()(Data(pos=bad))
 
 
+@pytest.mark.slow  # (seconds: a fresh interpreter imports torch)
 def test_importing_the_core_loads_no_utilities():
     """``import pyg_hsa`` reads utils.checks, and ``pyg_hsa.utils`` loads
     kNN, coarsening and drawing only when they are used."""
