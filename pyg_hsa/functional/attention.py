@@ -23,6 +23,7 @@ from pyg_hsa.functional.checks import (
 from pyg_hsa.utils.checks import renamed_keyword
 from pyg_hsa.functional.block_families import family_attention, family_plan
 from pyg_hsa.functional.compiled import compiled_attention
+from pyg_hsa.functional.flex import flex_query_attention, use_flex
 from pyg_hsa.functional.dynamic_program import dynamic_program
 from pyg_hsa.functional.layout import layout_of
 from pyg_hsa.functional.query_resolved import query_resolved
@@ -188,8 +189,12 @@ def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,
         query = False
     if query:
         with torch.autocast(q.device.type, enabled=False):
-            out = query_resolved(tree, q, k, v, None if pe is None else
-                                 pe.to(dtype), scale, self_loops, causal)
+            if use_flex(q, pe) and not under_torch_func(q, k, v):
+                out = flex_query_attention(tree, q, k, v, scale, self_loops,
+                                           causal)
+            else:
+                out = query_resolved(tree, q, k, v, None if pe is None else
+                                     pe.to(dtype), scale, self_loops, causal)
         return out.to(out_dtype)
     plan = None if need_weights or dropout > 0 or under_torch_func(q, k, v) \
         else family_plan(tree, self_loops)
