@@ -31,14 +31,21 @@ def test_bench_hsa_smoke(tmp_path):
                  ('flat', 'sdpa 3-D (math path)'), ('complete b=8', 'hsa'),
                  ('complete b=8', 'sdpa'), ('points sphere', 'hsa'),
                  ('points cube', 'hsa'), ('sequence', 'hsa'),
-                 ('molecules x4', 'hsa'), ('molecules x4', 'sdpa'),
+                 ('molecules x4', 'hsa'), ('molecules x4', 'hsa query'),
+                 ('molecules x4', 'sdpa'), ('listops x1', 'hsa'),
+                 ('listops x1', 'hsa query'),
+                 ('complete b=8 (as listops)', 'hsa query'),
                  ('hsa_conv', 'hsa_conv')):
         assert name in names, name
+    # The aten-ops column: a positive count in every row (SDPA's few).
+    assert '| Tree + plan (ms) | ops | x |' in table
+    ops = [int(r[8]) for r in rows]
+    assert all(n > 0 for n in ops) and min(ops) < 50
     assert 'error' not in table and 'over ' not in table
     # Ratios relate each cell's rows: its reference row reads 1.00.
     assert '| flat | hsa | fwd+bwd | 256 |' in table
     assert table.count(' | 1.00 |') >= 4
-    assert 'points cube, 512 leaves:' in table
+    assert 'points cube, 512 leaves, hsa:' in table
     assert plot.stat().st_size > 10_000
 
 
