@@ -6,15 +6,19 @@ point clouds of a few thousand points) the dynamic program of
 
 1. **means:** :math:`\rho_q, \rho_k, \rho_v` of every node from one sparse
    product (``[M, N]``, :math:`1/n(B)` on the leaves below :math:`B`);
-2. **siblings:** every family of every level in one padded batch
-   ``[F * H, W, W]``: :math:`\vartheta` and the log-normaliser
-   :math:`-\eta = \log\sum_B n(B) e^{s(A, B)}` of every member;
-3. **gains:** :math:`W(A)(1 - \mu(A))` of every node by :class:`Gains`: the
+2. **siblings:** every family of every level in one batch ``[R * H, W,
+   W]``, the families packed side by side into rows of the widest one's
+   width (an additive bias keeps them apart): :math:`\vartheta` and the
+   log-normaliser :math:`-\eta = \log\sum_B n(B) e^{s(A, B)}` of every
+   member;
+3. **gains:** :math:`W(A)(1 - \mu(A))` of every node (:func:`_gains`): the
    energy :math:`\varphi` bottom up (three operations per level), then
-   :math:`\log W` as one sparse product with the strict-ancestor matrix,
-   with a hand-written backward pass (four operations per level);
+   :math:`\log W` as one sparse product with the strict-ancestor matrix;
 4. **down:** every leaf's output :math:`\sum_A W(A)(1 - \mu(A))
    \vartheta(A)` over its path, one sparse product.
+
+All four are one autograd Function, :class:`BlockAttention`, with a
+hand-written backward pass (four operations per level for step 3).
 
 Energies are kept negated (:math:`-\varphi`, :math:`-\eta`), so that the
 infinite ones (leaves, nodes without siblings) are :math:`-\infty`, which
@@ -59,10 +63,11 @@ class FamilyPlan(NamedTuple):
     #: ``[R, W]`` level-order node in every slot of the packed rows (pads:
     #: the row's first node).
     slot_node: Tensor
-    #: ``[F, 1, W, W]`` additive bias, float64: ``log n(B)`` where slot ``a``
-    #: attends to slot ``b``, ``-inf`` elsewhere (pad rows see slot 0).
+    #: ``[R, 1, W, W]`` additive bias, float64: ``log n(B)`` where slot
+    #: ``a`` attends to slot ``b``, ``-inf`` elsewhere (pads see slot 0).
     bias: Tensor
-    #: ``[M]`` every node's flat slot ``f * W + a`` (0 without a family).
+    #: ``[M]`` every node's flat slot ``row * W + slot`` (0 without a
+    #: family).
     node_slot: Tensor
     #: ``[M]`` nodes without a family (no siblings, no self loop).
     alone: Tensor
@@ -308,9 +313,9 @@ class SparseProduct(torch.autograd.Function):
 class Constants(NamedTuple):
     """A :class:`FamilyPlan` for one dtype and head count (see
     :func:`constants`)."""
-    bias: Tensor  # [F * H, W, W], keys first: [f, b, a] for a -> b
-    slot_index: Tensor  # [F * H * W] into [M * H]
-    node_slot: Tensor  # [M * H] into [F * H * W]
+    bias: Tensor  # [R * H, W, W], keys first: [r, b, a] for a -> b
+    slot_index: Tensor  # [R * H * W] into [M * H]
+    node_slot: Tensor  # [M * H] into [R * H * W]
     phi_inf: Tensor  # [M, 1]
     alone: Tensor  # [M, 1]
     none: Tensor  # [M, 1]: infinite phi and eta
@@ -386,7 +391,7 @@ class BlockAttention(torch.autograd.Function):
         # several times slower over a short last dimension.
         logits = torch.baddbmm(bias, kf, qf.transpose(1, 2), alpha=scale)
         lse = torch.logsumexp(logits, 1, keepdim=True)
-        alpha = logits.sub_(lse).exp_()  # [F * H, keys, queries]
+        alpha = logits.sub_(lse).exp_()  # [R * H, keys, queries]
         # Every node's theta and log-normaliser, from its slot.
         node = torch.cat([torch.bmm(alpha.transpose(1, 2), vf),
                           lse.transpose(1, 2)], -1).view(
@@ -546,10 +551,10 @@ def _blocked(c: Constants, phi_inf: Tensor) -> Tensor:
 
 
 def _position_bias(plan: FamilyPlan, pos: Tensor, heads: int) -> Tensor:
-    r""":math:`\langle e(A), e(B)\rangle` of every pair of slots, ``[F * H,
+    r""":math:`\langle e(A), e(B)\rangle` of every pair of slots, ``[R * H,
     W, W]``."""
     families, width = plan.slot_node.shape
-    pos = pos[plan.position[plan.slot_node]]  # [F, W, P] or [F, W, H, P]
+    pos = pos[plan.position[plan.slot_node]]  # [R, W, P] or [R, W, H, P]
     if pos.dim() == 3:
         dots = torch.bmm(pos, pos.transpose(1, 2)).unsqueeze(1)
         return dots.expand(-1, heads, -1, -1).reshape(-1, width, width)
