@@ -118,8 +118,8 @@ def build_family_plan(parent: Tensor, num_leaves: int,
     if width > MAX_WIDTH:
         return None
     if not parent.is_cuda and num_leaves > (
-            MAX_UNIFORM_LEAVES if _uniform(parent, num_leaves, family,
-                                           has_parent) else MAX_LEAVES):
+            MAX_UNIFORM_LEAVES if _uniform(parent, num_leaves, has_parent)
+            else MAX_LEAVES):
         return None
 
     depth = depth_by_pointer_jumping(parent)
@@ -216,15 +216,23 @@ def build_family_plan(parent: Tensor, num_leaves: int,
                       ancestors, paths, {})
 
 
-def _uniform(parent: Tensor, num_leaves: int, family: Tensor,
-             has_parent: Tensor) -> bool:
-    """Whether all families have one size and all leaves one depth (a
-    complete tree, or windows over a sequence)."""
-    sizes = family[has_parent]
-    if sizes.numel() == 0 or not bool((sizes == sizes[0]).all()):
+def _uniform(parent: Tensor, num_leaves: int, has_parent: Tensor) -> bool:
+    """Whether all leaves lie at one depth and, at every depth, all nodes
+    have as many children (a complete tree, sequence windows): then every
+    level of the level-by-level program is a strided view."""
+    depth = depth_by_pointer_jumping(parent)
+    if not bool((depth[:num_leaves] == depth[0]).all()):
         return False
-    depth = depth_by_pointer_jumping(parent)[:num_leaves]
-    return bool((depth == depth[0]).all())
+    internal = torch.zeros_like(has_parent)
+    internal[parent[has_parent]] = True
+    children = torch.bincount(parent[has_parent], minlength=parent.numel())
+    level = depth[internal]
+    low = torch.full((int(depth.max()) + 1, ), parent.numel(),
+                     device=parent.device)
+    high = torch.zeros_like(low)
+    low = low.scatter_reduce(0, level, children[internal], 'amin')
+    high = high.scatter_reduce(0, level, children[internal], 'amax')
+    return bool((low[level] == high[level]).all())
 
 
 def _pack(sizes: List[int], width: int) -> Tuple[List[int], List[int]]:
