@@ -114,6 +114,11 @@ def test_routing_on_cpu(monkeypatch):
         return Tree.from_parent(torch.cat(parents + [torch.tensor([-1])]))
     assert block_families.family_plan(complete(16), False) is not None
     assert block_families.family_plan(complete(32), False) is None
+    # Uniform level by level (a root with fewer children) is uniform too.
+    parent = torch.cat([32 + torch.arange(32) // 4, 40 + torch.arange(8) // 4,
+                        torch.tensor([42, 42, -1])])  # 4, 4, then 2
+    assert block_families.family_plan(Tree.from_parent(parent),
+                                      False) is None
     # Irregular trees: up to 40 leaves.
     assert block_families.family_plan(forest_batch(2), False) is not None
     assert block_families.family_plan(forest_batch(8), False) is None
