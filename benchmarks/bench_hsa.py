@@ -494,6 +494,27 @@ def summary(rows) -> list:
     return lines
 
 
+def read_rows(path: str) -> list:
+    """The rows of a table that --out wrote, as :func:`rows_of` gives
+    them (errors as their text)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip('|').split('|')]
+            if len(cells) != 10 or not cells[3].isdigit():
+                continue
+            name, method, phase, n = cells[0], cells[1], cells[2], int(
+                cells[3])
+            try:
+                numbers = [float(c) if c else None for c in cells[4:]]
+            except ValueError:  # an error row
+                rows.append((name, method, phase, n, cells[4], '', '', '',
+                             '', ''))
+                continue
+            rows.append((name, method, phase, n, *numbers))
+    return rows
+
+
 def plot(rows, path):
     import matplotlib
     matplotlib.use('Agg')
@@ -503,8 +524,8 @@ def plot(rows, path):
         if isinstance(r[4], str) or r[2] != 'fwd+bwd':
             continue
         if r[0] in ('flat', 'complete b=8'):
-            label = f'{r[1]} ({r[0]})' if r[1] == 'hsa' else r[1]
-            if r[0] == 'complete b=8' and r[1] != 'hsa':
+            label = f'{r[1]} ({r[0]})' if r[1].startswith('hsa') else r[1]
+            if r[0] == 'complete b=8' and not r[1].startswith('hsa'):
                 continue  # one SDPA curve (the flat rows' is the same)
             series.setdefault(label, {})[r[3]] = (r[4] / 1e3, r[6])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -515,7 +536,8 @@ def plot(rows, path):
     for name in REAL:
         for r in rows:
             if r[0] == name and not isinstance(r[4], str):
-                axes[0].plot([r[3]], [r[4] / 1e3], 's', label=f'hsa ({name})')
+                axes[0].plot([r[3]], [r[4] / 1e3], 's',
+                             label=f'{r[1]} ({name})')
     for ax, label in zip(axes, ['forward+backward time (s)',
                                 'peak memory of the cell (MB)']):
         ax.set_xscale('log')
@@ -524,8 +546,9 @@ def plot(rows, path):
         ax.set_ylabel(label)
         ax.grid(True, which='both', alpha=0.3)
     axes[0].legend(fontsize=8)
+    import torch
     fig.suptitle(f'HSA vs SDPA (fused, 4-D), H={HEADS}, C={CHANNELS}, '
-                 f'float32, {os.cpu_count()} CPU cores')
+                 f'float32, {torch.get_num_threads()} CPU thread(s)')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -539,6 +562,8 @@ def main(argv=None):
                         help='seconds per cell before giving up')
     parser.add_argument('--out', help='also write the table here')
     parser.add_argument('--plot', help='write the PNG plot here')
+    parser.add_argument('--replot', metavar='TABLE',
+                        help='only draw --plot from a table --out wrote')
     parser.add_argument('--rows', help='only the cells whose row names '
                         'contain one of these comma-separated words')
     parser.add_argument('--sizes', help='only the cells of these '
@@ -546,6 +571,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.replot:
+        plot(read_rows(args.replot), args.plot)
         return
 
     import torch
