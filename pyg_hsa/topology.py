@@ -152,3 +152,24 @@ def describe_global(node: int) -> str:
 
 def capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def is_uniform(parent: Tensor, num_leaves: int) -> bool:
+    """Whether all leaves lie at one depth and, at every depth, all internal
+    nodes have as many children (a complete tree, windows over a
+    sequence): the level-by-level kernels then read every level as a
+    strided view."""
+    depth = depth_by_pointer_jumping(parent)
+    if not bool((depth[:num_leaves] == depth[0]).all()):
+        return False
+    has_parent = parent >= 0
+    internal = torch.zeros_like(has_parent)
+    internal[parent[has_parent]] = True
+    children = torch.bincount(parent[has_parent], minlength=parent.numel())
+    level = depth[internal]
+    low = torch.full((int(depth.max()) + 1, ), parent.numel(),
+                     device=parent.device)
+    low = low.scatter_reduce(0, level, children[internal], 'amin')
+    high = torch.zeros_like(low).scatter_reduce(0, level, children[internal],
+                                                'amax')
+    return bool((low[level] == high[level]).all())

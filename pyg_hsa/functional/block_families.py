@@ -34,7 +34,7 @@ from torch import Tensor
 
 from pyg_hsa.functional.layout import contract_unary_chains
 from pyg_hsa.functional.plan import cached_plan, grads_of_reference
-from pyg_hsa.topology import depth_by_pointer_jumping
+from pyg_hsa.topology import depth_by_pointer_jumping, is_uniform
 
 # Largest padded family batch (rows * W * W cells) and widest family run
 # this way; beyond either, the level-by-level dynamic program is used.
@@ -118,7 +118,7 @@ def build_family_plan(parent: Tensor, num_leaves: int,
     if width > MAX_WIDTH:
         return None
     if not parent.is_cuda and num_leaves > (
-            MAX_UNIFORM_LEAVES if _uniform(parent, num_leaves, has_parent)
+            MAX_UNIFORM_LEAVES if is_uniform(parent, num_leaves)
             else MAX_LEAVES):
         return None
 
@@ -214,25 +214,6 @@ def build_family_plan(parent: Tensor, num_leaves: int,
                       node_slot, alone, phi_inf, level_ptr,
                       tuple(level_parent), tuple(level_ratio), means,
                       ancestors, paths, {})
-
-
-def _uniform(parent: Tensor, num_leaves: int, has_parent: Tensor) -> bool:
-    """Whether all leaves lie at one depth and, at every depth, all nodes
-    have as many children (a complete tree, sequence windows): then every
-    level of the level-by-level program is a strided view."""
-    depth = depth_by_pointer_jumping(parent)
-    if not bool((depth[:num_leaves] == depth[0]).all()):
-        return False
-    internal = torch.zeros_like(has_parent)
-    internal[parent[has_parent]] = True
-    children = torch.bincount(parent[has_parent], minlength=parent.numel())
-    level = depth[internal]
-    low = torch.full((int(depth.max()) + 1, ), parent.numel(),
-                     device=parent.device)
-    high = torch.zeros_like(low)
-    low = low.scatter_reduce(0, level, children[internal], 'amin')
-    high = high.scatter_reduce(0, level, children[internal], 'amax')
-    return bool((low[level] == high[level]).all())
 
 
 def _pack(sizes: List[int], width: int) -> Tuple[List[int], List[int]]:

@@ -34,14 +34,18 @@ import torch
 from torch import Tensor
 
 from pyg_hsa.functional.plan import cached_plan, grads_of_reference
+from pyg_hsa.topology import is_uniform
 
 # Upper bound on tiles x T x U (cells of the additive bias); beyond it the
 # family-by-family path is used.
 TILE_ELEMENTS = 1 << 23
-# On CPU, from about 100k leaves the family-by-family path is faster (a
-# complete 8-ary tree of 131k leaves: 2.5 s against 2.8 s fwd+bwd); on a GPU
-# the one kernel chain pays at any size that fits.
+# On CPU, larger trees run faster family by family: a complete 8-ary tree
+# of 131k leaves in 2.5 s against 2.8 s fwd+bwd, of 32k leaves in 0.34 s
+# against 0.40 s (uniform trees' families are slices there), while 16
+# ListOps parse trees (17k leaves) take 0.28 s here against 0.59 s. On a
+# GPU the one kernel chain pays at any size that fits.
 MAX_LEAVES = 1 << 15
+MAX_UNIFORM_LEAVES = 1 << 14
 TILE_SIZES = (8, 16, 32, 64, 128)  # (each twice the one before)
 # Per key slot, the work of gathering it, in units of one (row, slot)
 # logit: the cost model is tiles * U * (T + KEY_COST).
@@ -77,8 +81,11 @@ class TilePlan(NamedTuple):
 def tile_plan(tree, causal: bool, self_loops: bool) -> Optional[TilePlan]:
     """:obj:`tree`'s :class:`TilePlan` (cached), or :obj:`None` where the
     tiles would exceed :data:`TILE_ELEMENTS` or (on CPU) the leaves
-    :data:`MAX_LEAVES`."""
-    if not tree.parent.is_cuda and tree.num_leaves > MAX_LEAVES:
+    :data:`MAX_LEAVES` (:data:`MAX_UNIFORM_LEAVES` for uniform trees)."""
+    if not tree.parent.is_cuda and tree.num_leaves > MAX_UNIFORM_LEAVES and (
+            tree.num_leaves > MAX_LEAVES or cached_plan(
+                tree, 'uniform', lambda: is_uniform(tree.parent,
+                                                    tree.num_leaves))):
         return None
     return cached_plan(tree, ('query tiles', bool(causal), bool(self_loops),
                               TILE_ELEMENTS),

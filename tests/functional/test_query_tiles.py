@@ -112,3 +112,18 @@ def test_second_derivatives_through_tiles():
         return hsa_attention(q, k, v, tree, resolution='query',
                              self_loops=True)
     assert torch.autograd.gradgradcheck(f, (q, k, v))
+
+
+def test_routing_on_cpu(monkeypatch):
+    # Tiles up to MAX_LEAVES leaves, MAX_UNIFORM_LEAVES for uniform trees
+    # (whose families the family-by-family kernel reads as slices).
+    monkeypatch.setattr(query_tiles, 'MAX_UNIFORM_LEAVES', 8)
+    monkeypatch.setattr(query_tiles, 'MAX_LEAVES', 40)
+    uniform = Tree.from_parent(torch.cat([16 + torch.arange(16) // 4,
+                                          torch.tensor([20] * 4 + [-1])]))
+    assert query_tiles.tile_plan(uniform, False, True) is None
+    parent, num_leaves = random_forest(np.random.default_rng(0),
+                                       max_leaves=30)
+    irregular = Tree.from_parent(parent, num_leaves)
+    assert 8 < num_leaves <= 40
+    assert query_tiles.tile_plan(irregular, False, True) is not None
