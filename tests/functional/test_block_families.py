@@ -82,24 +82,39 @@ def test_packing_places_each_family_once(seed):
     assert max(rows) + 1 <= math.ceil(11 / 9 * fewest) + 1
 
 
-def test_bias_keeps_packed_families_apart():
+@pytest.mark.parametrize('self_loops', [False, True])
+def test_bias_keeps_packed_families_apart(self_loops):
+    # In every packed row, a real slot sees exactly the other members of
+    # its family (and itself, if a leaf with self loops), each with the
+    # log of its number of leaves; families sit in contiguous slots.
     tree = forest_batch(8, seed=1)
-    plan = block_families.family_plan(tree, False)
-    bias = plan.bias[:, 0]  # [rows, query slot, key slot]
+    plan = block_families.family_plan(tree, self_loops)
     width = plan.slot_node.size(1)
-    # Slot -> node, and node -> parent in the plan's numbering.
-    seen = torch.isfinite(bias) & (bias.new_ones(bias.shape) > 0)
-    rows, a, b = seen.nonzero().unbind(1)
-    real = torch.zeros(plan.slot_node.shape, dtype=torch.bool)
-    real.view(-1)[plan.node_slot[~plan.alone]] = True
-    pairs = real[rows, a] & real[rows, b]
-    assert bool((a[pairs] != b[pairs]).all())  # no self loops asked
-    # A real query slot sees exactly its family's other members.
-    node_of = plan.slot_node
-    for r, x, y in zip(rows[pairs].tolist(), a[pairs].tolist(),
-                       b[pairs].tolist()):
-        assert plan.node_slot[node_of[r, x]] == r * width + x
-    assert int(pairs.sum()) > 0
+    num_nodes = plan.node_slot.numel()
+    parent = torch.full((num_nodes, ), -1)  # in the plan's numbering
+    for d, up in enumerate(plan.level_parent, start=1):
+        lo, hi = plan.level_ptr[d], plan.level_ptr[d + 1]
+        parent[lo:hi] = up + plan.level_ptr[d - 1]
+    leaves_below = plan.means[0].crow_indices().diff()
+    is_leaf = plan.order < plan.num_leaves  # (leaves keep the first ids)
+    members = (~plan.alone).nonzero().view(-1)
+    slot = plan.node_slot[members]
+    node_at = dict(zip(slot.tolist(), members.tolist()))
+    bias = plan.bias[:, 0].reshape(-1, width)  # [rows * W, W]
+    for s, node in node_at.items():
+        row = s // width
+        seen = torch.isfinite(bias[s]).nonzero().view(-1).tolist()
+        family = sorted(t for t, n in node_at.items() if t // width == row
+                        and parent[n] == parent[node] and
+                        (parent[node] >= 0 or n == node))
+        expected = [t % width for t in family if t != s or (
+            self_loops and bool(is_leaf[node]))]
+        assert seen == expected
+        assert family == list(range(family[0], family[0] + len(family)))
+        for t in expected:
+            n = node_at[row * width + t]
+            assert float(bias[s, t]) == pytest.approx(
+                math.log(int(leaves_below[n])))
 
 
 def test_routing_on_cpu(monkeypatch):
