@@ -33,8 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pyg_hsa.functional.layout import contract_unary_chains
-from pyg_hsa.functional.plan import cached_plan, grads_of_reference
-from pyg_hsa.topology import depth_by_pointer_jumping, is_uniform
+from pyg_hsa.functional.plan import (
+    cached_plan,
+    grads_of_reference,
+    sparse_pair,
+)
+from pyg_hsa.topology import ancestors as ancestors_of
+from pyg_hsa.topology import depth_by_pointer_jumping, is_uniform, leaf_paths
 
 # Largest padded family batch (rows * W * W cells) and widest family run
 # this way; beyond either, the level-by-level dynamic program is used.
@@ -130,7 +135,7 @@ def build_family_plan(parent: Tensor, num_leaves: int,
     level_ptr = tuple([0] + torch.tensor(counts).cumsum(0).tolist())
 
     # Leaves below every node, from the (leaf, ancestor) pairs.
-    pair_leaf, pair_node = _leaf_ancestor_pairs(parent, num_leaves)
+    pair_leaf, pair_node = leaf_paths(parent, num_leaves)
     size = torch.bincount(pair_node, minlength=num_nodes)
 
     # Families: members grouped by parent (a root leaf is its own family).
@@ -199,17 +204,20 @@ def build_family_plan(parent: Tensor, num_leaves: int,
         above[level_parent[d - 1][blocked]] = True
         phi_inf[level_ptr[d - 1]:lo] |= above
 
-    means = _csr_pair(new_id[pair_node], pair_leaf,
-                      1.0 / size[pair_node].double(),
-                      (num_nodes, num_leaves))
+    means = sparse_pair(new_id[pair_node], pair_leaf,
+                        1.0 / size[pair_node].double(),
+                        (num_nodes, num_leaves))
     # Strict ancestors that are not roots: pairs (node, ancestor).
-    anc_node, anc = _ancestor_pairs(parent)
-    ancestors = _csr_pair(new_id[anc_node], new_id[anc],
-                          torch.ones(anc.numel(), dtype=torch.float64,
-                                     device=device), (num_nodes, num_nodes))
-    paths = _csr_pair(pair_leaf, new_id[pair_node],
-                      torch.ones(pair_leaf.numel(), dtype=torch.float64,
-                                 device=device), (num_leaves, num_nodes))
+    anc = ancestors_of(parent)[1:]  # [depth, M], -1 above the root
+    strict = (anc >= 0) & (parent[anc.clamp(min=0)] >= 0)
+    anc_node = torch.arange(num_nodes, device=device).expand_as(anc)[strict]
+    anc = anc[strict]
+    ancestors = sparse_pair(new_id[anc_node], new_id[anc],
+                            torch.ones(anc.numel(), device=device),
+                            (num_nodes, num_nodes))
+    paths = sparse_pair(pair_leaf, new_id[pair_node],
+                        torch.ones(pair_leaf.numel(), device=device),
+                        (num_leaves, num_nodes))
     return FamilyPlan(num_leaves, order, position[order], slot_node, bias.unsqueeze(1),
                       node_slot, alone, phi_inf, level_ptr,
                       tuple(level_parent), tuple(level_ratio), means,
@@ -233,53 +241,6 @@ def _pack(sizes: List[int], width: int) -> Tuple[List[int], List[int]]:
         if capacity > sizes[f]:
             bisect.insort(free, (capacity - sizes[f], r))
     return rows, offsets
-
-
-def _leaf_ancestor_pairs(parent: Tensor, num_leaves: int
-                         ) -> Tuple[Tensor, Tensor]:
-    """(leaf, node) for every node on every leaf's path, itself and its
-    root included."""
-    leaf = cur = torch.arange(num_leaves, device=parent.device)
-    leaves, nodes = [], []
-    while cur.numel():
-        leaves.append(leaf)
-        nodes.append(cur)
-        up = parent[cur] >= 0
-        leaf, cur = leaf[up], parent[cur[up]]
-    return torch.cat(leaves), torch.cat(nodes)
-
-
-def _ancestor_pairs(parent: Tensor) -> Tuple[Tensor, Tensor]:
-    """(node, ancestor) for every strict ancestor that is not a root."""
-    node = torch.arange(parent.numel(), device=parent.device)
-    cur = parent
-    nodes, ancs = [], []
-    while True:
-        keep = (cur >= 0)
-        node, cur = node[keep], cur[keep]
-        keep = parent[cur] >= 0  # the ancestor itself is not a root
-        if not bool(keep.any()):
-            break
-        nodes.append(node[keep])
-        ancs.append(cur[keep])
-        node, cur = node[keep], parent[cur[keep]]
-    if not nodes:
-        empty = parent.new_zeros(0)
-        return empty, empty
-    return torch.cat(nodes), torch.cat(ancs)
-
-
-def _csr_pair(rows: Tensor, cols: Tensor, values: Tensor,
-              shape: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
-    """A sparse CSR matrix and its transpose, float64."""
-    import warnings
-    matrix = torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values.double(), shape,
-        check_invariants=False).coalesce()
-    with warnings.catch_warnings():  # "CSR support is in beta state"
-        warnings.simplefilter('ignore', UserWarning)
-        return (matrix.to_sparse_csr(),
-                matrix.t().coalesce().to_sparse_csr())
 
 
 class SparseProduct(torch.autograd.Function):

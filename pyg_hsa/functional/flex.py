@@ -28,8 +28,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from pyg_hsa.functional.plan import cached_plan
-from pyg_hsa.topology import depth_by_pointer_jumping
+from pyg_hsa.functional.plan import cached_plan, sparse_pair
+from pyg_hsa.topology import depth_by_pointer_jumping, leaf_paths
 
 #: Route query-resolved HSA on CUDA tensors without positions through
 #: FlexAttention (set to False to use the tiled kernel there too).
@@ -45,6 +45,7 @@ class FlexPlan(NamedTuple):
     log_size: Tensor  # [M] float64
     means: Tensor  # sparse [M, N]: 1 / n(B) on the leaves below B
     block_masks: dict  # (causal, self_loops) -> BlockMask
+    casts: dict  # dtype -> (means, log_size) in that dtype
 
 
 def available() -> bool:
@@ -63,26 +64,17 @@ def flex_plan(tree) -> FlexPlan:
 def build_flex_plan(parent: Tensor, num_leaves: int) -> FlexPlan:
     device, num_nodes = parent.device, parent.numel()
     depth = depth_by_pointer_jumping(parent)
-    leaf = cur = torch.arange(num_leaves, device=device)
+    path_leaf, path_node = leaf_paths(parent, num_leaves)
     ancestor = torch.full((num_leaves, int(depth.max()) + 1), -1,
                           dtype=torch.long, device=device)
-    pairs_leaf, pairs_node = [], []
-    while cur.numel():  # every node on every leaf's path, by depth
-        ancestor[leaf, depth[cur]] = cur
-        pairs_leaf.append(leaf)
-        pairs_node.append(cur)
-        up = parent[cur] >= 0
-        leaf, cur = leaf[up], parent[cur[up]]
-    pairs_leaf, pairs_node = torch.cat(pairs_leaf), torch.cat(pairs_node)
-    size = torch.bincount(pairs_node, minlength=num_nodes)
+    ancestor[path_leaf, depth[path_node]] = path_node
+    size = torch.bincount(path_node, minlength=num_nodes)
     first = torch.full((num_nodes, ), num_leaves, device=device)
-    first = first.scatter_reduce(0, pairs_node, pairs_leaf, 'amin')
-    means = torch.sparse_coo_tensor(
-        torch.stack([pairs_node, pairs_leaf]),
-        1.0 / size[pairs_node].double(), (num_nodes, num_leaves),
-        check_invariants=False).coalesce()
+    first = first.scatter_reduce(0, path_node, path_leaf, 'amin')
+    means = sparse_pair(path_node, path_leaf, 1.0 / size[path_node].double(),
+                        (num_nodes, num_leaves))[0]
     return FlexPlan(ancestor, depth, parent, first,
-                    size.clamp(min=1).double().log(), means, {})
+                    size.clamp(min=1).double().log(), means, {}, {})
 
 
 def flex_query_attention(tree, q: Tensor, k: Tensor, v: Tensor, scale,
@@ -101,11 +93,14 @@ def flex_query_attention(tree, q: Tensor, k: Tensor, v: Tensor, scale,
         plan.block_masks[key] = create_block_mask(
             _mask_mod(plan, causal, self_loops), None, None, num_leaves,
             num_nodes, device=q.device)
+    if q.dtype not in plan.casts:  # (cast once per dtype, not per call)
+        plan.casts[q.dtype] = (plan.means.to(q.dtype),
+                               plan.log_size.to(q.dtype))
+    means, log_size = plan.casts[q.dtype]
     kv = torch.cat([k, v], -1).reshape(num_leaves, -1)
-    kv = (plan.means.to(kv.dtype) @ kv).view(num_nodes, heads, -1)
+    kv = (means @ kv).view(num_nodes, heads, -1)
     keys, values = kv.transpose(0, 1).unsqueeze(0).split(
         [channels, v.size(-1)], -1)
-    log_size = plan.log_size.to(q.dtype)
 
     def score_mod(score, b, h, i, j):
         return score + log_size[j]

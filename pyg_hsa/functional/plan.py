@@ -8,6 +8,7 @@ self_loops)``) and reused by every layer, head and call. The cache holds
 the tree weakly: plans go when the tree goes, and :class:`~pyg_hsa.Tree`
 itself stays plain data.
 """
+import warnings
 import weakref
 from typing import Callable, Hashable, Optional, Sequence, Tuple, TypeVar
 
@@ -42,3 +43,16 @@ def grads_of_reference(reference: Callable[..., Tensor],
             out, [x for x, w in zip(inputs, wanted) if w], grad,
             create_graph=True, allow_unused=True, materialize_grads=True))
     return tuple(next(grads) if w else None for w in wanted)
+
+
+def sparse_pair(rows: Tensor, cols: Tensor, values: Tensor,
+                shape: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+    """A constant sparse matrix of a plan (float64, CSR) and its transpose,
+    the two a sparse product needs forward and backward."""
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values.double(), shape,
+        check_invariants=False).coalesce()
+    with warnings.catch_warnings():  # "CSR support is in beta state"
+        warnings.simplefilter('ignore', UserWarning)
+        return (matrix.to_sparse_csr(),
+                matrix.t().coalesce().to_sparse_csr())

@@ -27,14 +27,17 @@ few thousand points. Larger trees (a flat tree of :math:`N` leaves has
 (:mod:`~pyg_hsa.functional.query_resolved`).
 """
 import math
-import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from pyg_hsa.functional.plan import cached_plan, grads_of_reference
-from pyg_hsa.topology import is_uniform
+from pyg_hsa.functional.plan import (
+    cached_plan,
+    grads_of_reference,
+    sparse_pair,
+)
+from pyg_hsa.topology import is_uniform, leaf_paths
 
 # Upper bound on tiles x T x U (cells of the additive bias); beyond it the
 # family-by-family path is used.
@@ -97,20 +100,15 @@ def build_tile_plan(parent: Tensor, num_leaves: int, causal: bool,
                     self_loops: bool) -> Optional[TilePlan]:
     device, num_nodes = parent.device, parent.numel()
     arange = torch.arange(num_leaves, device=device)
-    # (leaf, node) for every non-root node on every leaf's path.
-    path_leaf, path_node, leaf, cur = [], [], arange, arange
-    while cur.numel():
-        up = parent[cur] >= 0
-        leaf, cur = leaf[up], cur[up]
-        path_leaf.append(leaf)
-        path_node.append(cur)
-        cur = parent[cur]
-    path_leaf, path_node = torch.cat(path_leaf), torch.cat(path_node)
+    path_leaf, path_node = leaf_paths(parent, num_leaves)
     size = torch.bincount(path_node, minlength=num_nodes)
-    size[:num_leaves] = 1
     first = torch.full((num_nodes, ), num_leaves, device=device)
     first = first.scatter_reduce(0, path_node, path_leaf, 'amin')
-    first[:num_leaves] = arange
+    means = sparse_pair(path_node, path_leaf, 1.0 / size[path_node].double(),
+                        (num_nodes, num_leaves))
+    # From here on, the non-root nodes on the paths (roots see nothing).
+    below_root = parent[path_node] >= 0
+    path_leaf, path_node = path_leaf[below_root], path_node[below_root]
 
     has_parent = parent >= 0
     count = torch.bincount(parent[has_parent], minlength=num_nodes)
@@ -189,11 +187,10 @@ def build_tile_plan(parent: Tensor, num_leaves: int, causal: bool,
 
     row_leaf = torch.zeros(tiles * tile, dtype=torch.long, device=device)
     row_leaf[leaf_row] = arange
-    means, means_t = _means_matrices(path_leaf, path_node, size, num_leaves)
     return TilePlan(num_leaves, tile, row_leaf, leaf_row, key_node,
                     bias.unsqueeze(1), blind if blind.numel() else None,
                     (pair_tile, pair_row, pair_slot, pair_a, pair_b),
-                    means, means_t, {})
+                    *means, {})
 
 
 def _depth_first_rank(path_leaf: Tensor, path_node: Tensor, first: Tensor,
@@ -220,24 +217,6 @@ def _depth_first_rank(path_leaf: Tensor, path_node: Tensor, first: Tensor,
     position = torch.empty_like(rank)
     position[rank] = torch.arange(num_leaves, device=device)
     return position
-
-
-def _means_matrices(path_leaf: Tensor, path_node: Tensor, size: Tensor,
-                    num_leaves: int) -> Tuple[Tensor, Tensor]:
-    """Sparse ``[M, N]`` (row ``B``: ``1 / n(B)`` on the leaves below
-    ``B``) and its transpose, CSR, float64."""
-    device = path_leaf.device
-    leaves = torch.arange(num_leaves, device=device)
-    internal = path_node >= num_leaves
-    rows = torch.cat([leaves, path_node[internal]])
-    cols = torch.cat([leaves, path_leaf[internal]])
-    values = 1.0 / size[rows].double()
-    shape = (size.numel(), num_leaves)
-    matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), values,
-                                     shape, check_invariants=False).coalesce()
-    with warnings.catch_warnings():  # "CSR support is in beta state"
-        warnings.simplefilter('ignore', UserWarning)
-        return matrix.to_sparse_csr(), matrix.t().coalesce().to_sparse_csr()
 
 
 def _cast(plan: TilePlan, dtype: torch.dtype, heads: int):
