@@ -19,6 +19,7 @@ from pyg_hsa.functional.checks import (
     check_finite,
     check_inputs,
     check_options,
+    under_torch_func,
 )
 from pyg_hsa.utils.checks import renamed_keyword
 from pyg_hsa.functional.block_families import family_attention, family_plan
@@ -163,14 +164,6 @@ def hsa_attention(
     return attend(tree, q, k, v, pe, scale, options.self_loops,
                   options.dropout, options.return_attention_weights,
                   query=query, causal=options.causal)
-
-
-def under_torch_func(*tensors: Tensor) -> bool:
-    """Whether a :mod:`torch.func` transform (``grad``, ``vmap``) wraps any
-    of :obj:`tensors`: the kernels whose constants are sparse matrices
-    then give way to the level-by-level ones, which functorch can trace."""
-    return any(torch._C._functorch.is_functorch_wrapped_tensor(t)
-               for t in tensors)
 
 
 def attend(tree: Tree, q: Tensor, k: Tensor, v: Tensor,

@@ -156,3 +156,11 @@ def check_finite(**tensors: Optional[Tensor]) -> None:
         if bad is not None:
             raise ValueError(f"'{name}' has a non-finite value ({bad[1]}) at "
                              f"row {bad[0]}; expected finite values")
+
+
+def under_torch_func(*tensors: Tensor) -> bool:
+    """Whether a :mod:`torch.func` transform (``grad``, ``vmap``) wraps any
+    of :obj:`tensors`: the kernels whose constants are sparse matrices
+    then give way to the level-by-level ones, which functorch can trace."""
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+               for t in tensors)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from pyg_hsa.functional.checks import under_torch_func
 from pyg_hsa.functional.plan import cached_plan
 from pyg_hsa.functional.query_tiles import tile_plan, tiled_attention
 from pyg_hsa.topology import depth_by_pointer_jumping, leaf_paths, num_children
@@ -161,7 +162,6 @@ def query_resolved(tree, q: Tensor, k: Tensor, v: Tensor,
                    causal: bool) -> Tensor:
     """Query-resolved HSA ``[N, H, Cv]`` on checked arguments (``pos`` in
     the tree's numbering, ``[M, P]`` or ``[M, H, P]``)."""
-    from pyg_hsa.functional.attention import under_torch_func
     tiles = None if under_torch_func(q, k, v) else \
         tile_plan(tree, causal, self_loops)
     if tiles is not None:
