@@ -4,6 +4,8 @@ measured in one run (compare ratios, not absolute times).
     python benchmarks/bench_hsa.py --out table.md --plot bench_hsa.png
     python benchmarks/bench_hsa.py --smoke     # seconds; what CI runs
     python benchmarks/bench_hsa.py --rows molecules,listops  # some rows
+    python benchmarks/bench_hsa.py --rows flat --sizes 65536 --timeout 2400
+    python benchmarks/bench_hsa.py --replot table.md --plot bench_hsa.png
 
 Every row is forward + backward (``fwd+bwd``) unless it says ``fwd``, with
 H=4 heads, C=32 channels, float32. ``hsa`` is block resolution (the
